@@ -1,0 +1,15 @@
+//! SeaORM entities for Atelier's tables. Data only: all logic lives in the `atelier` crate's
+//! service layer. The schema itself is owned by the `migration` crate.
+
+pub mod api_token;
+pub mod asset;
+pub mod backpack_item;
+pub mod group;
+pub mod group_member;
+pub mod import_run;
+pub mod job;
+pub mod project;
+pub mod project_asset;
+pub mod project_share;
+pub mod session;
+pub mod user;

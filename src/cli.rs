@@ -1,0 +1,177 @@
+//! The command line: `serve`, `migrate`, `schema`, `token create`, `group create`,
+//! `group add-member`. Results for scripts go to stdout; logs go to stderr.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    config::{Limits, ServeConfig, StoreConfig},
+    db::{self, Db},
+    domain::{GroupId, Role},
+    error::{AppError, AppResult},
+    graphql, http,
+    service::{self, Services},
+    storage::BlobStore,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "atelier",
+    version,
+    about = "GraphQL API server for a Scratch-style classroom platform"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub store: StoreConfig,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Apply migrations, recover the data dir, and serve HTTP (the default).
+    Serve(ServeConfig),
+    /// Apply pending migrations and exit.
+    Migrate,
+    /// Print the GraphQL schema (SDL).
+    Schema,
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Manage groups (classes).
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token for a local user (created if absent); prints only the token.
+    Create {
+        /// The user's name.
+        #[arg(long)]
+        user: String,
+        /// Role to give the user.
+        #[arg(long)]
+        role: Option<Role>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GroupCommand {
+    /// Create a local group (or find the one of that name); prints only its id.
+    Create { name: String },
+    /// Add a local user (created if absent) to a group.
+    AddMember { group_id: String, user_name: String },
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> AppResult<()> {
+    let command = cli
+        .command
+        .unwrap_or_else(|| Command::Serve(ServeConfig::parse_from_env()));
+    match command {
+        Command::Schema => {
+            print!("{}", graphql::sdl());
+            Ok(())
+        }
+        Command::Migrate => {
+            let db = Db::connect(&cli.store).await?;
+            db::migrate(&db).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Serve(cfg) => serve(&cli.store, cfg).await,
+        Command::Token {
+            command: TokenCommand::Create { user, role },
+        } => {
+            let svc = services(&cli.store, Limits::default()).await?;
+            let (_, token) = service::identity::create_user_token(&svc, &user, role).await?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Group {
+            command: GroupCommand::Create { name },
+        } => {
+            let svc = services(&cli.store, Limits::default()).await?;
+            let group = service::identity::create_local_group(&svc, &name).await?;
+            println!("{}", group.id);
+            Ok(())
+        }
+        Command::Group {
+            command:
+                GroupCommand::AddMember {
+                    group_id,
+                    user_name,
+                },
+        } => {
+            let svc = services(&cli.store, Limits::default()).await?;
+            let group = GroupId::parse(&group_id, "group_id")?;
+            service::identity::add_local_member(&svc, group, &user_name).await
+        }
+    }
+}
+
+impl ServeConfig {
+    /// `atelier` with no subcommand serves with flags from the environment only.
+    fn parse_from_env() -> ServeConfig {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            cfg: ServeConfig,
+        }
+        Only::parse_from(["atelier"]).cfg
+    }
+}
+
+/// Connects, migrates and opens the blob store: what every data command needs.
+async fn services(store: &StoreConfig, limits: Limits) -> AppResult<Services> {
+    let db = Db::connect(store).await?;
+    db::migrate(&db).await?;
+    let blobs = BlobStore::open(&store.data_dir).map_err(|e| {
+        AppError::Unavailable(format!(
+            "cannot open data dir {}: {e}",
+            store.data_dir.display()
+        ))
+    })?;
+    Ok(Services { db, blobs, limits })
+}
+
+async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
+    tracing::info!(config = ?store, listen = %cfg.listen, "starting");
+    let svc = services(
+        store,
+        Limits {
+            max_content_bytes: cfg.max_content_bytes,
+        },
+    )
+    .await?;
+    service::maintenance::recover(&svc).await?;
+    let state = http::AppState {
+        schema: graphql::build_schema(svc.clone()),
+        services: svc.clone(),
+        max_request_bytes: cfg.max_request_bytes,
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| AppError::Unavailable(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let addr = listener.local_addr().map_err(AppError::internal)?;
+    tracing::info!(%addr, "listening");
+    // The one line for humans and scripts (tests read the port from it).
+    println!("Atelier is listening on http://{addr} (GraphiQL: http://{addr}/graphql)");
+    http::serve(
+        listener,
+        state,
+        Duration::from_secs(cfg.shutdown_grace_secs),
+    )
+    .await
+    .map_err(AppError::internal)?;
+    svc.db.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Settings from flags, then environment, then defaults; parsed once at start.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+/// Where the data lives: shared by every subcommand.
+#[derive(clap::Args, Clone)]
+pub struct StoreConfig {
+    /// Data directory (SQLite database, blobs, staging).
+    #[arg(
+        long,
+        env = "ATELIER_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+
+    /// Database URL (`postgres://…` or `sqlite://…`). Default: SQLite in the data directory.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+
+    /// Maximum PostgreSQL connections in the pool (per process).
+    #[arg(
+        long,
+        env = "ATELIER_DB_MAX_CONNECTIONS",
+        default_value_t = 32,
+        global = true
+    )]
+    pub db_max_connections: u32,
+
+    /// PostgreSQL statement timeout in milliseconds (0 disables it).
+    #[arg(
+        long,
+        env = "ATELIER_DB_STATEMENT_TIMEOUT_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
+    pub db_statement_timeout_ms: u64,
+
+    /// How long a request waits for a pooled connection before answering UNAVAILABLE.
+    #[arg(
+        long,
+        env = "ATELIER_DB_ACQUIRE_TIMEOUT_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub db_acquire_timeout_ms: u64,
+}
+
+// The URL may carry a password: never print it.
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("data_dir", &self.data_dir)
+            .field("database", &self.database_url.as_deref().map(redact_url))
+            .field("db_max_connections", &self.db_max_connections)
+            .field("db_statement_timeout_ms", &self.db_statement_timeout_ms)
+            .finish()
+    }
+}
+
+impl StoreConfig {
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) if !url.is_empty() => url.clone(),
+            _ => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("atelier.db").display()
+            ),
+        }
+    }
+
+    pub fn statement_timeout(&self) -> Option<Duration> {
+        (self.db_statement_timeout_ms > 0)
+            .then(|| Duration::from_millis(self.db_statement_timeout_ms))
+    }
+}
+
+/// Settings of `atelier serve`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "ATELIER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Largest project content accepted, in bytes.
+    #[arg(long, env = "ATELIER_MAX_CONTENT_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_content_bytes: u64,
+
+    /// Largest request body accepted on POST /graphql, in bytes (JSON escaping makes a
+    /// request bigger than the content it carries).
+    #[arg(long, env = "ATELIER_MAX_REQUEST_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Seconds that in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "ATELIER_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+}
+
+/// Limits the service layer enforces.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_content_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_content_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    // scheme://user:password@host → scheme://user:***@host
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,195 @@
+//! The one error type of Atelier. Every variant maps to a stable `extensions.code`
+//! (DESIGN.md §6); database errors are classified once, here.
+
+use async_graphql::ErrorExtensions;
+use sea_orm::{DbErr, RuntimeErr, SqlErr};
+
+pub type AppResult<T> = Result<T, AppError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{message}")]
+    BadUserInput {
+        message: String,
+        field: Option<&'static str>,
+    },
+    #[error("version conflict: expected {expected}, current {current}")]
+    VersionConflict { expected: i32, current: i32 },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("checksum mismatch: {0}")]
+    ChecksumMismatch(String),
+    #[error("project references assets that are not stored: {}", .0.join(", "))]
+    MissingAssets(Vec<String>),
+    #[error("{what} exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { what: &'static str, limit: u64 },
+    /// Retryable trouble with the database or storage (busy, unreachable, disk full).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+impl AppError {
+    pub fn bad_input(field: &'static str, message: impl Into<String>) -> Self {
+        AppError::BadUserInput {
+            message: message.into(),
+            field: Some(field),
+        }
+    }
+
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        AppError::Internal(message.to_string())
+    }
+
+    /// The stable code clients match on (`extensions.code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::Unauthenticated => "UNAUTHENTICATED",
+            AppError::Forbidden(_) => "FORBIDDEN",
+            AppError::NotFound(_) => "NOT_FOUND",
+            AppError::BadUserInput { .. } => "BAD_USER_INPUT",
+            AppError::VersionConflict { .. } => "VERSION_CONFLICT",
+            AppError::Conflict(_) => "CONFLICT",
+            AppError::ChecksumMismatch(_) => "CHECKSUM_MISMATCH",
+            AppError::MissingAssets(_) => "MISSING_ASSETS",
+            AppError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            AppError::Unavailable(_) => "UNAVAILABLE",
+            AppError::Internal(_) => "INTERNAL",
+            AppError::Db(e) => match classify_db(e) {
+                DbErrorKind::Transient | DbErrorKind::Unreachable => "UNAVAILABLE",
+                DbErrorKind::UniqueViolation => "CONFLICT",
+                DbErrorKind::Other => "INTERNAL",
+            },
+        }
+    }
+
+    /// Whether a transaction that failed with this error may simply be run again.
+    pub fn is_retryable_conflict(&self) -> bool {
+        matches!(self, AppError::Db(e) if classify_db(e) == DbErrorKind::Transient)
+    }
+
+    /// The message a client sees. Internal details stay in the log.
+    fn public_message(&self) -> String {
+        match self.code() {
+            "INTERNAL" => "internal error".to_owned(),
+            "UNAVAILABLE" => match self {
+                AppError::Unavailable(m) => m.clone(),
+                _ => "the database is busy or unreachable; retry shortly".to_owned(),
+            },
+            "CONFLICT" => match self {
+                AppError::Conflict(m) => m.clone(),
+                _ => "the write conflicts with existing data".to_owned(),
+            },
+            _ => self.to_string(),
+        }
+    }
+}
+
+impl From<std::io::Error> for AppError {
+    fn from(e: std::io::Error) -> Self {
+        // Disk full and friends are the operator's problem and retryable for the client.
+        match e.raw_os_error() {
+            Some(code) if code == 28 /* ENOSPC */ || code == 122 /* EDQUOT */ => {
+                AppError::Unavailable("storage is full; retry later".to_owned())
+            }
+            _ => AppError::Unavailable(format!("storage error: {e}")),
+        }
+    }
+}
+
+impl ErrorExtensions for AppError {
+    fn extend(&self) -> async_graphql::Error {
+        let code = self.code();
+        match code {
+            "INTERNAL" => tracing::error!(error = %self, error.debug = ?self, "internal error"),
+            "UNAVAILABLE" => tracing::warn!(error = %self, "request failed: unavailable"),
+            _ => tracing::debug!(error = %self, error.code = code, "request rejected"),
+        }
+        async_graphql::Error::new(self.public_message()).extend_with(|_, ext| {
+            ext.set("code", code);
+            match self {
+                AppError::BadUserInput {
+                    field: Some(field), ..
+                } => ext.set("field", *field),
+                AppError::VersionConflict { expected, current } => {
+                    ext.set("expectedVersion", *expected);
+                    ext.set("currentVersion", *current);
+                }
+                AppError::MissingAssets(missing) => ext.set("missing", missing.clone()),
+                AppError::PayloadTooLarge { limit, .. } => ext.set("limit", *limit),
+                _ => {}
+            }
+        })
+    }
+}
+
+/// Resolver-boundary conversion that keeps the extensions (a bare `?` would drop them through
+/// async-graphql's blanket `From<Display>`).
+pub trait GqlResultExt<T> {
+    fn gql(self) -> async_graphql::Result<T>;
+}
+
+impl<T> GqlResultExt<T> for AppResult<T> {
+    fn gql(self) -> async_graphql::Result<T> {
+        self.map_err(|e| e.extend())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbErrorKind {
+    /// Serialization failure, deadlock, SQLite busy/locked: run the transaction again.
+    Transient,
+    /// Connection refused, pool timeout, connection lost: the database is not there right now.
+    Unreachable,
+    UniqueViolation,
+    Other,
+}
+
+/// Classifies a database error once, for retries and for the client-facing code.
+pub fn classify_db(e: &DbErr) -> DbErrorKind {
+    if let Some(SqlErr::UniqueConstraintViolation(_)) = e.sql_err() {
+        return DbErrorKind::UniqueViolation;
+    }
+    match e {
+        DbErr::ConnectionAcquire(_) => DbErrorKind::Unreachable,
+        DbErr::Conn(RuntimeErr::SqlxError(se))
+        | DbErr::Exec(RuntimeErr::SqlxError(se))
+        | DbErr::Query(RuntimeErr::SqlxError(se)) => classify_sqlx(se),
+        DbErr::Conn(_) => DbErrorKind::Unreachable,
+        _ => DbErrorKind::Other,
+    }
+}
+
+fn classify_sqlx(e: &sea_orm::sqlx::Error) -> DbErrorKind {
+    use sea_orm::sqlx::Error;
+    match e {
+        Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            match code.as_str() {
+                // PostgreSQL: serialization_failure, deadlock_detected, lock_not_available.
+                "40001" | "40P01" | "55P03" => DbErrorKind::Transient,
+                // PostgreSQL: admin shutdown / crash / cannot connect now / statement timeout.
+                "57P01" | "57P02" | "57P03" | "57014" | "08000" | "08003" | "08006" => {
+                    DbErrorKind::Unreachable
+                }
+                // SQLite primary and extended codes for BUSY (5, 261, 517) and LOCKED (6, 262).
+                "5" | "261" | "517" | "6" | "262" => DbErrorKind::Transient,
+                _ => DbErrorKind::Other,
+            }
+        }
+        Error::PoolTimedOut | Error::PoolClosed | Error::Io(_) | Error::Tls(_) => {
+            DbErrorKind::Unreachable
+        }
+        Error::Protocol(_) | Error::WorkerCrashed => DbErrorKind::Unreachable,
+        _ => DbErrorKind::Other,
+    }
+}

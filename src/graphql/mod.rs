@@ -1,0 +1,70 @@
+//! The GraphQL transport: types, resolvers, dataloaders and error mapping. Resolvers are thin:
+//! they parse input into domain types, call a `service::` function and map its error.
+
+mod loaders;
+mod mutation;
+mod query;
+mod types;
+
+use std::sync::Arc;
+
+use async_graphql::{
+    EmptySubscription, Schema,
+    dataloader::DataLoader,
+    runtime::{TokioSpawner, TokioTimer},
+};
+
+use crate::{domain::Viewer, error::AppError, service::Services};
+
+pub use loaders::Loaders;
+pub use mutation::MutationRoot;
+pub use query::QueryRoot;
+
+pub type AppSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+
+/// Builds the schema; `Services` is shared by every request.
+pub fn build_schema(services: Services) -> AppSchema {
+    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+        .data(services)
+        .limit_depth(16)
+        .limit_complexity(10_000)
+        .finish()
+}
+
+/// The SDL, as checked in at `schema.graphql`.
+pub fn sdl() -> String {
+    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+        .finish()
+        .sdl()
+}
+
+/// Per-request data: who is asking, and fresh dataloaders (no cache shared across requests).
+pub fn request_data(services: &Services, viewer: Option<Viewer>) -> (RequestViewer, Arc<Loaders>) {
+    let loader = DataLoader::new(
+        loaders::Batch(services.clone()),
+        TokioSpawner::current(),
+        TokioTimer::default(),
+    );
+    (RequestViewer(viewer), Arc::new(loader))
+}
+
+/// The viewer of the current request (None for anonymous).
+#[derive(Clone, Copy, Debug)]
+pub struct RequestViewer(pub Option<Viewer>);
+
+fn services<'a>(ctx: &async_graphql::Context<'a>) -> &'a Services {
+    ctx.data_unchecked::<Services>()
+}
+
+fn viewer(ctx: &async_graphql::Context<'_>) -> Option<Viewer> {
+    ctx.data_opt::<RequestViewer>().and_then(|v| v.0)
+}
+
+/// The viewer, or UNAUTHENTICATED.
+fn require_viewer(ctx: &async_graphql::Context<'_>) -> Result<Viewer, AppError> {
+    viewer(ctx).ok_or(AppError::Unauthenticated)
+}
+
+fn loaders<'a>(ctx: &async_graphql::Context<'a>) -> &'a Loaders {
+    ctx.data_unchecked::<Arc<Loaders>>()
+}

@@ -1,0 +1,123 @@
+//! `POST /graphql`: authenticates, reads the body within the size limit, executes, and makes
+//! sure every error a client sees carries an `extensions.code`.
+
+use async_graphql::{BatchRequest, BatchResponse, ErrorExtensions, ServerError};
+use axum::{
+    body::Body,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+
+use super::AppState;
+use crate::{domain::Viewer, error::AppError, graphql::request_data, service};
+
+/// `POST /graphql`.
+pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let viewer = match authenticate(&state, &headers).await {
+        Ok(v) => v,
+        Err(e) => return error_response(status_for(&e), &e),
+    };
+    let bytes = match axum::body::to_bytes(body, state.max_request_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            let e = AppError::PayloadTooLarge {
+                what: "request body",
+                limit: state.max_request_bytes as u64,
+            };
+            return error_response(StatusCode::PAYLOAD_TOO_LARGE, &e);
+        }
+    };
+    let batch: BatchRequest = match serde_json::from_slice(&bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            let e = AppError::BadUserInput {
+                message: format!("the body is not a GraphQL request: {e}"),
+                field: None,
+            };
+            return error_response(StatusCode::BAD_REQUEST, &e);
+        }
+    };
+    execute(&state, viewer, batch).await
+}
+
+async fn execute(state: &AppState, viewer: Option<Viewer>, batch: BatchRequest) -> Response {
+    let (viewer_data, loaders) = request_data(&state.services, viewer);
+    let batch = batch.data(viewer_data).data(loaders);
+    let response = match state.schema.execute_batch(batch).await {
+        BatchResponse::Single(r) => BatchResponse::Single(with_codes(r)),
+        BatchResponse::Batch(rs) => BatchResponse::Batch(rs.into_iter().map(with_codes).collect()),
+    };
+    let body = match serde_json::to_vec(&response) {
+        Ok(b) => b,
+        Err(e) => {
+            return error_response(StatusCode::INTERNAL_SERVER_ERROR, &AppError::internal(e));
+        }
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Parse and validation errors come from async-graphql without a code: they are the client's.
+fn with_codes(mut r: async_graphql::Response) -> async_graphql::Response {
+    for e in &mut r.errors {
+        let has_code = e
+            .extensions
+            .as_ref()
+            .is_some_and(|ext| ext.get("code").is_some());
+        if !has_code {
+            e.extensions
+                .get_or_insert_with(Default::default)
+                .set("code", "BAD_USER_INPUT");
+        }
+    }
+    r
+}
+
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Viewer>, AppError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(AppError::Unauthenticated)?;
+    service::identity::authenticate(&state.services, token)
+        .await
+        .map(Some)
+}
+
+fn status_for(e: &AppError) -> StatusCode {
+    match e.code() {
+        "UNAUTHENTICATED" => StatusCode::UNAUTHORIZED,
+        "UNAVAILABLE" => StatusCode::SERVICE_UNAVAILABLE,
+        "INTERNAL" => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// A GraphQL-shaped error body for failures before execution.
+fn error_response(status: StatusCode, e: &AppError) -> Response {
+    let err = e.extend();
+    let server_error = ServerError {
+        message: err.message,
+        source: None,
+        locations: Vec::new(),
+        path: Vec::new(),
+        extensions: err.extensions,
+    };
+    let body = serde_json::json!({ "data": null, "errors": [server_error] });
+    let mut resp = (status, axum::Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    resp
+}

@@ -1,0 +1,22 @@
+//! The service layer: one module per aggregate. Every transaction, lock and version check
+//! lives here; callers (GraphQL, CLI) only parse input and map errors.
+
+pub mod identity;
+pub mod maintenance;
+pub mod projects;
+
+use crate::{config::Limits, db::Db, storage::BlobStore};
+
+/// What every service function needs: the database, the blob store and the limits.
+#[derive(Clone)]
+pub struct Services {
+    pub db: Db,
+    pub blobs: BlobStore,
+    pub limits: Limits,
+}
+
+/// Now, truncated to microseconds so a value reads back equal from both backends.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(6)
+}

@@ -1,0 +1,376 @@
+//! Projects: create, compare-and-set update, locked delete, visibility-checked reads and
+//! keyset pagination. Content is staged as a blob before the transaction and published
+//! after its commit (see `storage`).
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use entity::{asset, project, project_asset};
+use sea_orm::{
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::{Expr, ExprTrait},
+};
+
+use crate::{
+    domain::{AssetRef, ProjectContent, ProjectId, Title, UserId, Viewer},
+    error::{AppError, AppResult},
+    service::{Services, now},
+    storage::StagedBlob,
+};
+
+/// Largest page a client may ask for.
+pub const MAX_PAGE: u64 = 100;
+pub const DEFAULT_PAGE: u64 = 20;
+
+/// Which projects a listing wants (all filters combine with AND, inside what the viewer sees).
+#[derive(Clone, Debug, Default)]
+pub struct ProjectFilter {
+    pub mine: bool,
+    pub owner: Option<UserId>,
+}
+
+/// One page of a keyset-paginated listing, ordered by id.
+#[derive(Debug)]
+pub struct ProjectPage {
+    pub rows: Vec<project::Model>,
+    pub has_next: bool,
+}
+
+/// Whether `viewer` may see `project`. Sharing will widen this.
+pub fn can_read(viewer: Option<Viewer>, project: &project::Model) -> bool {
+    viewer.is_some_and(|v| v.is_admin() || v.id.0 == project.owner_id)
+}
+
+/// Whether `viewer` may change `project`: its owner, or an admin.
+fn can_write(viewer: Viewer, project: &project::Model) -> bool {
+    viewer.is_admin() || viewer.id.0 == project.owner_id
+}
+
+/// Creates a project owned by the viewer.
+pub async fn create(
+    svc: &Services,
+    viewer: Viewer,
+    title: Title,
+    content: ProjectContent,
+) -> AppResult<project::Model> {
+    let staged = svc.blobs.stage_bytes(content.bytes.clone()).await?;
+    let key = staged.key.clone();
+    let size = staged.size as i64;
+    let refs = Arc::new(content.asset_refs);
+    let title = title.into_inner();
+    let project = svc
+        .db
+        .write(|txn| {
+            let (refs, key, title) = (refs.clone(), key.clone(), title.clone());
+            Box::pin(async move {
+                let asset_ids = resolve_assets(txn, &refs).await?;
+                let at = now();
+                let project = project::ActiveModel {
+                    owner_id: Set(viewer.id.0),
+                    title: Set(title),
+                    content_key: Set(key),
+                    content_size: Set(size),
+                    remixed_from: Set(None),
+                    version: Set(1),
+                    created_at: Set(at),
+                    updated_at: Set(at),
+                    ..Default::default()
+                }
+                .insert(txn)
+                .await?;
+                link_assets(txn, ProjectId(project.id), &asset_ids).await?;
+                Ok(project)
+            })
+        })
+        .await?;
+    publish_after_commit(svc, staged).await;
+    tracing::info!(project.id = project.id, user.id = %viewer.id, "project_created");
+    Ok(project)
+}
+
+/// Changes a project's title and/or content if its version is still `expected`
+/// (compare-and-set; DESIGN.md §4 rule 1).
+pub async fn update(
+    svc: &Services,
+    viewer: Viewer,
+    id: ProjectId,
+    expected: i32,
+    title: Option<Title>,
+    content: Option<ProjectContent>,
+) -> AppResult<project::Model> {
+    if title.is_none() && content.is_none() {
+        return Err(AppError::BadUserInput {
+            message: "nothing to update: give a title, content or both".to_owned(),
+            field: None,
+        });
+    }
+    let staged = match &content {
+        Some(c) => Some(svc.blobs.stage_bytes(c.bytes.clone()).await?),
+        None => None,
+    };
+    let new_content = staged.as_ref().map(|s| (s.key.clone(), s.size as i64));
+    let refs = content.map(|c| Arc::new(c.asset_refs));
+    let title = title.map(Title::into_inner);
+    let project = svc
+        .db
+        .write(|txn| {
+            let (refs, title, new_content) = (refs.clone(), title.clone(), new_content.clone());
+            Box::pin(async move {
+                let current = project::Entity::find_by_id(id.0)
+                    .one(txn)
+                    .await?
+                    .filter(|p| can_read(Some(viewer), p))
+                    .ok_or(AppError::NotFound("project"))?;
+                if !can_write(viewer, &current) {
+                    return Err(AppError::Forbidden(
+                        "only the owner can change this project".into(),
+                    ));
+                }
+                if current.version != expected {
+                    return Err(AppError::VersionConflict {
+                        expected,
+                        current: current.version,
+                    });
+                }
+                let asset_ids = match &refs {
+                    Some(refs) => Some(resolve_assets(txn, refs).await?),
+                    None => None,
+                };
+                let mut update = project::Entity::update_many()
+                    .col_expr(
+                        project::Column::Version,
+                        Expr::col(project::Column::Version).add(1),
+                    )
+                    .col_expr(project::Column::UpdatedAt, Expr::value(now()))
+                    .filter(project::Column::Id.eq(id.0))
+                    .filter(project::Column::Version.eq(expected));
+                if let Some(title) = title {
+                    update = update.col_expr(project::Column::Title, Expr::value(title));
+                }
+                if let Some((key, size)) = new_content {
+                    update = update
+                        .col_expr(project::Column::ContentKey, Expr::value(key))
+                        .col_expr(project::Column::ContentSize, Expr::value(size));
+                }
+                let Some(updated) = update.exec_with_returning(txn).await?.into_iter().next()
+                else {
+                    // Someone committed in between our read and our write.
+                    let current = current_version(txn, id).await?;
+                    return Err(match current {
+                        Some(current) => AppError::VersionConflict { expected, current },
+                        None => AppError::NotFound("project"),
+                    });
+                };
+                if let Some(asset_ids) = asset_ids {
+                    project_asset::Entity::delete_many()
+                        .filter(project_asset::Column::ProjectId.eq(id.0))
+                        .exec(txn)
+                        .await?;
+                    link_assets(txn, id, &asset_ids).await?;
+                }
+                Ok(updated)
+            })
+        })
+        .await?;
+    if let Some(staged) = staged {
+        publish_after_commit(svc, staged).await;
+    }
+    tracing::info!(
+        project.id = project.id,
+        project.version = project.version,
+        "project_updated"
+    );
+    Ok(project)
+}
+
+/// Deletes a project (and, by cascade, its shares and asset links) after locking its row.
+/// With `expected`, only if the version still matches.
+pub async fn delete(
+    svc: &Services,
+    viewer: Viewer,
+    id: ProjectId,
+    expected: Option<i32>,
+) -> AppResult<ProjectId> {
+    svc.db
+        .write(|txn| {
+            Box::pin(async move {
+                // FOR UPDATE: a concurrent share or copy of this project waits for us.
+                let current = project::Entity::find_by_id(id.0)
+                    .lock_exclusive()
+                    .one(txn)
+                    .await?
+                    .filter(|p| can_read(Some(viewer), p))
+                    .ok_or(AppError::NotFound("project"))?;
+                if !can_write(viewer, &current) {
+                    return Err(AppError::Forbidden(
+                        "only the owner can delete this project".into(),
+                    ));
+                }
+                if let Some(expected) = expected
+                    && expected != current.version
+                {
+                    return Err(AppError::VersionConflict {
+                        expected,
+                        current: current.version,
+                    });
+                }
+                project::Entity::delete_by_id(id.0).exec(txn).await?;
+                Ok(())
+            })
+        })
+        .await?;
+    // The content blob stays: content-addressed blobs may be shared, `atelier gc` collects it.
+    tracing::info!(project.id = %id, "project_deleted");
+    Ok(id)
+}
+
+/// The project if the viewer may see it.
+pub async fn get(
+    svc: &Services,
+    viewer: Option<Viewer>,
+    id: ProjectId,
+) -> AppResult<Option<project::Model>> {
+    if viewer.is_none() {
+        return Ok(None);
+    }
+    Ok(project::Entity::find_by_id(id.0)
+        .one(svc.db.conn())
+        .await?
+        .filter(|p| can_read(viewer, p)))
+}
+
+/// Lists what the viewer can see, by ascending id after the cursor id. Ids only grow, so a
+/// row inserted during paging lands after the cursor: no duplicates, no gaps.
+pub async fn list(
+    svc: &Services,
+    viewer: Option<Viewer>,
+    first: u64,
+    after: Option<ProjectId>,
+    filter: ProjectFilter,
+) -> AppResult<ProjectPage> {
+    let Some(viewer) = viewer else {
+        return Ok(ProjectPage {
+            rows: Vec::new(),
+            has_next: false,
+        });
+    };
+    let mut query = project::Entity::find().order_by_asc(project::Column::Id);
+    if !viewer.is_admin() {
+        query = query.filter(project::Column::OwnerId.eq(viewer.id.0));
+    }
+    if filter.mine {
+        query = query.filter(project::Column::OwnerId.eq(viewer.id.0));
+    }
+    if let Some(owner) = filter.owner {
+        query = query.filter(project::Column::OwnerId.eq(owner.0));
+    }
+    if let Some(after) = after {
+        query = query.filter(project::Column::Id.gt(after.0));
+    }
+    let mut rows = query.limit(first + 1).all(svc.db.conn()).await?;
+    let has_next = rows.len() as u64 > first;
+    rows.truncate(first as usize);
+    Ok(ProjectPage { rows, has_next })
+}
+
+/// The project's current content, parsed.
+pub async fn content(svc: &Services, project: &project::Model) -> AppResult<serde_json::Value> {
+    let bytes = svc.blobs.read(&project.content_key).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            AppError::internal(format!(
+                "content blob {} of project {} is missing",
+                project.content_key, project.id
+            ))
+        } else {
+            e.into()
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        AppError::internal(format!(
+            "content of project {} does not parse: {e}",
+            project.id
+        ))
+    })
+}
+
+async fn current_version<C: ConnectionTrait>(conn: &C, id: ProjectId) -> AppResult<Option<i32>> {
+    Ok(project::Entity::find_by_id(id.0)
+        .select_only()
+        .column(project::Column::Version)
+        .into_tuple()
+        .one(conn)
+        .await?)
+}
+
+/// Ids of the stored assets `refs` names, or MISSING_ASSETS listing those that are not stored.
+async fn resolve_assets<C: ConnectionTrait>(conn: &C, refs: &[AssetRef]) -> AppResult<Vec<i64>> {
+    if refs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut found: BTreeMap<(String, String), i64> = BTreeMap::new();
+    // Bounded IN-lists: a project with thousands of costumes must not build one huge query.
+    for chunk in refs.chunks(200) {
+        let mut any = Condition::any();
+        for r in chunk {
+            any = any.add(
+                Condition::all()
+                    .add(asset::Column::Md5.eq(r.md5.as_str()))
+                    .add(asset::Column::AssetType.eq(r.kind.as_str())),
+            );
+        }
+        let rows: Vec<(i64, String, String)> = asset::Entity::find()
+            .select_only()
+            .column(asset::Column::Id)
+            .column(asset::Column::Md5)
+            .column(asset::Column::AssetType)
+            .filter(any)
+            .into_tuple()
+            .all(conn)
+            .await?;
+        for (id, md5, kind) in rows {
+            found.insert((md5, kind), id);
+        }
+    }
+    let mut missing = Vec::new();
+    let mut ids = Vec::with_capacity(refs.len());
+    for r in refs {
+        match found.get(&(r.md5.as_str().to_owned(), r.kind.as_str().to_owned())) {
+            Some(id) => ids.push(*id),
+            None => missing.push(r.md5ext.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(AppError::MissingAssets(missing));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+async fn link_assets<C: ConnectionTrait>(
+    conn: &C,
+    project: ProjectId,
+    asset_ids: &[i64],
+) -> AppResult<()> {
+    for chunk in asset_ids.chunks(500) {
+        project_asset::Entity::insert_many(chunk.iter().map(|asset_id| {
+            project_asset::ActiveModel {
+                project_id: Set(project.0),
+                asset_id: Set(*asset_id),
+            }
+        }))
+        .exec_without_returning(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Publishes a blob whose transaction committed. The write is durable either way: if the
+/// rename fails, the fsynced staged file stays and startup recovery publishes it.
+async fn publish_after_commit(svc: &Services, staged: StagedBlob) {
+    let key = staged.key.clone();
+    if let Err(e) = svc.blobs.publish(staged).await {
+        tracing::error!(blob.key = %key, error = %e, "blob_publish_failed_after_commit");
+    }
+}
