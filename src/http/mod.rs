@@ -15,7 +15,7 @@ use axum::{
 use tokio::net::TcpListener;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
-    trace::TraceLayer,
+    trace::{DefaultOnResponse, TraceLayer},
 };
 
 use crate::{graphql::AppSchema, service::Services};
@@ -49,7 +49,9 @@ pub fn router(state: AppState) -> Router {
                             .and_then(|id| id.header_value().to_str().ok())
                             .unwrap_or("-");
                         tracing::info_span!("request", request.id = %id, method = %req.method(), uri = %req.uri().path())
-                    }),
+                    })
+                    // One line per request, with its id, status and latency.
+                    .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone())),
         )

@@ -1,0 +1,418 @@
+//! Test harness: starts the real `atelier` binary on a random port against a fresh data dir,
+//! and for PostgreSQL a fresh database (created from `TEST_DATABASE_URL`, dropped afterwards).
+
+#![allow(dead_code)] // helpers used by some scenarios only
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_atelier");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs a scenario (an `async fn(TestServer)` in the calling module) on both backends.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                let server = $crate::harness::TestServer::start($crate::harness::Backend::Sqlite).await;
+                super::$name(server.expect("sqlite always runs")).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                if let Some(server) = $crate::harness::TestServer::start($crate::harness::Backend::Postgres).await {
+                    super::$name(server).await;
+                }
+            }
+        }
+    )*};
+}
+
+/// A fresh PostgreSQL database, dropped (forcibly) when this value is dropped.
+pub struct PgDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    /// Creates a database, or returns None (loudly) when PostgreSQL tests are not configured.
+    /// With `CI=true` a missing or unreachable PostgreSQL fails the test instead.
+    pub async fn create() -> Option<PgDatabase> {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        let Ok(admin_url) = std::env::var("TEST_DATABASE_URL") else {
+            assert!(
+                !ci,
+                "CI=true but TEST_DATABASE_URL is not set: PostgreSQL tests must run in CI"
+            );
+            eprintln!(
+                "!!! SKIPPED PostgreSQL variant: set TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres to run it"
+            );
+            return None;
+        };
+        let name = format!("atelier_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = Database::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at TEST_DATABASE_URL is unreachable: {e}"));
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let _ = admin.close().await;
+        let url = match admin_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("TEST_DATABASE_URL must end in /<database>"),
+        };
+        Some(PgDatabase {
+            url,
+            admin_url,
+            name,
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop cannot await: do it on a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(admin) = Database::connect(&admin_url).await {
+                    let _ = admin
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                    let _ = admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A running `atelier serve`.
+pub struct TestServer {
+    pub backend: Backend,
+    pub base_url: String,
+    pub root: tempfile::TempDir,
+    child: Option<Child>,
+    pub pg: Option<PgDatabase>,
+    extra_env: Vec<(String, String)>,
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> Option<TestServer> {
+        Self::start_with(backend, &[]).await
+    }
+
+    /// Starts with extra environment (e.g. limits).
+    pub async fn start_with(backend: Backend, env: &[(&str, &str)]) -> Option<TestServer> {
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(PgDatabase::create().await?),
+        };
+        let mut server = TestServer {
+            backend,
+            base_url: String::new(),
+            root: tempfile::tempdir().expect("tempdir"),
+            child: None,
+            pg,
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        server.spawn();
+        Some(server)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.pg {
+            Some(pg) => pg.url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir().join("atelier.db").display()
+            ),
+        }
+    }
+
+    /// A command for the `atelier` binary pointed at this server's data.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.env("ATELIER_DATA_DIR", self.data_dir())
+            .env("DATABASE_URL", self.database_url())
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env_remove("ATELIER_LISTEN");
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.path().join("server.log"))
+            .expect("server log");
+        let mut child = self
+            .command()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var("TEST_LOG").is_ok() {
+                Stdio::inherit()
+            } else {
+                Stdio::from(log)
+            })
+            .spawn()
+            .expect("spawn atelier serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let url = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(url);
+                    }
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                let log = std::fs::read_to_string(self.root.path().join("server.log"))
+                    .unwrap_or_default();
+                panic!("server did not start; log:\n{log}")
+            });
+        self.base_url = url;
+        self.child = Some(child);
+    }
+
+    /// Restarts the server on the same data (new port).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "TERM");
+            let _ = child.wait();
+        }
+    }
+
+    pub fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("server running")
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn graphql_url(&self) -> String {
+        format!("{}/graphql", self.base_url)
+    }
+
+    /// A client without a token.
+    pub fn anonymous(&self) -> Client {
+        Client::new(self.graphql_url(), None)
+    }
+
+    /// Runs `atelier token create` and returns a client for that user.
+    pub fn user(&self, name: &str) -> Client {
+        self.user_with_role(name, "student")
+    }
+
+    pub fn user_with_role(&self, name: &str, role: &str) -> Client {
+        let out = self
+            .command()
+            .args(["token", "create", "--user", name, "--role", role])
+            .output()
+            .expect("token create");
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        Client::new(self.graphql_url(), Some(token))
+    }
+
+    /// Opens a direct database connection (for exact row counts).
+    pub async fn db(&self) -> DatabaseConnection {
+        Database::connect(self.database_url())
+            .await
+            .expect("connect to test database")
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        let db = self.db().await;
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT COUNT(*) AS n FROM {table}"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let n: i64 = row.try_get("", "n").unwrap();
+        let _ = db.close().await;
+        n
+    }
+
+    /// Published blob files.
+    pub fn blob_files(&self) -> Vec<PathBuf> {
+        walk(&self.data_dir().join("blobs"))
+    }
+
+    /// Files left in staging.
+    pub fn staging_files(&self) -> Vec<PathBuf> {
+        walk(&self.data_dir().join("staging"))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status();
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A GraphQL client over real HTTP.
+#[derive(Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub url: String,
+    pub token: Option<String>,
+}
+
+impl Client {
+    pub fn new(url: String, token: Option<String>) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            url,
+            token,
+        }
+    }
+
+    pub fn request(&self) -> reqwest::RequestBuilder {
+        let req = self.http.post(&self.url);
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    /// The whole response body.
+    pub async fn raw(&self, query: &str, variables: Value) -> (reqwest::StatusCode, Value) {
+        let resp = self
+            .request()
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status();
+        let body: Value = resp.json().await.expect("JSON body");
+        (status, body)
+    }
+
+    /// `data`, asserting there are no errors.
+    pub async fn data(&self, query: &str, variables: Value) -> Value {
+        let (status, body) = self.raw(query, variables).await;
+        assert!(
+            body.get("errors").is_none() && status.is_success(),
+            "unexpected errors ({status}): {body:#}"
+        );
+        body["data"].clone()
+    }
+
+    /// The first error, asserting there is one.
+    pub async fn error(&self, query: &str, variables: Value) -> Value {
+        let (_, body) = self.raw(query, variables).await;
+        body["errors"][0]
+            .clone()
+            .as_object()
+            .cloned()
+            .map(Value::Object)
+            .unwrap_or_else(|| panic!("expected an error, got {body:#}"))
+    }
+
+    pub async fn create_project(&self, title: &str, content: Value) -> Value {
+        self.data(
+            "mutation($t: String!, $c: JSON!) { createProject(input: {title: $t, content: $c}) { id title version } }",
+            json!({ "t": title, "c": content }),
+        )
+        .await["createProject"]
+            .clone()
+    }
+}
+
+/// The smallest valid Scratch 3 project.
+pub fn empty_project() -> Value {
+    json!({ "targets": [], "meta": { "semver": "3.0.0" } })
+}
+
+/// The error's `extensions.code`.
+pub fn code(err: &Value) -> &str {
+    err["extensions"]["code"].as_str().unwrap_or("<none>")
+}

@@ -1,0 +1,164 @@
+//! The HTTP surface: health, readiness, GraphiQL offline, request ids, graceful shutdown.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::{
+    both_backends,
+    harness::{TestServer, empty_project, signal},
+};
+
+both_backends!(
+    health_and_readiness,
+    graceful_shutdown_finishes_in_flight_requests
+);
+
+async fn health_and_readiness(s: TestServer) {
+    let health = reqwest::get(format!("{}/healthz", s.base_url))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = reqwest::get(format!("{}/readyz", s.base_url))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({ "status": "ready", "database": "ok", "storage": "ok" })
+    );
+    assert!(
+        s.staging_files().is_empty(),
+        "the readiness probe cleans up after itself"
+    );
+}
+
+#[tokio::test]
+async fn graphiql_is_served_offline() {
+    let s = TestServer::start(crate::harness::Backend::Sqlite)
+        .await
+        .unwrap();
+    let page = reqwest::get(s.graphql_url()).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains("graphiql"));
+    // Every script and stylesheet comes from this server: no CDN.
+    for attr in ["src=\"", "href=\""] {
+        for part in html.split(attr).skip(1) {
+            let url = part.split('"').next().unwrap();
+            assert!(url.starts_with('/'), "external resource {url}");
+            let resp = reqwest::get(format!("{}{url}", s.base_url)).await.unwrap();
+            assert_eq!(resp.status(), 200, "{url}");
+            assert!(resp.bytes().await.unwrap().len() > 100, "{url} is empty");
+        }
+    }
+    assert!(!html.contains("https://"));
+    let missing = reqwest::get(format!("{}/graphiql/nope.js", s.base_url))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn every_response_has_a_request_id() {
+    let s = TestServer::start(crate::harness::Backend::Sqlite)
+        .await
+        .unwrap();
+    let alice = s.user("alice");
+    let resp = alice
+        .request()
+        .json(&json!({ "query": "{ viewer { id } }" }))
+        .send()
+        .await
+        .unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 36, "a uuid: {id}");
+    // A client-supplied id is kept, so logs can be correlated end to end.
+    let resp = alice
+        .request()
+        .header("x-request-id", "client-chosen-id")
+        .json(&json!({ "query": "mutation { deleteProject(input: {id: \"42\"}) }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "client-chosen-id");
+    // The log line of that request carries its id.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        s.server_log().contains("client-chosen-id"),
+        "log:\n{}",
+        s.server_log()
+    );
+}
+
+/// SIGTERM while a request body is still arriving: the request completes, new connections are
+/// refused, the process exits cleanly.
+async fn graceful_shutdown_finishes_in_flight_requests(mut s: TestServer) {
+    let alice = s.user("alice");
+    let body = serde_json::to_vec(&json!({
+        "query": "mutation($c: JSON!) { createProject(input: {title: \"slow\", content: $c}) { id version } }",
+        "variables": { "c": empty_project() },
+    }))
+    .unwrap();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let (first, rest) = (first.to_vec(), rest.to_vec());
+    let (sent_tx, sent_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let stream = futures::stream::unfold(
+        (Some(first), Some(rest), Some(sent_tx), Some(go_rx)),
+        |(a, b, sent, go)| async move {
+            if let Some(a) = a {
+                return Some((Ok::<_, std::io::Error>(a), (None, b, sent, go)));
+            }
+            if let Some(b) = b {
+                let _ = sent.unwrap().send(());
+                let _ = go.unwrap().await;
+                return Some((Ok(b), (None, None, None, None)));
+            }
+            None
+        },
+    );
+    let req = alice
+        .request()
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .body(reqwest::Body::wrap_stream(stream));
+    let in_flight = tokio::spawn(async move { req.send().await });
+    sent_rx.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(s.child_mut(), "TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Still running: it waits for the in-flight request.
+    assert!(
+        s.child_mut().try_wait().unwrap().is_none(),
+        "exited before the request finished"
+    );
+    let refused = reqwest::Client::new()
+        .get(format!("{}/healthz", s.base_url))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "new connections are refused while draining"
+    );
+    go_tx.send(()).unwrap();
+    let resp = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request answered");
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["data"]["createProject"]["version"], 1, "{body}");
+    let status = s.child_mut().wait().unwrap();
+    assert!(status.success(), "clean exit: {status:?}");
+    assert_eq!(s.count("projects").await, 1);
+    assert!(s.staging_files().is_empty());
+}

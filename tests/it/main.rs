@@ -1,0 +1,11 @@
+//! Integration tests: one binary, the real server over HTTP, every scenario on SQLite and
+//! PostgreSQL.
+
+mod harness;
+
+mod cli;
+mod errors;
+mod http;
+mod migrations;
+mod projects;
+mod schema;
