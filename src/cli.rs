@@ -148,6 +148,8 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
         store,
         Limits {
             max_content_bytes: cfg.max_content_bytes,
+            max_asset_bytes: cfg.max_asset_bytes,
+            asset_access: cfg.asset_access,
         },
     )
     .await?;

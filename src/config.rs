@@ -91,21 +91,41 @@ pub struct ServeConfig {
     #[arg(long, env = "ATELIER_MAX_REQUEST_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_request_bytes: usize,
 
+    /// Largest asset upload accepted, in bytes (decided while streaming).
+    #[arg(long, env = "ATELIER_MAX_ASSET_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_asset_bytes: u64,
+
+    /// Who may fetch asset bytes: `public` (anyone who knows the md5ext, as in Scratch) or
+    /// `authenticated` (any signed-in user).
+    #[arg(long, env = "ATELIER_ASSET_ACCESS", default_value = "public")]
+    pub asset_access: AssetAccess,
+
     /// Seconds that in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "ATELIER_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 }
 
-/// Limits the service layer enforces.
+/// Who may read asset bytes and metadata.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AssetAccess {
+    Public,
+    Authenticated,
+}
+
+/// Limits and policies the service layer enforces.
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub max_content_bytes: u64,
+    pub max_asset_bytes: u64,
+    pub asset_access: AssetAccess,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_content_bytes: 10 * 1024 * 1024,
+            max_asset_bytes: 10 * 1024 * 1024,
+            asset_access: AssetAccess::Public,
         }
     }
 }

@@ -111,3 +111,27 @@ impl Loader<ProjectAssetsKey> for Batch {
         Ok(out)
     }
 }
+
+/// Assets by (md5, kind).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct AssetKey(pub String, pub crate::domain::AssetKind);
+
+impl Loader<AssetKey> for Batch {
+    type Value = asset::Model;
+    type Error = DbErr;
+
+    async fn load(&self, keys: &[AssetKey]) -> Result<HashMap<AssetKey, asset::Model>, DbErr> {
+        let rows = asset::Entity::find()
+            .filter(asset::Column::Md5.is_in(keys.iter().map(|k| k.0.clone())))
+            .all(self.0.db.conn())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|a| {
+                let kind = crate::domain::AssetKind::from_db(&a.asset_type)?;
+                Some((AssetKey(a.md5.clone(), kind), a))
+            })
+            .filter(|(k, _)| keys.contains(k))
+            .collect())
+    }
+}

@@ -2,10 +2,14 @@
 
 use async_graphql::{Context, ID, InputObject, Json, Object};
 
-use super::{require_viewer, services, types::Project};
+use super::{
+    require_viewer, services,
+    types::{Asset, AssetType, Project, UploadRef},
+};
 use crate::{
-    domain::{ProjectContent, ProjectId, Title},
-    error::GqlResultExt,
+    domain::{Md5, ProjectContent, ProjectId, Title},
+    error::{AppError, GqlResultExt},
+    http::Uploads,
     service,
 };
 
@@ -34,8 +38,64 @@ pub struct DeleteProjectInput {
     pub expected_version: Option<i32>,
 }
 
+#[derive(InputObject)]
+pub struct UploadAssetInput {
+    /// The file part (multipart request).
+    pub file: UploadRef,
+    pub asset_type: AssetType,
+    /// If given, the md5 the client computed; a mismatch is CHECKSUM_MISMATCH.
+    pub md5: Option<String>,
+}
+
+/// The stored asset, and whether this upload created it (false: identical bytes were stored).
+#[derive(async_graphql::SimpleObject)]
+pub struct UploadAssetPayload {
+    pub asset: Asset,
+    pub created: bool,
+}
+
 #[Object]
 impl MutationRoot {
+    /// Stores a media asset (deduplicated by md5 and type).
+    async fn upload_asset(
+        &self,
+        ctx: &Context<'_>,
+        input: UploadAssetInput,
+    ) -> async_graphql::Result<UploadAssetPayload> {
+        let viewer = require_viewer(ctx).gql()?;
+        let claimed = input
+            .md5
+            .map(|m| {
+                Md5::parse(&m)
+                    .ok_or_else(|| AppError::bad_input("md5", "md5 must be 32 hex digits"))
+            })
+            .transpose()
+            .gql()?;
+        let upload = ctx
+            .data_opt::<std::sync::Arc<Uploads>>()
+            .and_then(|u| u.take(&input.file.0))
+            .ok_or_else(|| {
+                AppError::bad_input(
+                    "file",
+                    "no file part for this upload (use a multipart request)",
+                )
+            })
+            .gql()?;
+        let (asset, created) = service::assets::upload(
+            services(ctx),
+            viewer,
+            upload,
+            input.asset_type.into(),
+            claimed,
+        )
+        .await
+        .gql()?;
+        Ok(UploadAssetPayload {
+            asset: Asset(asset),
+            created,
+        })
+    }
+
     /// Creates a project owned by the viewer.
     async fn create_project(
         &self,

@@ -5,12 +5,16 @@ use entity::user;
 use sea_orm::EntityTrait;
 
 use super::{
+    loaders::AssetKey,
     require_viewer, services,
-    types::{Group, IdCursor, Project, ProjectConnection, User, project_connection},
+    types::{
+        Asset, AssetType, Group, IdCursor, Project, ProjectConnection, User, project_connection,
+    },
     viewer,
 };
 use crate::{
-    domain::{ProjectId, UserId},
+    config::AssetAccess,
+    domain::{Md5, ProjectId, UserId},
     error::{AppError, GqlResultExt},
     service::{
         self,
@@ -92,6 +96,27 @@ impl QueryRoot {
                 .await
                 .gql()?;
         Ok(project_connection(page))
+    }
+
+    /// An asset by md5 and type; null if not stored.
+    async fn asset(
+        &self,
+        ctx: &Context<'_>,
+        md5: String,
+        asset_type: AssetType,
+    ) -> async_graphql::Result<Option<Asset>> {
+        if services(ctx).limits.asset_access == AssetAccess::Authenticated {
+            require_viewer(ctx).gql()?;
+        }
+        let md5 = Md5::parse(&md5)
+            .ok_or_else(|| AppError::bad_input("md5", "md5 must be 32 hex digits"))
+            .gql()?;
+        let found = super::loaders(ctx)
+            .load_one(AssetKey(md5.as_str().to_owned(), asset_type.into()))
+            .await
+            .map_err(AppError::from)
+            .gql()?;
+        Ok(found.map(Asset))
     }
 
     /// The viewer's groups.

@@ -265,3 +265,21 @@ pub fn project_connection(page: service::projects::ProjectPage) -> ProjectConnec
     );
     conn
 }
+
+/// A file part of a multipart request (GraphQL multipart request spec). In a JSON request it
+/// cannot be satisfied.
+pub struct UploadRef(pub String);
+
+#[async_graphql::Scalar(name = "Upload")]
+impl async_graphql::ScalarType for UploadRef {
+    fn parse(value: async_graphql::Value) -> async_graphql::InputValueResult<Self> {
+        match value {
+            async_graphql::Value::String(s) => Ok(UploadRef(s)),
+            other => Err(async_graphql::InputValueError::expected_type(other)),
+        }
+    }
+
+    fn to_value(&self) -> async_graphql::Value {
+        async_graphql::Value::String(self.0.clone())
+    }
+}

@@ -12,12 +12,22 @@ use axum::{
 use super::AppState;
 use crate::{domain::Viewer, error::AppError, graphql::request_data, service};
 
-/// `POST /graphql`.
+/// `POST /graphql`: JSON, or a multipart upload per the GraphQL multipart request spec.
 pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let viewer = match authenticate(&state, &headers).await {
         Ok(v) => v,
         Err(e) => return error_response(status_for(&e), &e),
     };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if let Ok(boundary) = multer::parse_boundary(content_type) {
+        return match super::upload::receive(&state, boundary, body).await {
+            Ok((batch, uploads)) => execute(&state, viewer, batch.data(uploads)).await,
+            Err(e) => error_response(status_for(&e), &e),
+        };
+    }
     let bytes = match axum::body::to_bytes(body, state.max_request_bytes).await {
         Ok(b) => b,
         Err(_) => {
@@ -73,7 +83,10 @@ fn with_codes(mut r: async_graphql::Response) -> async_graphql::Response {
     r
 }
 
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Viewer>, AppError> {
+pub(super) async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Viewer>, AppError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -92,9 +105,10 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Vi
         .map(Some)
 }
 
-fn status_for(e: &AppError) -> StatusCode {
+pub(super) fn status_for(e: &AppError) -> StatusCode {
     match e.code() {
         "UNAUTHENTICATED" => StatusCode::UNAUTHORIZED,
+        "PAYLOAD_TOO_LARGE" => StatusCode::PAYLOAD_TOO_LARGE,
         "UNAVAILABLE" => StatusCode::SERVICE_UNAVAILABLE,
         "INTERNAL" => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
@@ -102,7 +116,7 @@ fn status_for(e: &AppError) -> StatusCode {
 }
 
 /// A GraphQL-shaped error body for failures before execution.
-fn error_response(status: StatusCode, e: &AppError) -> Response {
+pub(super) fn error_response(status: StatusCode, e: &AppError) -> Response {
     let err = e.extend();
     let server_error = ServerError {
         message: err.message,

@@ -1,9 +1,13 @@
 //! The HTTP surface: router, GraphQL endpoint, GraphiQL, health checks, request ids, limits,
 //! and serving with graceful shutdown.
 
+mod assets;
 mod graphiql;
 mod graphql;
 mod health;
+mod upload;
+
+pub use upload::Uploads;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -35,6 +39,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/graphql", get(graphiql::page).post(graphql::post))
         .route("/graphiql/{file}", get(graphiql::asset))
+        .route("/assets/{name}", get(assets::get))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .with_state(state)

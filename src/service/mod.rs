@@ -1,6 +1,7 @@
 //! The service layer: one module per aggregate. Every transaction, lock and version check
 //! lives here; callers (GraphQL, CLI) only parse input and map errors.
 
+pub mod assets;
 pub mod identity;
 pub mod maintenance;
 pub mod projects;

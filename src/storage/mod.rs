@@ -290,3 +290,92 @@ impl Drop for StagingWriter {
 fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
+
+/// Why a streamed staging failed.
+#[derive(Debug)]
+pub enum StageError {
+    /// More than the limit arrived; the staged file is gone.
+    TooLarge { limit: u64 },
+    /// The client's body stream failed (disconnect, malformed multipart).
+    Body(String),
+    /// The filesystem failed (disk full, permissions).
+    Io(io::Error),
+}
+
+/// A streamed upload: the staged blob plus its first bytes, for sniffing the format.
+#[derive(Debug)]
+pub struct StagedUpload {
+    pub blob: StagedBlob,
+    pub head: Vec<u8>,
+}
+
+/// How many leading bytes of an upload are kept in memory for format detection.
+pub const SNIFF_BYTES: usize = 64 * 1024;
+
+enum Chunk {
+    Data(bytes::Bytes),
+    Done,
+}
+
+impl BlobStore {
+    /// Streams a body into staging, hashing on the way, with memory bounded by a small channel
+    /// of chunks whatever the size. Over `limit` bytes, or on a body error, the partial file is
+    /// removed and nothing is staged.
+    pub async fn stage_stream<S, E>(
+        &self,
+        mut body: S,
+        limit: u64,
+    ) -> Result<StagedUpload, StageError>
+    where
+        S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use futures::StreamExt;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(16);
+        let store = self.clone();
+        // Disk writes and hashing run on a blocking thread, overlapped with reading the socket.
+        let writer = tokio::task::spawn_blocking(move || -> io::Result<Option<StagedBlob>> {
+            let mut w = store.begin_staging()?;
+            while let Some(chunk) = rx.blocking_recv() {
+                match chunk {
+                    Chunk::Data(bytes) => w.write(&bytes)?,
+                    Chunk::Done => return w.finish().map(Some),
+                }
+            }
+            // The sender went away without `Done`: abandoned, `w` deletes its file.
+            Ok(None)
+        });
+        let mut head = Vec::new();
+        let mut size = 0u64;
+        let outcome: Result<(), StageError> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| StageError::Body(e.to_string()))?;
+                size += chunk.len() as u64;
+                if size > limit {
+                    return Err(StageError::TooLarge { limit });
+                }
+                if head.len() < SNIFF_BYTES {
+                    let take = (SNIFF_BYTES - head.len()).min(chunk.len());
+                    head.extend_from_slice(&chunk[..take]);
+                }
+                if tx.send(Chunk::Data(chunk)).await.is_err() {
+                    // The writer stopped early: its error is reported below.
+                    return Ok(());
+                }
+            }
+            let _ = tx.send(Chunk::Done).await;
+            Ok(())
+        }
+        .await;
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| StageError::Io(io::Error::other(e)))?;
+        outcome?;
+        match written {
+            Ok(Some(blob)) => Ok(StagedUpload { blob, head }),
+            Ok(None) => Err(StageError::Body("upload ended early".into())),
+            Err(e) => Err(StageError::Io(e)),
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! `GET /assets/{md5}.{ext}`: asset bytes like a CDN serves them: strong ETag (the sha256),
+//! immutable caching, single Range requests, and headers that keep SVG script inert.
+
+use std::io::SeekFrom;
+
+use axum::{
+    body::Body,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::{AppState, graphql::authenticate};
+use crate::{config::AssetAccess, domain::Md5, service};
+
+/// SVGs can carry script: never let an asset run anything or load anything.
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; sandbox";
+const KNOWN_EXTENSIONS: [&str; 5] = ["svg", "png", "jpg", "wav", "mp3"];
+
+/// `GET /assets/{md5}.{ext}` (HEAD too).
+pub async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some((md5, ext)) = name.split_once('.') else {
+        return plain(StatusCode::BAD_REQUEST, "expected /assets/<md5>.<ext>");
+    };
+    let Some(md5) = Md5::parse(md5).filter(|_| md5.bytes().all(|b| b.is_ascii_hexdigit())) else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "the asset name must be 32 hex digits and an extension",
+        );
+    };
+    if !ext.bytes().all(|b| b.is_ascii_alphanumeric()) || ext.is_empty() || ext.len() > 8 {
+        return plain(StatusCode::BAD_REQUEST, "malformed extension");
+    }
+    if !KNOWN_EXTENSIONS.contains(&ext) {
+        return plain(StatusCode::NOT_FOUND, "no such asset");
+    }
+    if state.services.limits.asset_access == AssetAccess::Authenticated {
+        match authenticate(&state, &headers).await {
+            Ok(Some(_)) => {}
+            _ => return plain(StatusCode::UNAUTHORIZED, "sign in to fetch assets"),
+        }
+    }
+    let asset = match service::assets::find_by_md5ext(&state.services, &md5, ext).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return plain(StatusCode::NOT_FOUND, "no such asset"),
+        Err(e) => {
+            let status = super::graphql::status_for(&e);
+            tracing::warn!(error = %e, "asset lookup failed");
+            return plain(status, "asset lookup failed; retry");
+        }
+    };
+    let etag = format!("\"{}\"", asset.sha256);
+    let size = asset.size as u64;
+    let mut resp_headers = HeaderMap::new();
+    let set = |h: &mut HeaderMap, k, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(k, v);
+        }
+    };
+    set(&mut resp_headers, header::CONTENT_TYPE, &asset.content_type);
+    set(&mut resp_headers, header::ETAG, &etag);
+    set(
+        &mut resp_headers,
+        header::CACHE_CONTROL,
+        "public, max-age=31536000, immutable",
+    );
+    set(&mut resp_headers, header::ACCEPT_RANGES, "bytes");
+    set(&mut resp_headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(&mut resp_headers, header::CONTENT_SECURITY_POLICY, CSP);
+
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        && inm.split(',').any(|t| {
+            let t = t.trim();
+            t == "*" || t == etag || t.strip_prefix("W/") == Some(etag.as_str())
+        })
+    {
+        return (StatusCode::NOT_MODIFIED, resp_headers).into_response();
+    }
+
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|r| parse_range(r, size));
+    // If-Range with a different validator means: send the whole thing.
+    let range = match headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        Some(validator) if validator != etag => None,
+        _ => range,
+    };
+    let (status, start, len) = match range {
+        None | Some(Range::Ignore) => (StatusCode::OK, 0, size),
+        Some(Range::Unsatisfiable) => {
+            set(
+                &mut resp_headers,
+                header::CONTENT_RANGE,
+                &format!("bytes */{size}"),
+            );
+            return (StatusCode::RANGE_NOT_SATISFIABLE, resp_headers).into_response();
+        }
+        Some(Range::Bytes(start, end)) => {
+            set(
+                &mut resp_headers,
+                header::CONTENT_RANGE,
+                &format!("bytes {start}-{end}/{size}"),
+            );
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+    };
+    let path = state.services.blobs.blob_path(&asset.blob_key);
+    let file = match open_at(&path, start).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(asset.id = asset.id, blob.key = %asset.blob_key, error = %e, "asset blob unreadable");
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "asset temporarily unavailable",
+            );
+        }
+    };
+    set(&mut resp_headers, header::CONTENT_LENGTH, &len.to_string());
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        file.take(len),
+        64 * 1024,
+    ));
+    (status, resp_headers, body).into_response()
+}
+
+async fn open_at(path: &std::path::Path, start: u64) -> std::io::Result<tokio::fs::File> {
+    // A just-committed asset may be published a moment after its row is visible.
+    let mut file = None;
+    for delay in [0u64, 5, 10, 20, 40, 80, 160] {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        match tokio::fs::File::open(path).await {
+            Ok(f) => {
+                file = Some(f);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let mut file = match file {
+        Some(f) => f,
+        None => tokio::fs::File::open(path).await?,
+    };
+    if start > 0 {
+        file.seek(SeekFrom::Start(start)).await?;
+    }
+    Ok(file)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Range {
+    /// Inclusive byte range.
+    Bytes(u64, u64),
+    Unsatisfiable,
+    /// Multiple ranges or a syntax we do not serve: answer with the whole body (RFC 9110).
+    Ignore,
+}
+
+fn parse_range(header: &str, size: u64) -> Range {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return Range::Ignore;
+    };
+    if spec.contains(',') {
+        return Range::Ignore;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Range::Ignore;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    match (a.parse::<u64>().ok(), b.parse::<u64>().ok()) {
+        // bytes=-N: the last N bytes.
+        (None, Some(n)) if a.is_empty() => {
+            if n == 0 || size == 0 {
+                Range::Unsatisfiable
+            } else {
+                Range::Bytes(size.saturating_sub(n), size - 1)
+            }
+        }
+        (Some(start), None) if b.is_empty() => {
+            if start >= size {
+                Range::Unsatisfiable
+            } else {
+                Range::Bytes(start, size - 1)
+            }
+        }
+        (Some(start), Some(end)) if start <= end => {
+            if start >= size {
+                Range::Unsatisfiable
+            } else {
+                Range::Bytes(start, end.min(size - 1))
+            }
+        }
+        _ => Range::Ignore,
+    }
+}
+
+fn plain(status: StatusCode, msg: &'static str) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        msg,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Range, parse_range};
+
+    #[test]
+    fn parses_ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Range::Bytes(0, 9));
+        assert_eq!(parse_range("bytes=90-", 100), Range::Bytes(90, 99));
+        assert_eq!(parse_range("bytes=-10", 100), Range::Bytes(90, 99));
+        assert_eq!(parse_range("bytes=-1000", 100), Range::Bytes(0, 99));
+        assert_eq!(parse_range("bytes=50-1000", 100), Range::Bytes(50, 99));
+        assert_eq!(parse_range("bytes=100-", 100), Range::Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), Range::Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Range::Ignore);
+        assert_eq!(parse_range("bytes=9-2", 100), Range::Ignore);
+        assert_eq!(parse_range("items=0-1", 100), Range::Ignore);
+    }
+}
