@@ -416,3 +416,67 @@ pub fn empty_project() -> Value {
 pub fn code(err: &Value) -> &str {
     err["extensions"]["code"].as_str().unwrap_or("<none>")
 }
+
+pub const UPLOAD: &str = "mutation($f: Upload!, $t: AssetType!, $m: String) { uploadAsset(input: {file: $f, assetType: $t, md5: $m}) { created asset { id md5 assetType sha256 size contentType url } } }";
+
+impl Client {
+    /// Uploads bytes per the GraphQL multipart request spec; returns (status, body).
+    pub async fn upload_raw(
+        &self,
+        bytes: Vec<u8>,
+        asset_type: &str,
+        md5: Option<&str>,
+    ) -> (reqwest::StatusCode, Value) {
+        let operations =
+            json!({ "query": UPLOAD, "variables": { "f": null, "t": asset_type, "m": md5 } });
+        let form = reqwest::multipart::Form::new()
+            .text("operations", operations.to_string())
+            .text("map", json!({ "0": ["variables.f"] }).to_string())
+            .part(
+                "0",
+                reqwest::multipart::Part::bytes(bytes).file_name("asset.bin"),
+            );
+        let resp = self
+            .request()
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload request");
+        let status = resp.status();
+        (status, resp.json().await.expect("JSON body"))
+    }
+
+    /// Uploads and asserts success: the `uploadAsset` payload.
+    pub async fn upload(&self, bytes: Vec<u8>, asset_type: &str) -> Value {
+        let (status, body) = self.upload_raw(bytes, asset_type, None).await;
+        assert!(
+            status.is_success() && body.get("errors").is_none(),
+            "upload failed ({status}): {body:#}"
+        );
+        body["data"]["uploadAsset"].clone()
+    }
+}
+
+/// A small valid SVG whose bytes vary with `n`.
+pub fn svg(n: usize) -> Vec<u8> {
+    format!("<?xml version=\"1.0\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{n}\" height=\"1\"><rect/></svg>").into_bytes()
+}
+
+/// PNG magic plus `n`-dependent filler.
+pub fn png(n: usize) -> Vec<u8> {
+    let mut b = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    b.extend(format!("filler-{n}").bytes());
+    b
+}
+
+/// A RIFF/WAVE header plus `n`-dependent filler.
+pub fn wav(n: usize) -> Vec<u8> {
+    let mut b = b"RIFF\x24\0\0\0WAVEfmt ".to_vec();
+    b.extend(format!("pcm-{n}").bytes());
+    b
+}
+
+pub fn md5_hex(bytes: &[u8]) -> String {
+    use md5::Digest;
+    hex::encode(md5::Md5::digest(bytes))
+}
