@@ -22,6 +22,8 @@ const MAX_ATTEMPTS: u32 = 10;
 #[derive(Clone)]
 pub struct Db {
     conn: DatabaseConnection,
+    /// Counts every statement this process runs (for `/metrics`).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// SQLite has one writer at a time anyway. Queueing writers here, fairly, instead of in
     /// SQLite's polling busy handler keeps latency flat under a classroom of writers. This is an
     /// optimisation only: BEGIN IMMEDIATE plus the busy timeout stay the source of truth (a
@@ -69,9 +71,16 @@ impl Db {
                     None => o,
                 });
         }
-        let conn = Database::connect(opts).await?;
+        let mut conn = Database::connect(opts).await?;
+        let metrics = crate::metrics::Metrics::new();
+        let m = metrics.clone();
+        conn.set_metric_callback(move |info| {
+            m.record_statement(info.elapsed, info.failed);
+            tracing::trace!(target: "atelier::sql", sql = %info.statement, elapsed_us = info.elapsed.as_micros() as u64, failed = info.failed);
+        });
         Ok(Db {
             conn,
+            metrics,
             write_gate: sqlite.then(|| Arc::new(Semaphore::new(1))),
         })
     }

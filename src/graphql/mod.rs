@@ -40,11 +40,14 @@ pub fn sdl() -> String {
 
 /// Per-request data: who is asking, and fresh dataloaders (no cache shared across requests).
 pub fn request_data(services: &Services, viewer: Option<Viewer>) -> (RequestViewer, Arc<Loaders>) {
+    // The delay lets a whole page of rows enqueue its keys before the batch fires (1 ms, the
+    // default, split pages of 100 into several batches).
     let loader = DataLoader::new(
         loaders::Batch(services.clone()),
         TokioSpawner::current(),
         TokioTimer::default(),
-    );
+    )
+    .delay(std::time::Duration::from_millis(5));
     (RequestViewer(viewer), Arc::new(loader))
 }
 

@@ -43,3 +43,14 @@ async fn storage_writable(state: &AppState) -> std::io::Result<()> {
     .await
     .map_err(std::io::Error::other)?
 }
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.services.db.metrics.render(),
+    )
+}

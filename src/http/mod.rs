@@ -42,6 +42,8 @@ pub fn router(state: AppState) -> Router {
         .route("/assets/{name}", get(assets::get))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), record_metrics))
         .with_state(state)
         .layer(
             tower::ServiceBuilder::new()
@@ -60,6 +62,21 @@ pub fn router(state: AppState) -> Router {
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone())),
         )
+}
+
+async fn record_metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let start = std::time::Instant::now();
+    let resp = next.run(req).await;
+    state
+        .services
+        .db
+        .metrics
+        .record_request(start.elapsed(), resp.status().as_u16());
+    resp
 }
 
 /// Serves until SIGTERM/SIGINT, then stops accepting and gives in-flight requests up to

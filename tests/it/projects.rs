@@ -358,3 +358,56 @@ async fn concurrent_deletes_exactly_one_wins(s: TestServer) {
     }
     assert_eq!(s.count("projects").await, 0);
 }
+
+both_backends!(listing_cost_does_not_grow_with_page_size);
+
+async fn statements(s: &TestServer) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", s.base_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("atelier_db_statements_total "))
+        .expect("statement counter exported")
+        .parse()
+        .unwrap()
+}
+
+/// DataLoaders: owner, assets and shares of a whole page cost a fixed number of statements.
+async fn listing_cost_does_not_grow_with_page_size(s: TestServer) {
+    let alice = s.user("alice");
+    let asset = alice.upload(crate::harness::svg(1), "IMAGE_VECTOR").await["asset"]["md5"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let content = json!({ "targets": [{ "costumes": [{ "md5ext": format!("{asset}.svg") }] }] });
+    join_all((0..100).map(|i| {
+        let (c, content) = (alice.clone(), content.clone());
+        async move { c.create_project(&format!("p{i}"), content).await }
+    }))
+    .await;
+    let q = "query($n: Int) { projects(first: $n) { edges { node { id owner { id } assets { md5 } sharedWith { id } remixedFrom { id } } } } }";
+    let mut costs = Vec::new();
+    for n in [10, 100] {
+        let before = statements(&s).await;
+        let data = alice.data(q, json!({ "n": n })).await;
+        let after = statements(&s).await;
+        assert_eq!(data["projects"]["edges"].as_array().unwrap().len(), n);
+        assert_eq!(
+            data["projects"]["edges"][0]["node"]["assets"][0]["md5"],
+            asset
+        );
+        costs.push(after - before);
+    }
+    eprintln!(
+        "statements per listing [{:?}]: first:10 → {}, first:100 → {}",
+        s.backend, costs[0], costs[1]
+    );
+    assert_eq!(costs[0], costs[1], "cost grows with the page: {costs:?}");
+    assert!(
+        costs[0] <= 5,
+        "at most 5 statements per listing request: {costs:?}"
+    );
+}
