@@ -37,6 +37,21 @@ pub enum Command {
     Migrate,
     /// Print the GraphQL schema (SDL).
     Schema,
+    /// Check invariants I1–I3 and staging; exit 1 on any violation.
+    Fsck {
+        /// Print the violations as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove blobs that no row references and that are older than the grace period.
+    Gc {
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Minimum age of a blob before it may be removed, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        grace_secs: u64,
+    },
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -87,6 +102,49 @@ pub async fn run(cli: Cli) -> AppResult<()> {
             Ok(())
         }
         Command::Serve(cfg) => serve(&cli.store, cfg).await,
+        Command::Fsck { json } => {
+            let svc = services(&cli.store, Limits::default()).await?;
+            let violations = service::maintenance::fsck(&svc).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&violations).map_err(AppError::internal)?
+                );
+            } else {
+                for v in &violations {
+                    println!("{} {}: {}", v.invariant, v.subject, v.detail);
+                }
+                eprintln!("fsck: {} violation(s)", violations.len());
+            }
+            if violations.is_empty() {
+                Ok(())
+            } else {
+                Err(AppError::Conflict(format!(
+                    "{} invariant violation(s)",
+                    violations.len()
+                )))
+            }
+        }
+        Command::Gc {
+            dry_run,
+            grace_secs,
+        } => {
+            let svc = services(&cli.store, Limits::default()).await?;
+            let report =
+                service::maintenance::gc(&svc, Duration::from_secs(grace_secs), dry_run).await?;
+            let verb = if dry_run { "would remove" } else { "removed" };
+            for (key, size) in &report.removed {
+                println!("{verb} {key} ({size} bytes)");
+            }
+            println!(
+                "{verb} {} blob(s), {} bytes; kept {} referenced, {} younger than {grace_secs}s",
+                report.removed.len(),
+                report.bytes_freed,
+                report.kept_referenced,
+                report.kept_young
+            );
+            Ok(())
+        }
         Command::Token {
             command: TokenCommand::Create { user, role },
         } => {

@@ -183,6 +183,8 @@ fn classify_sqlx(e: &sea_orm::sqlx::Error) -> DbErrorKind {
                 }
                 // SQLite primary and extended codes for BUSY (5, 261, 517) and LOCKED (6, 262).
                 "5" | "261" | "517" | "6" | "262" => DbErrorKind::Transient,
+                // Disk full: SQLITE_FULL, PostgreSQL disk_full / out_of_memory.
+                "13" | "53100" | "53200" => DbErrorKind::Unreachable,
                 _ => DbErrorKind::Other,
             }
         }

@@ -140,6 +140,12 @@ impl Db {
             .await?;
         // On error the transaction is dropped, which rolls it back.
         let value = f(&txn).await?;
+        fail::fail_point!("db::before_commit", |arg| {
+            let e = crate::storage::injected("db::before_commit", arg);
+            Err(AppError::Unavailable(format!(
+                "the database is unavailable ({e}); retry"
+            )))
+        });
         txn.commit().await?;
         Ok(value)
     }

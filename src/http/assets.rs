@@ -112,8 +112,7 @@ pub async fn get(
             (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
         }
     };
-    let path = state.services.blobs.blob_path(&asset.blob_key);
-    let file = match open_at(&path, start).await {
+    let file = match open_at(&state, &asset.blob_key, start).await {
         Ok(f) => f,
         Err(e) => {
             tracing::error!(asset.id = asset.id, blob.key = %asset.blob_key, error = %e, "asset blob unreadable");
@@ -131,23 +130,15 @@ pub async fn get(
     (status, resp_headers, body).into_response()
 }
 
-async fn open_at(path: &std::path::Path, start: u64) -> std::io::Result<tokio::fs::File> {
-    // A just-committed asset may be published a moment after its row is visible.
-    let mut file = None;
-    for delay in [0u64, 5, 10, 20, 40, 80, 160] {
-        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
-        match tokio::fs::File::open(path).await {
-            Ok(f) => {
-                file = Some(f);
-                break;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+async fn open_at(state: &AppState, key: &str, start: u64) -> std::io::Result<tokio::fs::File> {
+    let path = state.services.blobs.blob_path(key);
+    let mut file = match tokio::fs::File::open(&path).await {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Committed a moment ago and not yet published (or its publish failed).
+            state.services.blobs.ensure_published(key).await?;
+            tokio::fs::File::open(&path).await?
         }
-    }
-    let mut file = match file {
-        Some(f) => f,
-        None => tokio::fs::File::open(path).await?,
+        other => other?,
     };
     if start > 0 {
         file.seek(SeekFrom::Start(start)).await?;

@@ -12,7 +12,15 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// `GET /readyz`: the database answers and the data dir is writable.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    let db = state.services.db.ping().await;
+    // A database that does not answer within a second is not ready.
+    let db = match tokio::time::timeout(std::time::Duration::from_secs(1), state.services.db.ping())
+        .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(crate::error::AppError::Unavailable(
+            "database ping timed out".into(),
+        )),
+    };
     let storage = storage_writable(&state).await;
     let ok = db.is_ok() && storage.is_ok();
     if !ok {

@@ -154,10 +154,7 @@ pub async fn upload(
         .await?;
     // Winner or not, publish after commit: if the blob is there already this just removes our
     // staged copy; if the winner has not published yet, ours (same bytes) takes its place.
-    let key = blob.key.clone();
-    if let Err(e) = svc.blobs.publish(blob).await {
-        tracing::error!(blob.key = %key, error = %e, "blob_publish_failed_after_commit");
-    }
+    svc.blobs.publish_committed(blob).await;
     if created {
         tracing::info!(asset.id = asset.id, asset.md5 = %asset.md5, asset.size = asset.size, "asset_created");
     } else {

@@ -13,7 +13,11 @@ pub async fn recover(svc: &Services) -> AppResult<RecoveryReport> {
     let staged = svc.blobs.staging_files()?;
     let keys: Vec<String> = staged
         .iter()
-        .filter_map(|p| p.file_name()?.to_str()?.strip_suffix(".ready"))
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?;
+            name.strip_suffix(".ready")
+                .or_else(|| name.strip_suffix(".gc"))
+        })
         .filter_map(|name| name.split('.').next())
         .map(str::to_owned)
         .collect();
@@ -74,4 +78,211 @@ async fn referenced_keys<C: ConnectionTrait>(
         out.extend(thumbs.into_iter().flatten());
     }
     Ok(out)
+}
+
+/// One broken invariant found by [`fsck`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Violation {
+    /// `I1`, `I2`, `I3` (DESIGN.md §5) or `STAGING`.
+    pub invariant: &'static str,
+    /// What is broken, e.g. `asset 12` or `project 7`.
+    pub subject: String,
+    pub detail: String,
+}
+
+/// Checks I1–I3 on a live data dir and reports stale staging files.
+pub async fn fsck(svc: &Services) -> AppResult<Vec<Violation>> {
+    use std::collections::HashMap;
+
+    use entity::project_asset;
+
+    use crate::domain::ProjectContent;
+
+    let mut out = Vec::new();
+    let conn = svc.db.conn();
+
+    // I1: every asset's blob exists and hashes to its md5 and sha256.
+    let assets = asset::Entity::find().all(conn).await?;
+    for a in &assets {
+        let blobs = svc.blobs.clone();
+        let key = a.blob_key.clone();
+        let hashed = tokio::task::spawn_blocking(move || blobs.hash_blob(&key))
+            .await
+            .map_err(crate::error::AppError::internal)?;
+        let subject = format!("asset {}", a.id);
+        match hashed {
+            Err(e) => out.push(Violation {
+                invariant: "I1",
+                subject,
+                detail: format!("blob {} unreadable: {e}", a.blob_key),
+            }),
+            Ok((md5, sha256, size)) => {
+                if md5 != a.md5 || sha256 != a.sha256 || size != a.size as u64 {
+                    out.push(Violation {
+                        invariant: "I1",
+                        subject,
+                        detail: format!(
+                            "blob {} hashes to md5 {md5} sha256 {sha256} size {size}, row says {} {} {}",
+                            a.blob_key, a.md5, a.sha256, a.size
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    let by_key: HashMap<(String, String), i64> = assets
+        .iter()
+        .map(|a| ((a.md5.clone(), a.asset_type.clone()), a.id))
+        .collect();
+
+    // I2 and I3, a page of projects at a time.
+    let mut links: HashMap<i64, Vec<i64>> = HashMap::new();
+    for l in project_asset::Entity::find().all(conn).await? {
+        links.entry(l.project_id).or_default().push(l.asset_id);
+    }
+    let mut after = 0i64;
+    loop {
+        use sea_orm::{QueryOrder, QuerySelect};
+        let page = project::Entity::find()
+            .filter(project::Column::Id.gt(after))
+            .order_by_asc(project::Column::Id)
+            .limit(200)
+            .all(conn)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for p in page {
+            let subject = format!("project {}", p.id);
+            let path = svc.blobs.blob_path(&p.content_key);
+            let bytes = match tokio::fs::read(&path).await {
+                Ok(b) => b,
+                Err(e) => {
+                    out.push(Violation {
+                        invariant: "I2",
+                        subject,
+                        detail: format!("content blob {} unreadable: {e}", p.content_key),
+                    });
+                    continue;
+                }
+            };
+            let value: serde_json::Value = match serde_json::from_slice(&bytes) {
+                Ok(v @ serde_json::Value::Object(_)) => v,
+                _ => {
+                    out.push(Violation {
+                        invariant: "I2",
+                        subject,
+                        detail: format!("content blob {} is not a JSON object", p.content_key),
+                    });
+                    continue;
+                }
+            };
+            let refs = match ProjectContent::parse(value, u64::MAX) {
+                Ok(c) => c.asset_refs,
+                Err(e) => {
+                    out.push(Violation {
+                        invariant: "I2",
+                        subject,
+                        detail: format!("content is not a valid project: {e}"),
+                    });
+                    continue;
+                }
+            };
+            let mut expected = Vec::new();
+            for r in &refs {
+                match by_key.get(&(r.md5.as_str().to_owned(), r.kind.as_str().to_owned())) {
+                    Some(id) => expected.push(*id),
+                    None => out.push(Violation {
+                        invariant: "I3",
+                        subject: subject.clone(),
+                        detail: format!("references {} which is not stored", r.md5ext),
+                    }),
+                }
+            }
+            expected.sort_unstable();
+            expected.dedup();
+            let mut linked = links.remove(&p.id).unwrap_or_default();
+            linked.sort_unstable();
+            if expected != linked && expected.len() == refs.len() {
+                out.push(Violation {
+                    invariant: "I3",
+                    subject,
+                    detail: format!(
+                        "asset links {linked:?} differ from the content's {expected:?}"
+                    ),
+                });
+            }
+        }
+    }
+
+    for path in svc.blobs.staging_files()? {
+        out.push(Violation {
+            invariant: "STAGING",
+            subject: path.display().to_string(),
+            detail: "stale staging file (startup recovery removes it)".to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// What [`gc`] removed (or would remove, with `dry_run`).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct GcReport {
+    pub removed: Vec<(String, u64)>,
+    pub bytes_freed: u64,
+    pub kept_referenced: usize,
+    pub kept_young: usize,
+}
+
+/// Removes blobs that no row references and that are older than `grace`.
+///
+/// Race-free against writers without locks (see docs/storage.md): a candidate is first
+/// renamed into staging as `<key>.<uuid>.gc`, *then* the database is asked again. A writer
+/// that commits a reference before that second look makes gc put the blob back; one that
+/// commits after it checks for the blob only after its commit, finds it gone, and publishes
+/// its own staged copy of the same bytes.
+pub async fn gc(svc: &Services, grace: std::time::Duration, dry_run: bool) -> AppResult<GcReport> {
+    let blobs = svc.blobs.clone();
+    let candidates = tokio::task::spawn_blocking(move || blobs.blobs_older_than(grace))
+        .await
+        .map_err(crate::error::AppError::internal)??;
+    let mut report = GcReport {
+        kept_young: candidates.young,
+        ..Default::default()
+    };
+    for chunk in candidates.old.chunks(500) {
+        let keys: Vec<String> = chunk.iter().map(|(k, _)| k.clone()).collect();
+        let referenced = referenced_keys(svc.db.conn(), &keys).await?;
+        for (key, size) in chunk {
+            if referenced.contains(key) {
+                report.kept_referenced += 1;
+                continue;
+            }
+            if dry_run {
+                report.removed.push((key.clone(), *size));
+                report.bytes_freed += size;
+                continue;
+            }
+            let Some(aside) = svc.blobs.set_aside(key)? else {
+                continue;
+            };
+            // The second look, after the blob stopped being visible.
+            let still = referenced_keys(svc.db.conn(), std::slice::from_ref(key)).await?;
+            if still.contains(key) {
+                svc.blobs.put_back(key, &aside)?;
+                report.kept_referenced += 1;
+                tracing::info!(blob.key = %key, "gc_lost_race_blob_kept");
+                continue;
+            }
+            svc.blobs.delete_aside(&aside)?;
+            report.removed.push((key.clone(), *size));
+            report.bytes_freed += size;
+        }
+    }
+    tracing::info!(
+        gc.removed = report.removed.len(),
+        gc.bytes_freed = report.bytes_freed,
+        gc.dry_run = dry_run,
+        "gc_finished"
+    );
+    Ok(report)
 }

@@ -16,7 +16,6 @@ use crate::{
     domain::{AssetRef, ProjectContent, ProjectId, Title, UserId, Viewer},
     error::{AppError, AppResult},
     service::{Services, now},
-    storage::StagedBlob,
 };
 
 /// Largest page a client may ask for.
@@ -84,7 +83,7 @@ pub async fn create(
             })
         })
         .await?;
-    publish_after_commit(svc, staged).await;
+    svc.blobs.publish_committed(staged).await;
     tracing::info!(project.id = project.id, user.id = %viewer.id, "project_created");
     Ok(project)
 }
@@ -174,7 +173,7 @@ pub async fn update(
         })
         .await?;
     if let Some(staged) = staged {
-        publish_after_commit(svc, staged).await;
+        svc.blobs.publish_committed(staged).await;
     }
     tracing::info!(
         project.id = project.id,
@@ -364,13 +363,4 @@ async fn link_assets<C: ConnectionTrait>(
         .await?;
     }
     Ok(())
-}
-
-/// Publishes a blob whose transaction committed. The write is durable either way: if the
-/// rename fails, the fsynced staged file stays and startup recovery publishes it.
-async fn publish_after_commit(svc: &Services, staged: StagedBlob) {
-    let key = staged.key.clone();
-    if let Err(e) = svc.blobs.publish(staged).await {
-        tracing::error!(blob.key = %key, error = %e, "blob_publish_failed_after_commit");
-    }
 }

@@ -45,7 +45,16 @@ pub struct StagedBlob {
 impl Drop for StagedBlob {
     fn drop(&mut self) {
         if !self.path.as_os_str().is_empty() {
-            match std::fs::remove_file(&self.path) {
+            let removed = (|| {
+                fail::fail_point!("storage::blob_delete", |arg| Err(injected(
+                    "storage::blob_delete",
+                    arg
+                )));
+                std::fs::remove_file(&self.path)
+            })();
+            // A file that cannot be removed stays in staging: invisible, and startup recovery
+            // removes it.
+            match removed {
                 Ok(()) => tracing::debug!(blob.key = %self.key, "staged_blob_discarded"),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
@@ -156,36 +165,113 @@ impl BlobStore {
             .map_err(io::Error::other)?
     }
 
+    /// Publishes a blob whose transaction committed, never failing the request: the write is
+    /// durable either way (fsynced staged file + committed row). If publishing fails, the staged
+    /// file stays and the next reader of the key ([`BlobStore::read`]) or startup recovery
+    /// publishes it.
+    pub async fn publish_committed(&self, mut staged: StagedBlob) {
+        fail::fail_point!("storage::after_commit", |arg| {
+            // Leave the staged file where it is, as a crash here would.
+            let _ = injected("storage::after_commit", arg);
+            staged.path = PathBuf::new();
+        });
+        let key = staged.key.clone();
+        if let Err(e) = self.publish(staged).await {
+            tracing::error!(blob.key = %key, error = %e, "blob_publish_failed_after_commit");
+        }
+    }
+
     fn publish_blocking(&self, mut staged: StagedBlob) -> io::Result<()> {
         let target = self.blob_path(&staged.key);
         let path = std::mem::take(&mut staged.path);
         if target.exists() {
-            std::fs::remove_file(&path)?;
-            return Ok(());
+            // Same key, same bytes. (A reader may already have published our file for us.)
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
         }
         let dir = target.parent().expect("blob path has a shard dir");
         std::fs::create_dir_all(dir)?;
-        std::fs::rename(&path, &target)?;
+        let renamed = (|| {
+            fail::fail_point!("storage::publish", |arg| Err(injected(
+                "storage::publish",
+                arg
+            )));
+            std::fs::rename(&path, &target)
+        })();
+        match renamed {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound && target.exists() => return Ok(()),
+            Err(e) => {
+                // Keep the staged file for the reader-side heal / recovery.
+                return Err(e);
+            }
+        }
         sync_dir(dir)?;
         tracing::debug!(blob.key = %staged.key, blob.size = staged.size, "blob_published");
         Ok(())
+    }
+
+    /// Publishes a committed key's staged file if its blob is missing (a publish that failed
+    /// or has not happened yet). Only called for keys a committed row references, so the
+    /// bytes are needed whatever the staged file's own transaction does.
+    pub fn heal(&self, key: &str) -> io::Result<bool> {
+        let target = self.blob_path(key);
+        if target.exists() {
+            return Ok(true);
+        }
+        let prefix = format!("{key}.");
+        for entry in std::fs::read_dir(&self.inner.staging)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) && (name.ends_with(".ready") || name.ends_with(".gc")) {
+                let dir = target.parent().expect("blob path has a shard dir");
+                std::fs::create_dir_all(dir)?;
+                match std::fs::rename(entry.path(), &target) {
+                    Ok(()) => {
+                        sync_dir(dir)?;
+                        tracing::warn!(blob.key = key, "blob_healed_from_staging");
+                        return Ok(true);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(target.exists())
     }
 
     /// Reads a whole blob. A row can be visible a moment before its blob is published (commit
     /// comes first), so a missing blob is retried briefly before it is reported.
     pub async fn read(&self, key: &str) -> io::Result<Vec<u8>> {
         let path = self.blob_path(key);
-        let mut delay = Duration::from_millis(5);
-        for _ in 0..8 {
-            match tokio::fs::read(&path).await {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                other => return other,
+        match tokio::fs::read(&path).await {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.ensure_published(key).await?;
+                tokio::fs::read(&path).await
             }
+            other => other,
         }
-        tokio::fs::read(&path).await
+    }
+
+    /// For a key a committed row references: waits briefly for its publish, then publishes it
+    /// from staging if that is where it still is.
+    pub async fn ensure_published(&self, key: &str) -> io::Result<()> {
+        let mut delay = Duration::from_millis(2);
+        for _ in 0..5 {
+            let store = self.clone();
+            let k = key.to_owned();
+            let healed = tokio::task::spawn_blocking(move || store.heal(&k))
+                .await
+                .map_err(io::Error::other)??;
+            if healed {
+                return Ok(());
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        Ok(())
     }
 
     /// Startup recovery: publishes staged files whose key the database references (their
@@ -196,8 +282,10 @@ impl BlobStore {
             let entry = entry?;
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
+            // `.ready`: staged for a commit; `.gc`: set aside by an interrupted gc.
             let key = name
                 .strip_suffix(".ready")
+                .or_else(|| name.strip_suffix(".gc"))
                 .and_then(|rest| rest.split('.').next())
                 .map(str::to_owned);
             match key {
@@ -241,6 +329,10 @@ pub struct StagingWriter {
 
 impl StagingWriter {
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        fail::fail_point!("storage::stage_write", |arg| Err(injected(
+            "storage::stage_write",
+            arg
+        )));
         self.hasher.update(bytes);
         self.file
             .as_mut()
@@ -256,6 +348,10 @@ impl StagingWriter {
     pub fn finish(mut self) -> io::Result<StagedBlob> {
         let file = self.file.take().expect("finish called once");
         let file = file.into_inner().map_err(|e| e.into_error())?;
+        fail::fail_point!("storage::stage_fsync", |arg| Err(injected(
+            "storage::stage_fsync",
+            arg
+        )));
         file.sync_all()?;
         drop(file);
         let hasher = std::mem::take(&mut self.hasher);
@@ -284,6 +380,19 @@ impl Drop for StagingWriter {
             self.file.take();
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// What an injected failure does: `enospc` fakes a full disk, `crash` kills the process on the
+/// spot (no destructors run, like `kill -9`), anything else is a plain I/O error.
+pub fn injected(point: &str, arg: Option<String>) -> io::Error {
+    match arg.as_deref() {
+        Some("enospc") => io::Error::from_raw_os_error(28),
+        Some("crash") => {
+            eprintln!("failpoint {point}: crashing");
+            std::process::abort()
+        }
+        _ => io::Error::other(format!("injected failure at {point}")),
     }
 }
 
@@ -377,5 +486,96 @@ impl BlobStore {
             Ok(None) => Err(StageError::Body("upload ended early".into())),
             Err(e) => Err(StageError::Io(e)),
         }
+    }
+}
+
+/// Blobs split by age, for gc.
+#[derive(Debug, Default)]
+pub struct GcCandidates {
+    /// (key, size) of blobs older than the grace period.
+    pub old: Vec<(String, u64)>,
+    pub young: usize,
+}
+
+impl BlobStore {
+    /// md5, sha256 and size of a published blob, streaming.
+    pub fn hash_blob(&self, key: &str) -> io::Result<(String, String, u64)> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(self.blob_path(key))?;
+        let mut hasher = Hasher::default();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(hasher.finish())
+    }
+
+    /// Every published blob, split by whether its mtime is older than `grace`.
+    pub fn blobs_older_than(&self, grace: Duration) -> io::Result<GcCandidates> {
+        let mut out = GcCandidates::default();
+        let now = std::time::SystemTime::now();
+        for shard in std::fs::read_dir(&self.inner.blobs)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(shard.path())? {
+                let entry = entry?;
+                let meta = entry.metadata()?;
+                let age = now.duration_since(meta.modified()?).unwrap_or_default();
+                if age >= grace {
+                    out.old
+                        .push((entry.file_name().to_string_lossy().into_owned(), meta.len()));
+                } else {
+                    out.young += 1;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves a blob out of sight into staging (`<key>.<uuid>.gc`); None if it is already gone.
+    pub fn set_aside(&self, key: &str) -> io::Result<Option<PathBuf>> {
+        let aside = self
+            .inner
+            .staging
+            .join(format!("{key}.{}.gc", uuid::Uuid::new_v4().simple()));
+        match std::fs::rename(self.blob_path(key), &aside) {
+            Ok(()) => Ok(Some(aside)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Undoes [`BlobStore::set_aside`] (a writer referenced the key meanwhile).
+    pub fn put_back(&self, key: &str, aside: &Path) -> io::Result<()> {
+        let target = self.blob_path(key);
+        // A reader may have healed the key from our aside file already.
+        let result = if target.exists() {
+            std::fs::remove_file(aside)
+        } else {
+            std::fs::rename(aside, &target)
+                .and_then(|()| sync_dir(target.parent().expect("shard dir")))
+        };
+        ignore_not_found(result)
+    }
+
+    pub fn delete_aside(&self, aside: &Path) -> io::Result<()> {
+        fail::fail_point!("storage::blob_delete", |arg| Err(injected(
+            "storage::blob_delete",
+            arg
+        )));
+        ignore_not_found(std::fs::remove_file(aside))
+    }
+}
+
+fn ignore_not_found(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }

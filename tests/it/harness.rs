@@ -15,6 +15,22 @@ use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_atelier");
 
+/// The release binary for tests that must drive it (crash tests), built by `.ci/run` before
+/// `cargo test`; falls back to the test build, saying so.
+pub fn release_bin() -> String {
+    let release = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/atelier");
+    let fresh = |p: &str| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (fresh(release), fresh(BIN)) {
+        (Some(r), Some(d)) if r >= d => release.to_owned(),
+        _ => {
+            eprintln!(
+                "!!! target/release/atelier missing or older than the test build: using {BIN} (run `cargo build --release` first)"
+            );
+            BIN.to_owned()
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -115,6 +131,8 @@ pub struct TestServer {
     child: Option<Child>,
     pub pg: Option<PgDatabase>,
     extra_env: Vec<(String, String)>,
+    /// The binary to run (the test build unless a test picks the release build).
+    pub bin: String,
 }
 
 impl TestServer {
@@ -128,6 +146,11 @@ impl TestServer {
             Backend::Sqlite => None,
             Backend::Postgres => Some(PgDatabase::create().await?),
         };
+        Some(Self::start_on(backend, pg, env))
+    }
+
+    /// Starts on a given database (PostgreSQL tests that need the name before the start).
+    pub fn start_on(backend: Backend, pg: Option<PgDatabase>, env: &[(&str, &str)]) -> TestServer {
         let mut server = TestServer {
             backend,
             base_url: String::new(),
@@ -138,9 +161,10 @@ impl TestServer {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            bin: BIN.to_owned(),
         };
         server.spawn();
-        Some(server)
+        server
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -159,7 +183,7 @@ impl TestServer {
 
     /// A command for the `atelier` binary pointed at this server's data.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(&self.bin);
         cmd.env("ATELIER_DATA_DIR", self.data_dir())
             .env("DATABASE_URL", self.database_url())
             .env(
@@ -174,6 +198,8 @@ impl TestServer {
     }
 
     fn spawn(&mut self) {
+        // The default SQLite database lives here even when a test moves ATELIER_DATA_DIR.
+        std::fs::create_dir_all(self.data_dir()).expect("data dir");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -222,6 +248,35 @@ impl TestServer {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// Starts again after a kill or crash (the old process is reaped first).
+    pub fn start_again(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        self.spawn();
+    }
+
+    /// Sets (or replaces) an environment variable for later starts and CLI runs.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.retain(|(k, _)| k != key);
+        self.extra_env.push((key.to_owned(), value.to_owned()));
+    }
+
+    pub fn remove_env(&mut self, key: &str) {
+        self.extra_env.retain(|(k, _)| k != key);
+    }
+
+    /// Runs `atelier <args>` on this server's data; (exit ok, stdout).
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let mut cmd = self.command();
+        cmd.env_remove("FAILPOINTS");
+        let out = cmd.args(args).output().expect("run atelier");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     /// SIGKILL, no cleanup.

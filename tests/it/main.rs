@@ -5,6 +5,7 @@ mod harness;
 
 mod assets;
 mod cli;
+mod crash;
 mod errors;
 mod http;
 mod migrations;
