@@ -9,5 +9,6 @@ mod crash;
 mod errors;
 mod http;
 mod migrations;
+mod outage;
 mod projects;
 mod schema;

@@ -1,0 +1,210 @@
+//! Database outages (PostgreSQL): a TCP proxy the test controls sits between the server and
+//! PostgreSQL and is cut under load. Requests fail fast with UNAVAILABLE, /readyz says not
+//! ready, the server recovers by itself, and nothing acknowledged is lost.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use sea_orm::{ConnectionTrait, Statement};
+use serde_json::json;
+
+use crate::harness::{Backend, Client, PgDatabase, TestServer, code, empty_project};
+
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut upstream) = tokio::net::TcpStream::connect("127.0.0.1:5432").await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy { port, up, conns }
+    }
+
+    /// Drops every connection and refuses new ones.
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn ready(s: &TestServer) -> u16 {
+    reqwest::Client::new()
+        .get(format!("{}/readyz", s.base_url))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Tally {
+    acked: Vec<String>,
+    failures: Vec<(u16, String, Duration)>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_outage_fails_fast_and_recovers() {
+    let Some(pg) = PgDatabase::create().await else {
+        return;
+    };
+    let proxy = Proxy::start().await;
+    let name = pg.url.rsplit('/').next().unwrap().to_owned();
+    let via_proxy = format!("postgres://postgres@127.0.0.1:{}/{name}", proxy.port);
+    let s = TestServer::start_on(Backend::Postgres, Some(pg), &[("DATABASE_URL", &via_proxy)]);
+    let token = s.user("alice").token.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (c, stop, tally) = (Client::new(s.graphql_url(), Some(token.clone())), stop.clone(), tally.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let started = Instant::now();
+                    let resp = c
+                        .request()
+                        .json(&json!({
+                            "query": "mutation($t: String!, $c: JSON!) { createProject(input: {title: $t, content: $c}) { id } }",
+                            "variables": { "t": format!("w{w}-{n}"), "c": empty_project() },
+                        }))
+                        .timeout(Duration::from_secs(30))
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = resp.status().as_u16();
+                    let body: serde_json::Value = resp.json().await.unwrap();
+                    {
+                        let mut t = tally.lock().unwrap();
+                        match body["data"]["createProject"]["id"].as_str() {
+                            Some(id) => t.acked.push(id.to_owned()),
+                            None => t.failures.push((status, code(&body["errors"][0]).to_owned(), started.elapsed())),
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = tally.lock().unwrap().acked.len();
+    assert!(before > 0, "load runs before the outage");
+    proxy.cut();
+    let cut_at = Instant::now();
+    let mut saw_not_ready = false;
+    while cut_at.elapsed() < Duration::from_secs(4) {
+        if ready(&s).await == 503 {
+            saw_not_ready = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(saw_not_ready, "/readyz reports the outage");
+    let during = tally.lock().unwrap().failures.len();
+    assert!(during > 0, "requests failed during the outage");
+
+    proxy.restore();
+    let restored_at = Instant::now();
+    while ready(&s).await != 200 {
+        assert!(
+            restored_at.elapsed() < Duration::from_secs(15),
+            "the server did not recover by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let acked_at_recovery = tally.lock().unwrap().acked.len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let tally = tally.lock().unwrap();
+    assert!(
+        tally.acked.len() > acked_at_recovery,
+        "writes succeed again after recovery"
+    );
+    for (status, code, took) in &tally.failures {
+        assert_eq!(
+            code, "UNAVAILABLE",
+            "failures are retryable, status {status}"
+        );
+        assert_ne!(*status, 500);
+        assert!(*took < Duration::from_secs(8), "failed fast: took {took:?}");
+    }
+    // Nothing acknowledged was lost.
+    let db = s.db().await;
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT id FROM projects",
+        ))
+        .await
+        .unwrap();
+    let ids: std::collections::HashSet<String> = rows
+        .iter()
+        .map(|r| r.try_get::<i64>("", "id").unwrap().to_string())
+        .collect();
+    for id in &tally.acked {
+        assert!(ids.contains(id), "acknowledged project {id} lost");
+    }
+    eprintln!(
+        "outage: {} acknowledged, {} UNAVAILABLE during the cut, recovered in {:?}",
+        tally.acked.len(),
+        tally.failures.len(),
+        restored_at.elapsed()
+    );
+
+    // Backends killed behind the pool's back: the next request still works.
+    let name =
+        s.pg.as_ref()
+            .unwrap()
+            .url
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned();
+    db.execute_unprepared(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    ))
+    .await
+    .unwrap();
+    let c = Client::new(s.graphql_url(), Some(token));
+    c.create_project("after terminate", empty_project()).await;
+}
