@@ -155,7 +155,7 @@ async fn postgres_outage_fails_fast_and_recovers() {
     for w in workers {
         w.await.unwrap();
     }
-    let tally = tally.lock().unwrap();
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
     assert!(
         tally.acked.len() > acked_at_recovery,
         "writes succeed again after recovery"
