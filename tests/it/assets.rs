@@ -450,4 +450,30 @@ async fn projects_reference_stored_assets_exactly(s: TestServer) {
         alice.data(ASSETS, json!({ "id": id })).await["project"]["assets"],
         json!([])
     );
+
+    // Deleting a project cascades to its links (and shares); the shared assets stay.
+    let other = alice
+        .create_project("q", content(vec![c1, c2], vec![s1]))
+        .await["id"]
+        .clone();
+    assert_eq!(s.count("project_assets").await, 3);
+    let db = s.db().await;
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared("INSERT INTO groups (provider, external_id, name, created_at) VALUES ('local', 'c', 'c', CURRENT_TIMESTAMP)").await.unwrap();
+    db.execute_unprepared(&format!(
+        "INSERT INTO project_shares (project_id, group_id, shared_by, created_at) SELECT {}, id, 1, CURRENT_TIMESTAMP FROM groups",
+        other.as_str().unwrap()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(s.count("project_shares").await, 1);
+    alice
+        .data(
+            "mutation($id: ID!) { deleteProject(input: {id: $id}) }",
+            json!({ "id": other }),
+        )
+        .await;
+    assert_eq!(s.count("project_assets").await, 0);
+    assert_eq!(s.count("project_shares").await, 0);
+    assert_eq!(s.count("assets").await, 3);
 }
