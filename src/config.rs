@@ -40,7 +40,7 @@ pub struct StoreConfig {
     #[arg(
         long,
         env = "ATELIER_DB_ACQUIRE_TIMEOUT_MS",
-        default_value_t = 5_000,
+        default_value_t = 2_000,
         global = true
     )]
     pub db_acquire_timeout_ms: u64,
