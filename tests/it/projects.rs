@@ -411,3 +411,54 @@ async fn listing_cost_does_not_grow_with_page_size(s: TestServer) {
         "at most 5 statements per listing request: {costs:?}"
     );
 }
+
+/// Another process holds SQLite's write lock for a while: writers wait and retry, they never
+/// see SQLITE_BUSY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_busy_is_waited_out_not_surfaced() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let s = TestServer::start(crate::harness::Backend::Sqlite)
+        .await
+        .unwrap();
+    let alice = s.user("alice");
+    let id = alice.create_project("0", empty_project()).await["id"].clone();
+    let db = s.db().await;
+    let holder = db.begin().await.unwrap();
+    holder
+        .execute_unprepared("UPDATE users SET display_name = display_name")
+        .await
+        .unwrap();
+    let writers = (0..10).map(|i| {
+        let (c, id) = (alice.clone(), id.clone());
+        async move {
+            if i % 2 == 0 {
+                c.raw(
+                    "mutation($c: JSON!) { createProject(input: {title: \"w\", content: $c}) { id } }",
+                    json!({ "c": empty_project() }),
+                )
+                .await
+                .1
+            } else {
+                c.raw("mutation($id: ID!) { updateProject(input: {id: $id, expectedVersion: 1, title: \"t\"}) { id } }", json!({ "id": id })).await.1
+            }
+        }
+    });
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        holder.commit().await.unwrap();
+    };
+    let (bodies, ()) = tokio::join!(join_all(writers), release);
+    let mut conflicts = 0;
+    for b in &bodies {
+        match b.get("errors") {
+            None => {}
+            Some(e) if code(&e[0]) == "VERSION_CONFLICT" => conflicts += 1,
+            Some(e) => panic!("a busy database reached the client: {e}"),
+        }
+    }
+    assert_eq!(
+        conflicts, 4,
+        "one of the five updates wins, the rest conflict"
+    );
+    assert_eq!(s.count("projects").await, 6);
+}
