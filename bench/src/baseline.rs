@@ -18,6 +18,9 @@ use crate::{
 /// `pgbench -i -s 10`: 1M accounts, larger than shared_buffers' hot set yet quick to build.
 const SCALE: u32 = 10;
 
+/// Bytes each hashing tool reads per measurement (see [`hash_throughput`]).
+const HASH_MIN_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The contended-write script: one row, locked, read and bumped, as `updateProject` does.
 const HOT_ROW_SCRIPT: &str = "BEGIN;\n\
     SELECT abalance FROM pgbench_accounts WHERE aid = 1 FOR UPDATE;\n\
@@ -155,23 +158,28 @@ fn parse_tps(output: &str) -> Option<f64> {
 }
 
 /// Hashing throughput of `md5sum` then `sha256sum` over one file, in bytes per second: the
-/// server computes both digests of an upload in one pass, so their times add up.
+/// server computes both digests of an upload in one pass, so their times add up. A small file
+/// is named several times on one command line (at least [`HASH_MIN_BYTES`] in all), so that
+/// process start-up does not pass for hashing time.
 pub async fn hash_throughput(file: &Path) -> Result<f64> {
     let size = tokio::fs::metadata(file)
         .await
         .context(format_args!("reading {}", file.display()))?
-        .len();
+        .len()
+        .max(1);
+    let repeat = HASH_MIN_BYTES.div_ceil(size) as usize;
+    let files = vec![file; repeat];
     // Warm the page cache so neither tool pays for the first read.
-    time_tool("md5sum", file).await?;
-    let md5 = time_tool("md5sum", file).await?;
-    let sha = time_tool("sha256sum", file).await?;
-    Ok(size as f64 / (md5 + sha).as_secs_f64())
+    time_tool("md5sum", &files[..1]).await?;
+    let md5 = time_tool("md5sum", &files).await?;
+    let sha = time_tool("sha256sum", &files).await?;
+    Ok((size * repeat as u64) as f64 / (md5 + sha).as_secs_f64())
 }
 
-async fn time_tool(tool: &str, file: &Path) -> Result<Duration> {
+async fn time_tool(tool: &str, files: &[&Path]) -> Result<Duration> {
     let start = Instant::now();
     let status = Command::new(tool)
-        .arg(file)
+        .args(files)
         .stdout(Stdio::null())
         .stdin(Stdio::null())
         .kill_on_drop(true)

@@ -116,11 +116,14 @@ async fn run(args: &Args) -> Result<()> {
     let info = RunInfo::collect();
     let started = Instant::now();
 
-    let on_server: Vec<Scenario> = selected
+    let mut on_server: Vec<Scenario> = selected
         .iter()
         .copied()
         .filter(|s| *s != Scenario::S1)
         .collect();
+    // M1 first, on a server that has served nothing yet: memory that earlier scenarios'
+    // allocations left mapped would otherwise count as "under load" and hide upload growth.
+    on_server.sort_by_key(|s| *s != Scenario::M1);
     let mut baselines = Baselines::default();
     let mut rows = Vec::new();
     if !on_server.is_empty() {
@@ -301,7 +304,9 @@ fn summary(info: &RunInfo, quick: bool, took: Duration, rows: &[Row]) -> String 
         took.as_secs_f64()
     );
     for backend in [Backend::Postgres, Backend::Sqlite] {
-        let of_backend: Vec<&Row> = rows.iter().filter(|r| r.backend == backend).collect();
+        let mut of_backend: Vec<&Row> = rows.iter().filter(|r| r.backend == backend).collect();
+        // In scenario order (M1 ran first).
+        of_backend.sort_by_key(|r| Scenario::ALL.iter().position(|s| s.id() == r.id));
         if !of_backend.is_empty() {
             let _ = write!(out, "\n### {backend}\n\n{}", report::table(of_backend));
         }

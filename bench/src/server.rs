@@ -56,14 +56,20 @@ impl Workspace {
     /// `cargo build --release -p atelier --bin atelier` (cheap when up to date).
     pub async fn build_server(&self) -> Result<()> {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
+        let mut child = Command::new(cargo)
             .args(["build", "--release", "-p", "atelier", "--bin", "atelier"])
             .current_dir(&self.root)
             .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .status()
-            .await
+            // Its own process group, so that an interrupted build can be stopped whole:
+            // killing cargo alone would leave its rustc processes running.
+            .process_group(0)
+            .spawn()
             .context("running cargo")?;
+        let mut group = ProcessGroup {
+            pgid: child.id().and_then(|pid| i32::try_from(pid).ok()),
+        };
+        let status = child.wait().await.context("waiting for cargo")?;
+        group.disarm();
         if !status.success() {
             bail!("cargo build of the server failed ({status})");
         }
@@ -198,6 +204,25 @@ impl Drop for Server {
         self.drain.abort();
         // Also covered by kill_on_drop; explicit so the intent is visible.
         let _ = self.child.start_kill();
+    }
+}
+
+/// Terminates a whole process group when dropped, unless disarmed once its leader exited.
+struct ProcessGroup {
+    pgid: Option<i32>,
+}
+
+impl ProcessGroup {
+    fn disarm(&mut self) {
+        self.pgid = None;
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.pgid {
+            let _ = signal::killpg(Pid::from_raw(pgid), signal::Signal::SIGTERM);
+        }
     }
 }
 
