@@ -297,6 +297,14 @@ fn report_server_log(backend: Backend, log: &Path) {
 }
 
 fn summary(info: &RunInfo, quick: bool, took: Duration, rows: &[Row]) -> String {
+    // Backend, then scenario order (M1 ran first).
+    let mut rows: Vec<&Row> = rows.iter().collect();
+    rows.sort_by_key(|r| {
+        (
+            r.backend != Backend::Postgres,
+            Scenario::ALL.iter().position(|s| s.id() == r.id),
+        )
+    });
     let mut out = format!(
         "## Atelier benchmark ({})\n\n{info}; took {:.0} s. The machine is shared: absolute \
          figures are noisy, the ratios to baselines measured in the same run matter.\n",
@@ -304,9 +312,11 @@ fn summary(info: &RunInfo, quick: bool, took: Duration, rows: &[Row]) -> String 
         took.as_secs_f64()
     );
     for backend in [Backend::Postgres, Backend::Sqlite] {
-        let mut of_backend: Vec<&Row> = rows.iter().filter(|r| r.backend == backend).collect();
-        // In scenario order (M1 ran first).
-        of_backend.sort_by_key(|r| Scenario::ALL.iter().position(|s| s.id() == r.id));
+        let of_backend: Vec<&Row> = rows
+            .iter()
+            .copied()
+            .filter(|r| r.backend == backend)
+            .collect();
         if !of_backend.is_empty() {
             let _ = write!(out, "\n### {backend}\n\n{}", report::table(of_backend));
         }
@@ -316,7 +326,7 @@ fn summary(info: &RunInfo, quick: bool, took: Duration, rows: &[Row]) -> String 
         out,
         "\n### Targets: {met} of {} met\n\n{}",
         rows.len(),
-        report::verdicts(rows)
+        report::verdicts(rows.iter().copied())
     );
     out
 }

@@ -251,7 +251,8 @@ async fn w2_once(ctx: &mut Ctx<'_>, retry: Retry) -> Result<Row> {
         .context("W2's project has no version")?;
     let acked = counters.acked.load(Relaxed);
     let conflicts = counters.conflicts.load(Relaxed);
-    let consistent = final_counter == acked && final_version - initial_version == acked;
+    let consistent =
+        final_counter == acked && final_version.checked_sub(initial_version) == Some(acked);
     let lost = acked.abs_diff(final_counter);
 
     let mut row = ctx.load_row(
