@@ -197,7 +197,7 @@ async fn services(store: &StoreConfig, limits: Limits) -> AppResult<Services> {
             store.data_dir.display()
         ))
     })?;
-    Ok(Services { db, blobs, limits })
+    Ok(Services::new(db, blobs, limits))
 }
 
 async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {

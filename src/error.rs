@@ -77,6 +77,13 @@ impl AppError {
         matches!(self, AppError::Db(e) if classify_db(e) == DbErrorKind::Transient)
     }
 
+    /// Whether a connection we held went away mid-transaction. Not when no connection could be
+    /// had at all: then the database is down and the client should hear so at once.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, AppError::Db(e)
+            if !matches!(e, DbErr::ConnectionAcquire(_)) && classify_db(e) == DbErrorKind::Unreachable)
+    }
+
     /// The message a client sees. Internal details stay in the log.
     fn public_message(&self) -> String {
         match self.code() {

@@ -63,9 +63,11 @@ impl Db {
             opts.max_connections(cfg.db_max_connections)
                 .min_connections(1)
                 .idle_timeout(Duration::from_secs(300))
-                // Health check: a connection the server dropped (restart, failover) is
-                // discarded instead of failing the request that draws it.
-                .test_before_acquire(true)
+                // Health check for connections idle a while (the ones a restart or failover
+                // most likely killed). Checking every acquire would double the round trips;
+                // a busy connection that died anyway fails its statement, and `write` runs
+                // such a transaction again on a fresh connection.
+                .test_before_acquire_if_idle_for(Duration::from_secs(10))
                 .map_sqlx_postgres_opts(move |o| match timeout {
                     Some(t) => o.options([("statement_timeout", format!("{}", t.as_millis()))]),
                     None => o,
@@ -105,27 +107,45 @@ impl Db {
         loop {
             attempt += 1;
             match self.write_once(&f).await {
-                Err(e) if e.is_retryable_conflict() && attempt < MAX_ATTEMPTS => {
+                // A dead pooled connection (or several, after a database restart), before
+                // anything was committed: run it again on the next connection.
+                Err(Failed::BeforeCommit(e))
+                    if e.is_connection_lost() && attempt < MAX_ATTEMPTS =>
+                {
+                    tracing::info!(attempt, error = %e, "transaction_retry_after_connection_loss");
+                    // No backoff: the next attempt draws another connection, or fails at once
+                    // when none can be made (the database is down: the client hears so fast).
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err(Failed::BeforeCommit(e) | Failed::Commit(e))
+                    if e.is_retryable_conflict() && attempt < MAX_ATTEMPTS =>
+                {
                     tracing::debug!(attempt, error = %e, "transaction_retry");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                Err(e) if e.is_retryable_conflict() => {
+                Err(Failed::BeforeCommit(e) | Failed::Commit(e)) if e.is_retryable_conflict() => {
                     tracing::warn!(attempt, error = %e, "transaction_retries_exhausted");
                     return Err(AppError::Unavailable(
                         "the database is too busy; retry shortly".to_owned(),
                     ));
                 }
-                other => return other,
+                Err(Failed::BeforeCommit(e) | Failed::Commit(e)) => return Err(e),
+                Ok(v) => return Ok(v),
             }
         }
     }
 
-    async fn write_once<T, F>(&self, f: &F) -> AppResult<T>
+    async fn write_once<T, F>(&self, f: &F) -> Result<T, Failed>
     where
         F: for<'c> Fn(&'c DatabaseTransaction) -> BoxFuture<'c, AppResult<T>>,
     {
+        let before = Failed::BeforeCommit;
         let _permit = match &self.write_gate {
-            Some(gate) => Some(gate.acquire().await.map_err(AppError::internal)?),
+            Some(gate) => Some(
+                gate.acquire()
+                    .await
+                    .map_err(|e| before(AppError::internal(e)))?,
+            ),
             None => None,
         };
         let txn = self
@@ -137,16 +157,18 @@ impl Db {
                 access_mode: None,
                 isolation_level: None,
             })
-            .await?;
+            .await
+            .map_err(|e| before(e.into()))?;
         // On error the transaction is dropped, which rolls it back.
-        let value = f(&txn).await?;
+        let value = f(&txn).await.map_err(before)?;
         fail::fail_point!("db::before_commit", |arg| {
             let e = crate::storage::injected("db::before_commit", arg);
-            Err(AppError::Unavailable(format!(
+            Err(before(AppError::Unavailable(format!(
                 "the database is unavailable ({e}); retry"
-            )))
+            ))))
         });
-        txn.commit().await?;
+        // A commit that fails may still have happened: never run it again.
+        txn.commit().await.map_err(|e| Failed::Commit(e.into()))?;
         Ok(value)
     }
 
@@ -161,6 +183,13 @@ impl Db {
             tracing::warn!(error = %e, "closing the database pool failed");
         }
     }
+}
+
+/// Where a write transaction failed: only failures before COMMIT are safe to run again after
+/// losing the connection.
+enum Failed {
+    BeforeCommit(AppError),
+    Commit(AppError),
 }
 
 fn backoff(attempt: u32) -> Duration {

@@ -22,19 +22,62 @@ pub const LOCAL_PROVIDER: &str = "local";
 /// anonymous request: a client with a stale token must learn to sign in again.
 pub async fn authenticate(svc: &Services, token: &str) -> AppResult<Viewer> {
     let hash = hash_token(token);
+    if let Some(viewer) = svc.tokens.get(&hash) {
+        return Ok(viewer);
+    }
     let found = api_token::Entity::find()
-        .filter(api_token::Column::TokenHash.eq(hash))
+        .filter(api_token::Column::TokenHash.eq(&hash))
         .find_also_related(user::Entity)
         .one(svc.db.conn())
         .await?;
     match found {
         Some((token, Some(user))) if token.expires_at.is_none_or(|at| at > chrono::Utc::now()) => {
-            Ok(Viewer {
+            let viewer = Viewer {
                 id: UserId(user.id),
                 role: Role::from_db(&user.role),
-            })
+            };
+            svc.tokens.put(hash, viewer, token.expires_at);
+            Ok(viewer)
         }
         _ => Err(AppError::Unauthenticated),
+    }
+}
+
+/// How long a resolved token is trusted without asking the database again. Bounds how late a
+/// role change (and, later, a revocation in another process) takes effect.
+const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+const TOKEN_CACHE_MAX: usize = 10_000;
+
+/// Token hash → viewer, for `TOKEN_CACHE_TTL`. An optimisation only: every miss and every
+/// expiry goes to the database, which stays the source of truth.
+#[derive(Default)]
+pub struct TokenCache(
+    std::sync::Mutex<std::collections::HashMap<String, (Viewer, std::time::Instant)>>,
+);
+
+impl TokenCache {
+    fn get(&self, hash: &str) -> Option<Viewer> {
+        let map = self.0.lock().expect("token cache lock");
+        map.get(hash)
+            .filter(|(_, until)| *until > std::time::Instant::now())
+            .map(|(v, _)| *v)
+    }
+
+    fn put(&self, hash: String, viewer: Viewer, expires_at: Option<chrono::DateTime<chrono::Utc>>) {
+        let mut ttl = TOKEN_CACHE_TTL;
+        if let Some(at) = expires_at {
+            ttl = ttl.min((at - chrono::Utc::now()).to_std().unwrap_or_default());
+        }
+        let mut map = self.0.lock().expect("token cache lock");
+        if map.len() >= TOKEN_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(hash, (viewer, std::time::Instant::now() + ttl));
+    }
+
+    /// Forgets everything (role changes made in this process).
+    pub fn clear(&self) {
+        self.0.lock().expect("token cache lock").clear();
     }
 }
 

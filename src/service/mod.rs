@@ -14,6 +14,18 @@ pub struct Services {
     pub db: Db,
     pub blobs: BlobStore,
     pub limits: Limits,
+    pub tokens: std::sync::Arc<identity::TokenCache>,
+}
+
+impl Services {
+    pub fn new(db: Db, blobs: BlobStore, limits: Limits) -> Services {
+        Services {
+            db,
+            blobs,
+            limits,
+            tokens: Default::default(),
+        }
+    }
 }
 
 /// Now, truncated to microseconds so a value reads back equal from both backends.

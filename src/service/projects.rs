@@ -116,26 +116,8 @@ pub async fn update(
         .write(|txn| {
             let (refs, title, new_content) = (refs.clone(), title.clone(), new_content.clone());
             Box::pin(async move {
-                let current = project::Entity::find_by_id(id.0)
-                    .one(txn)
-                    .await?
-                    .filter(|p| can_read(Some(viewer), p))
-                    .ok_or(AppError::NotFound("project"))?;
-                if !can_write(viewer, &current) {
-                    return Err(AppError::Forbidden(
-                        "only the owner can change this project".into(),
-                    ));
-                }
-                if current.version != expected {
-                    return Err(AppError::VersionConflict {
-                        expected,
-                        current: current.version,
-                    });
-                }
-                let asset_ids = match &refs {
-                    Some(refs) => Some(resolve_assets(txn, refs).await?),
-                    None => None,
-                };
+                // One compare-and-set statement on the happy path; only a miss reads the row
+                // to say why (absent, not the viewer's, or a newer version).
                 let mut update = project::Entity::update_many()
                     .col_expr(
                         project::Column::Version,
@@ -144,6 +126,9 @@ pub async fn update(
                     .col_expr(project::Column::UpdatedAt, Expr::value(now()))
                     .filter(project::Column::Id.eq(id.0))
                     .filter(project::Column::Version.eq(expected));
+                if !viewer.is_admin() {
+                    update = update.filter(project::Column::OwnerId.eq(viewer.id.0));
+                }
                 if let Some(title) = title {
                     update = update.col_expr(project::Column::Title, Expr::value(title));
                 }
@@ -154,12 +139,12 @@ pub async fn update(
                 }
                 let Some(updated) = update.exec_with_returning(txn).await?.into_iter().next()
                 else {
-                    // Someone committed in between our read and our write.
-                    let current = current_version(txn, id).await?;
-                    return Err(match current {
-                        Some(current) => AppError::VersionConflict { expected, current },
-                        None => AppError::NotFound("project"),
-                    });
+                    return Err(why_not_written(txn, viewer, id, expected).await);
+                };
+                // Inside the transaction: MISSING_ASSETS rolls the version bump back.
+                let asset_ids = match &refs {
+                    Some(refs) => Some(resolve_assets(txn, refs).await?),
+                    None => None,
                 };
                 if let Some(asset_ids) = asset_ids {
                     project_asset::Entity::delete_many()
@@ -293,13 +278,27 @@ pub async fn content(svc: &Services, project: &project::Model) -> AppResult<serd
     })
 }
 
-async fn current_version<C: ConnectionTrait>(conn: &C, id: ProjectId) -> AppResult<Option<i32>> {
-    Ok(project::Entity::find_by_id(id.0)
-        .select_only()
-        .column(project::Column::Version)
-        .into_tuple()
-        .one(conn)
-        .await?)
+/// Why a compare-and-set update matched no row, in the order a client needs it.
+async fn why_not_written<C: ConnectionTrait>(
+    conn: &C,
+    viewer: Viewer,
+    id: ProjectId,
+    expected: i32,
+) -> AppError {
+    let current = match project::Entity::find_by_id(id.0).one(conn).await {
+        Ok(row) => row.filter(|p| can_read(Some(viewer), p)),
+        Err(e) => return e.into(),
+    };
+    match current {
+        None => AppError::NotFound("project"),
+        Some(p) if !can_write(viewer, &p) => {
+            AppError::Forbidden("only the owner can change this project".into())
+        }
+        Some(p) => AppError::VersionConflict {
+            expected,
+            current: p.version,
+        },
+    }
 }
 
 /// Ids of the stored assets `refs` names, or MISSING_ASSETS listing those that are not stored.

@@ -169,6 +169,7 @@ impl BlobStore {
     /// durable either way (fsynced staged file + committed row). If publishing fails, the staged
     /// file stays and the next reader of the key ([`BlobStore::read`]) or startup recovery
     /// publishes it.
+    #[allow(unused_mut)] // mutated only when failpoints are compiled in
     pub async fn publish_committed(&self, mut staged: StagedBlob) {
         fail::fail_point!("storage::after_commit", |arg| {
             // Leave the staged file where it is, as a crash here would.
