@@ -441,7 +441,8 @@ impl BlobStore {
         E: std::fmt::Display,
     {
         use futures::StreamExt;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(16);
+        // A few chunks in flight keep disk and socket busy; more would only hold memory.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(4);
         let store = self.clone();
         // Disk writes and hashing run on a blocking thread, overlapped with reading the socket.
         let writer = tokio::task::spawn_blocking(move || -> io::Result<Option<StagedBlob>> {
