@@ -54,10 +54,6 @@ impl Metrics {
             .fetch_add(elapsed.as_micros() as u64, Relaxed);
     }
 
-    pub fn db_statements(&self) -> u64 {
-        self.db_statements.load(Relaxed)
-    }
-
     /// The Prometheus exposition text.
     pub fn render(&self) -> String {
         use std::fmt::Write;

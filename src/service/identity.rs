@@ -74,11 +74,6 @@ impl TokenCache {
         }
         map.insert(hash, (viewer, std::time::Instant::now() + ttl));
     }
-
-    /// Forgets everything (role changes made in this process).
-    pub fn clear(&self) {
-        self.0.lock().expect("token cache lock").clear();
-    }
 }
 
 /// SHA-256 of a token, hex: what the database stores instead of the token.

@@ -501,15 +501,7 @@ async fn client_loop(c: Client, who: usize, cycle: usize, mut acked: Acked) -> A
 impl Client {
     /// An upload that tolerates the server dying: Some(true) when acknowledged.
     async fn upload_raw_safe(&self, bytes: Vec<u8>, t: &str) -> Option<bool> {
-        let operations =
-            json!({ "query": crate::harness::UPLOAD, "variables": { "f": null, "t": t } });
-        let form = reqwest::multipart::Form::new()
-            .text("operations", operations.to_string())
-            .text("map", json!({ "0": ["variables.f"] }).to_string())
-            .part(
-                "0",
-                reqwest::multipart::Part::bytes(bytes).file_name("a.svg"),
-            );
+        let form = Client::upload_form(bytes, t, None);
         let resp = self.request().multipart(form).send().await.ok()?;
         let body: Value = resp.json().await.ok()?;
         Some(body["data"]["uploadAsset"]["asset"]["id"].is_string())

@@ -475,22 +475,31 @@ pub fn code(err: &Value) -> &str {
 pub const UPLOAD: &str = "mutation($f: Upload!, $t: AssetType!, $m: String) { uploadAsset(input: {file: $f, assetType: $t, md5: $m}) { created asset { id md5 assetType sha256 size contentType url } } }";
 
 impl Client {
-    /// Uploads bytes per the GraphQL multipart request spec; returns (status, body).
+    /// The multipart form of an upload, per the GraphQL multipart request spec.
+    pub fn upload_form(
+        bytes: Vec<u8>,
+        asset_type: &str,
+        md5: Option<&str>,
+    ) -> reqwest::multipart::Form {
+        let operations =
+            json!({ "query": UPLOAD, "variables": { "f": null, "t": asset_type, "m": md5 } });
+        reqwest::multipart::Form::new()
+            .text("operations", operations.to_string())
+            .text("map", json!({ "0": ["variables.f"] }).to_string())
+            .part(
+                "0",
+                reqwest::multipart::Part::bytes(bytes).file_name("asset.bin"),
+            )
+    }
+
+    /// Uploads bytes; returns (status, body).
     pub async fn upload_raw(
         &self,
         bytes: Vec<u8>,
         asset_type: &str,
         md5: Option<&str>,
     ) -> (reqwest::StatusCode, Value) {
-        let operations =
-            json!({ "query": UPLOAD, "variables": { "f": null, "t": asset_type, "m": md5 } });
-        let form = reqwest::multipart::Form::new()
-            .text("operations", operations.to_string())
-            .text("map", json!({ "0": ["variables.f"] }).to_string())
-            .part(
-                "0",
-                reqwest::multipart::Part::bytes(bytes).file_name("asset.bin"),
-            );
+        let form = Self::upload_form(bytes, asset_type, md5);
         let resp = self
             .request()
             .multipart(form)
