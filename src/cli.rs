@@ -214,6 +214,10 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
     service::maintenance::recover(&svc).await?;
     let state = http::AppState {
         schema: graphql::build_schema(svc.clone()),
+        documents: std::sync::Arc::new(graphql::DocumentCache::new(
+            graphql::DOCUMENT_CACHE_ENTRIES,
+            svc.db.metrics.clone(),
+        )),
         services: svc.clone(),
         max_request_bytes: cfg.max_request_bytes,
     };

@@ -23,6 +23,8 @@ pub struct Metrics {
     http_server_errors: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_micros: AtomicU64,
+    graphql_documents_parsed: AtomicU64,
+    graphql_documents_reused: AtomicU64,
 }
 
 impl Metrics {
@@ -36,6 +38,15 @@ impl Metrics {
             .fetch_add(elapsed.as_micros() as u64, Relaxed);
         if failed {
             self.db_statement_errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A GraphQL document taken from the cache (`reused`) or parsed for it.
+    pub fn record_document(&self, reused: bool) {
+        if reused {
+            self.graphql_documents_reused.fetch_add(1, Relaxed);
+        } else {
+            self.graphql_documents_parsed.fetch_add(1, Relaxed);
         }
     }
 
@@ -83,6 +94,16 @@ impl Metrics {
             "atelier_http_server_errors_total",
             "HTTP responses with a 5xx status.",
             self.http_server_errors.load(Relaxed),
+        );
+        counter(
+            "atelier_graphql_documents_parsed_total",
+            "GraphQL query texts parsed into the document cache.",
+            self.graphql_documents_parsed.load(Relaxed),
+        );
+        counter(
+            "atelier_graphql_documents_reused_total",
+            "GraphQL requests served a cached parsed document.",
+            self.graphql_documents_reused.load(Relaxed),
         );
         let _ = writeln!(
             out,

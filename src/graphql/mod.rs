@@ -1,6 +1,7 @@
 //! The GraphQL transport: types, resolvers, dataloaders and error mapping. Resolvers are thin:
 //! they parse input into domain types, call a `service::` function and map its error.
 
+mod documents;
 mod loaders;
 mod mutation;
 mod query;
@@ -16,6 +17,7 @@ use async_graphql::{
 
 use crate::{domain::Viewer, error::AppError, service::Services};
 
+pub use documents::{DOCUMENT_CACHE_ENTRIES, DocumentCache};
 pub use loaders::Loaders;
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;

@@ -51,7 +51,8 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
     execute(&state, viewer, batch).await
 }
 
-async fn execute(state: &AppState, viewer: Option<Viewer>, batch: BatchRequest) -> Response {
+async fn execute(state: &AppState, viewer: Option<Viewer>, mut batch: BatchRequest) -> Response {
+    state.documents.prepare_batch(&mut batch);
     let (viewer_data, loaders) = request_data(&state.services, viewer);
     let batch = batch.data(viewer_data).data(loaders);
     let response = match state.schema.execute_batch(batch).await {

@@ -22,13 +22,17 @@ use tower_http::{
     trace::{DefaultOnResponse, TraceLayer},
 };
 
-use crate::{graphql::AppSchema, service::Services};
+use crate::{
+    graphql::{AppSchema, DocumentCache},
+    service::Services,
+};
 
 /// Shared by every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub services: Services,
     pub schema: AppSchema,
+    pub documents: std::sync::Arc<DocumentCache>,
     pub max_request_bytes: usize,
 }
 

@@ -355,6 +355,22 @@ impl TestServer {
     }
 
     /// Published blob files.
+    /// A counter from `GET /metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = reqwest::get(format!("{}/metrics", self.base_url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let prefix = format!("{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("{name} is not exported"))
+            .parse()
+            .unwrap()
+    }
+
     pub fn blob_files(&self) -> Vec<PathBuf> {
         walk(&self.data_dir().join("blobs"))
     }

@@ -6,12 +6,13 @@ use serde_json::json;
 
 use crate::{
     both_backends,
-    harness::{TestServer, empty_project, signal},
+    harness::{TestServer, code, empty_project, signal},
 };
 
 both_backends!(
     health_and_readiness,
-    graceful_shutdown_finishes_in_flight_requests
+    graceful_shutdown_finishes_in_flight_requests,
+    parsed_queries_are_reused_and_still_validated
 );
 
 async fn health_and_readiness(s: TestServer) {
@@ -161,4 +162,40 @@ async fn graceful_shutdown_finishes_in_flight_requests(mut s: TestServer) {
     assert!(status.success(), "clean exit: {status:?}");
     assert_eq!(s.count("projects").await, 1);
     assert!(s.staging_files().is_empty());
+}
+
+/// A query text is parsed once and its document reused, yet every request is still validated
+/// and answered with its own variables.
+async fn parsed_queries_are_reused_and_still_validated(s: TestServer) {
+    const PARSED: &str = "atelier_graphql_documents_parsed_total";
+    const REUSED: &str = "atelier_graphql_documents_reused_total";
+    let alice = s.user("alice");
+    let a = alice.create_project("a", empty_project()).await;
+    let b = alice.create_project("b", empty_project()).await;
+    let q = "query($id: ID!) { project(id: $id) { id title } }";
+    let (parsed, reused) = (s.metric(PARSED).await, s.metric(REUSED).await);
+    for _ in 0..5 {
+        for p in [&a, &b] {
+            let d = alice.data(q, json!({ "id": p["id"] })).await;
+            assert_eq!(d["project"]["title"], p["title"]);
+        }
+    }
+    assert_eq!(s.metric(PARSED).await - parsed, 1);
+    assert_eq!(s.metric(REUSED).await - reused, 9);
+
+    // This text parses (and so is cached) but does not validate: it fails every time.
+    let invalid = "query { project(id: \"1\") { id nope } }";
+    for _ in 0..3 {
+        let err = alice.error(invalid, json!({})).await;
+        assert_eq!(code(&err), "BAD_USER_INPUT");
+        assert!(err["message"].as_str().unwrap().contains("nope"), "{err}");
+    }
+    assert_eq!(s.metric(PARSED).await - parsed, 2);
+    // A syntax error is reported as before and not cached.
+    let parsed = s.metric(PARSED).await;
+    for _ in 0..2 {
+        let err = alice.error("query { project(id: ", json!({})).await;
+        assert_eq!(code(&err), "BAD_USER_INPUT");
+    }
+    assert_eq!(s.metric(PARSED).await, parsed);
 }

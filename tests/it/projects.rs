@@ -362,17 +362,7 @@ async fn concurrent_deletes_exactly_one_wins(s: TestServer) {
 both_backends!(listing_cost_does_not_grow_with_page_size);
 
 async fn statements(s: &TestServer) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", s.base_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("atelier_db_statements_total "))
-        .expect("statement counter exported")
-        .parse()
-        .unwrap()
+    s.metric("atelier_db_statements_total").await
 }
 
 /// DataLoaders: owner, assets and shares of a whole page cost a fixed number of statements.
