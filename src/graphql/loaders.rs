@@ -1,7 +1,17 @@
 //! DataLoaders, created per request: every list of projects resolves owners, shares and
 //! assets with one query per field, not one per row.
+//!
+//! A list resolver does not rely on the DataLoader's batch window (a timer that a starved
+//! machine can split into several batches): it loads each selected relation for the whole
+//! page itself, in one query, and leaves the answers in [`Prefetched`] for the rows' field
+//! resolvers. The DataLoader remains for everything else.
 
-use std::collections::HashMap;
+use std::{
+    any::{Any, TypeId},
+    collections::HashMap,
+    hash::Hash,
+    sync::{Mutex, PoisonError},
+};
 
 use async_graphql::dataloader::{DataLoader, Loader, NoCache};
 use entity::{asset, group, project, project_asset, project_share, user};
@@ -11,6 +21,68 @@ use crate::service::Services;
 
 /// The batch loader of one request; one `DataLoader` serves every key type below.
 pub type Loaders = DataLoader<Batch, NoCache>;
+
+/// Relations loaded ahead for a page of rows, by key type. Fresh for every request and filled
+/// only by query resolvers, so a mutation never reads a value from before its own write.
+#[derive(Default)]
+pub struct Prefetched(Mutex<HashMap<TypeId, Box<dyn Any + Send>>>);
+
+/// Answers for one key type; `None` records that the key was looked up and has no row.
+type Answers<K, V> = HashMap<K, Option<V>>;
+
+impl Prefetched {
+    /// `Some(answer)` if `key` was prefetched.
+    pub fn get<K, V>(&self, key: &K) -> Option<Option<V>>
+    where
+        K: Hash + Eq + Send + 'static,
+        V: Clone + Send + 'static,
+    {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(&TypeId::of::<Answers<K, V>>())?
+            .downcast_ref::<Answers<K, V>>()?
+            .get(key)
+            .cloned()
+    }
+
+    fn put<K, V>(&self, keys: Vec<K>, mut found: HashMap<K, V>)
+    where
+        K: Hash + Eq + Send + 'static,
+        V: Send + 'static,
+    {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let answers = map
+            .entry(TypeId::of::<Answers<K, V>>())
+            .or_insert_with(|| Box::new(Answers::<K, V>::new()))
+            .downcast_mut::<Answers<K, V>>()
+            .expect("entries are keyed by their own type");
+        for key in keys {
+            let value = found.remove(&key);
+            answers.insert(key, value);
+        }
+    }
+}
+
+/// Loads `keys` (duplicates allowed) in one query and keeps the answers in `prefetched`.
+pub async fn prefetch<K, V>(
+    batch: &Batch,
+    prefetched: &Prefetched,
+    keys: impl IntoIterator<Item = K>,
+) -> Result<(), DbErr>
+where
+    Batch: Loader<K, Value = V, Error = DbErr>,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Send + Sync + Clone + 'static,
+{
+    let mut keys: Vec<K> = keys.into_iter().collect();
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| seen.insert(k.clone()));
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let found = batch.load(&keys).await?;
+    prefetched.put(keys, found);
+    Ok(())
+}
 
 /// What the loader wraps: the services (for the database).
 #[derive(Clone)]

@@ -18,7 +18,7 @@ use async_graphql::{
 use crate::{domain::Viewer, error::AppError, service::Services};
 
 pub use documents::{DOCUMENT_CACHE_ENTRIES, DocumentCache};
-pub use loaders::Loaders;
+pub use loaders::{Loaders, Prefetched};
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
 
@@ -40,8 +40,12 @@ pub fn sdl() -> String {
         .sdl()
 }
 
-/// Per-request data: who is asking, and fresh dataloaders (no cache shared across requests).
-pub fn request_data(services: &Services, viewer: Option<Viewer>) -> (RequestViewer, Arc<Loaders>) {
+/// Per-request data: who is asking, fresh dataloaders and an empty prefetch store (nothing is
+/// shared across requests, nor across the operations of a batch).
+pub fn request_data(
+    services: &Services,
+    viewer: Option<Viewer>,
+) -> (RequestViewer, Arc<Loaders>, Arc<Prefetched>) {
     // The delay lets a whole page of rows enqueue its keys before the batch fires (1 ms, the
     // default, split pages of 100 into several batches).
     let loader = DataLoader::new(
@@ -50,7 +54,11 @@ pub fn request_data(services: &Services, viewer: Option<Viewer>) -> (RequestView
         TokioTimer::default(),
     )
     .delay(std::time::Duration::from_millis(5));
-    (RequestViewer(viewer), Arc::new(loader))
+    (
+        RequestViewer(viewer),
+        Arc::new(loader),
+        Arc::new(Prefetched::default()),
+    )
 }
 
 /// The viewer of the current request (None for anonymous).
@@ -72,4 +80,8 @@ fn require_viewer(ctx: &async_graphql::Context<'_>) -> Result<Viewer, AppError> 
 
 fn loaders<'a>(ctx: &async_graphql::Context<'a>) -> &'a Loaders {
     ctx.data_unchecked::<Arc<Loaders>>()
+}
+
+fn prefetched<'a>(ctx: &async_graphql::Context<'a>) -> &'a Prefetched {
+    ctx.data_unchecked::<Arc<Prefetched>>()
 }

@@ -8,7 +8,8 @@ use super::{
     loaders::AssetKey,
     require_viewer, services,
     types::{
-        Asset, AssetType, Group, IdCursor, Project, ProjectConnection, User, project_connection,
+        Asset, AssetType, Group, IdCursor, Project, ProjectConnection, User, prefetch_page,
+        project_connection,
     },
     viewer,
 };
@@ -95,6 +96,7 @@ impl QueryRoot {
             service::projects::list(services(ctx), viewer(ctx), first, after, service_filter)
                 .await
                 .gql()?;
+        prefetch_page(ctx, &page.rows).await.gql()?;
         Ok(project_connection(page))
     }
 

@@ -53,8 +53,14 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
 
 async fn execute(state: &AppState, viewer: Option<Viewer>, mut batch: BatchRequest) -> Response {
     state.documents.prepare_batch(&mut batch);
-    let (viewer_data, loaders) = request_data(&state.services, viewer);
-    let batch = batch.data(viewer_data).data(loaders);
+    let fresh = |r: async_graphql::Request| {
+        let (viewer_data, loaders, prefetched) = request_data(&state.services, viewer);
+        r.data(viewer_data).data(loaders).data(prefetched)
+    };
+    let batch = match batch {
+        BatchRequest::Single(r) => BatchRequest::Single(fresh(r)),
+        BatchRequest::Batch(rs) => BatchRequest::Batch(rs.into_iter().map(fresh).collect()),
+    };
     let response = match state.schema.execute_batch(batch).await {
         BatchResponse::Single(r) => BatchResponse::Single(with_codes(r)),
         BatchResponse::Batch(rs) => BatchResponse::Batch(rs.into_iter().map(with_codes).collect()),
