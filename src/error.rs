@@ -20,7 +20,12 @@ pub enum AppError {
         field: Option<&'static str>,
     },
     #[error("version conflict: expected {expected}, current {current}")]
-    VersionConflict { expected: i32, current: i32 },
+    VersionConflict {
+        expected: i32,
+        current: i32,
+        /// Advice for a client that will re-read and try again (see `service::pacing`).
+        retry_after: Option<std::time::Duration>,
+    },
     #[error("{0}")]
     Conflict(String),
     #[error("checksum mismatch: {0}")]
@@ -127,9 +132,16 @@ impl ErrorExtensions for AppError {
                 AppError::BadUserInput {
                     field: Some(field), ..
                 } => ext.set("field", *field),
-                AppError::VersionConflict { expected, current } => {
+                AppError::VersionConflict {
+                    expected,
+                    current,
+                    retry_after,
+                } => {
                     ext.set("expectedVersion", *expected);
                     ext.set("currentVersion", *current);
+                    if let Some(wait) = retry_after {
+                        ext.set("retryAfterMs", wait.as_micros().div_ceil(1000) as u64);
+                    }
                 }
                 AppError::MissingAssets(missing) => ext.set("missing", missing.clone()),
                 AppError::PayloadTooLarge { limit, .. } => ext.set("limit", *limit),

@@ -4,6 +4,7 @@
 pub mod assets;
 pub mod identity;
 pub mod maintenance;
+pub mod pacing;
 pub mod projects;
 
 use crate::{config::Limits, db::Db, storage::BlobStore};
@@ -15,6 +16,7 @@ pub struct Services {
     pub blobs: BlobStore,
     pub limits: Limits,
     pub tokens: std::sync::Arc<identity::TokenCache>,
+    pub pacer: std::sync::Arc<pacing::Pacer>,
 }
 
 impl Services {
@@ -24,6 +26,7 @@ impl Services {
             blobs,
             limits,
             tokens: Default::default(),
+            pacer: Default::default(),
         }
     }
 }

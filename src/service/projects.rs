@@ -111,7 +111,8 @@ pub async fn update(
     let new_content = staged.as_ref().map(|s| (s.key.clone(), s.size as i64));
     let refs = content.map(|c| Arc::new(c.asset_refs));
     let title = title.map(Title::into_inner);
-    let project = svc
+    let started = std::time::Instant::now();
+    let written = svc
         .db
         .write(|txn| {
             let (refs, title, new_content) = (refs.clone(), title.clone(), new_content.clone());
@@ -156,7 +157,24 @@ pub async fn update(
                 Ok(updated)
             })
         })
-        .await?;
+        .await;
+    let project = match written {
+        Ok(project) => {
+            svc.pacer.record_update(started.elapsed());
+            project
+        }
+        Err(AppError::VersionConflict {
+            expected, current, ..
+        }) => {
+            // Losers of a race on one row are spread out rather than sent back as a herd.
+            return Err(AppError::VersionConflict {
+                expected,
+                current,
+                retry_after: Some(svc.pacer.after_conflict(id.0)),
+            });
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(staged) = staged {
         svc.blobs.publish_committed(staged).await;
     }
@@ -197,6 +215,7 @@ pub async fn delete(
                     return Err(AppError::VersionConflict {
                         expected,
                         current: current.version,
+                        retry_after: None,
                     });
                 }
                 project::Entity::delete_by_id(id.0).exec(txn).await?;
@@ -297,6 +316,7 @@ async fn why_not_written<C: ConnectionTrait>(
         Some(p) => AppError::VersionConflict {
             expected,
             current: p.version,
+            retry_after: None,
         },
     }
 }

@@ -145,6 +145,9 @@ enum Retry {
     Immediate,
     /// Re-read after [`HotRowIncrementer::backoff`].
     Backoff,
+    /// Re-read after the `retryAfterMs` the server puts on the conflict (its place in the
+    /// server's queue for the row).
+    Paced,
     /// One client and nobody to conflict with: the ceiling for any retry policy, since a
     /// read-then-compare-and-set cycle cannot overlap another one that succeeds.
     Alone,
@@ -185,8 +188,15 @@ impl Worker for HotRowIncrementer {
                 }
                 Err(e) if e.has_code("VERSION_CONFLICT") => {
                     self.counters.conflicts.fetch_add(1, Relaxed);
-                    if self.retry == Retry::Backoff {
-                        let pause = self.backoff(conflicts);
+                    let pause = match self.retry {
+                        Retry::Immediate | Retry::Alone => None,
+                        Retry::Backoff => Some(self.backoff(conflicts)),
+                        Retry::Paced => Some(match retry_after(&e) {
+                            Some(wait) => wait,
+                            None => self.backoff(conflicts),
+                        }),
+                    };
+                    if let Some(pause) = pause {
                         tokio::time::sleep(pause).await;
                     }
                     conflicts += 1;
@@ -200,11 +210,22 @@ impl Worker for HotRowIncrementer {
 
 /// W2: 100 clients increment one project's counter; every acknowledged update must show in
 /// the final counter and version. Compared with pgbench's `SELECT … FOR UPDATE` + `UPDATE`.
-/// Run three times: clients that retry at once, clients that back off, and one client alone
-/// (the most commits/s that any way of retrying could reach).
+/// The server's advice on a VERSION_CONFLICT.
+fn retry_after(e: &CallError) -> Option<Duration> {
+    match e {
+        CallError::GraphQl { extensions, .. } => extensions["retryAfterMs"]
+            .as_u64()
+            .map(Duration::from_millis),
+        _ => None,
+    }
+}
+
+/// Run four times: clients that retry at once, clients that back off, clients that wait as
+/// long as the server says, and one client alone (the most commits/s that any way of retrying
+/// could reach).
 pub async fn w2(ctx: &mut Ctx<'_>) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for retry in [Retry::Immediate, Retry::Backoff, Retry::Alone] {
+    for retry in [Retry::Immediate, Retry::Backoff, Retry::Paced, Retry::Alone] {
         rows.push(w2_once(ctx, retry).await?);
     }
     Ok(rows)
@@ -231,7 +252,7 @@ async fn w2_once(ctx: &mut Ctx<'_>, retry: Retry) -> Result<Row> {
     let counters = Arc::new(HotCounters::default());
     let clients = match retry {
         Retry::Alone => 1,
-        Retry::Immediate | Retry::Backoff => W2_CLIENTS,
+        Retry::Immediate | Retry::Backoff | Retry::Paced => W2_CLIENTS,
     };
     let workers = (0..clients)
         .map(|i| HotRowIncrementer {
@@ -270,6 +291,8 @@ async fn w2_once(ctx: &mut Ctx<'_>, retry: Retry) -> Result<Row> {
             match retry {
                 Retry::Immediate => format!("{W2_CLIENTS} clients, immediate retry"),
                 Retry::Backoff => format!("{W2_CLIENTS} clients, retry with jittered backoff"),
+                Retry::Paced =>
+                    format!("{W2_CLIENTS} clients, retry after the server's retryAfterMs"),
                 Retry::Alone => "1 client, no contention (ceiling for any retry policy)".into(),
             }
         ),
