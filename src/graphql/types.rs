@@ -247,31 +247,29 @@ pub async fn prefetch_page(ctx: &Context<'_>, rows: &[project::Model]) -> AppRes
     let store = prefetched(ctx);
     let ids = || rows.iter().map(|p| p.id);
     let owners = async {
-        match wants("owner") {
-            true => l::prefetch(&batch, store, rows.iter().map(|p| UserKey(p.owner_id))).await,
-            false => Ok(()),
+        if !wants("owner") {
+            return Ok(());
         }
+        l::prefetch(&batch, store, rows.iter().map(|p| UserKey(p.owner_id))).await
     };
     let assets = async {
-        match wants("assets") {
-            true => l::prefetch(&batch, store, ids().map(ProjectAssetsKey)).await,
-            false => Ok(()),
+        if !wants("assets") {
+            return Ok(());
         }
+        l::prefetch(&batch, store, ids().map(ProjectAssetsKey)).await
     };
     let shares = async {
-        match wants("sharedWith") {
-            true => l::prefetch(&batch, store, ids().map(SharesKey)).await,
-            false => Ok(()),
+        if !wants("sharedWith") {
+            return Ok(());
         }
+        l::prefetch(&batch, store, ids().map(SharesKey)).await
     };
     let sources = async {
-        match wants("remixedFrom") {
-            true => {
-                let keys = rows.iter().filter_map(|p| p.remixed_from.map(ProjectKey));
-                l::prefetch(&batch, store, keys).await
-            }
-            false => Ok(()),
+        if !wants("remixedFrom") {
+            return Ok(());
         }
+        let keys = rows.iter().filter_map(|p| p.remixed_from.map(ProjectKey));
+        l::prefetch(&batch, store, keys).await
     };
     tokio::try_join!(owners, assets, shares, sources)?;
     Ok(())
