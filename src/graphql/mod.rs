@@ -40,12 +40,13 @@ pub fn sdl() -> String {
         .sdl()
 }
 
-/// Per-request data: who is asking, fresh dataloaders and an empty prefetch store (nothing is
-/// shared across requests, nor across the operations of a batch).
-pub fn request_data(
+/// Gives one operation its per-request data: who is asking, fresh dataloaders and an empty
+/// prefetch store (nothing is shared across requests, nor across the operations of a batch).
+pub fn with_request_data(
     services: &Services,
     viewer: Option<Viewer>,
-) -> (RequestViewer, Arc<Loaders>, Arc<Prefetched>) {
+    request: async_graphql::Request,
+) -> async_graphql::Request {
     // The delay lets a whole page of rows enqueue its keys before the batch fires (1 ms, the
     // default, split pages of 100 into several batches).
     let loader = DataLoader::new(
@@ -54,11 +55,10 @@ pub fn request_data(
         TokioTimer::default(),
     )
     .delay(std::time::Duration::from_millis(5));
-    (
-        RequestViewer(viewer),
-        Arc::new(loader),
-        Arc::new(Prefetched::default()),
-    )
+    request
+        .data(RequestViewer(viewer))
+        .data(Arc::new(loader))
+        .data(Arc::new(Prefetched::default()))
 }
 
 /// The viewer of the current request (None for anonymous).

@@ -10,7 +10,7 @@ use axum::{
 };
 
 use super::AppState;
-use crate::{domain::Viewer, error::AppError, graphql::request_data, service};
+use crate::{domain::Viewer, error::AppError, graphql::with_request_data, service};
 
 /// `POST /graphql`: JSON, or a multipart upload per the GraphQL multipart request spec.
 pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -53,10 +53,7 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
 
 async fn execute(state: &AppState, viewer: Option<Viewer>, mut batch: BatchRequest) -> Response {
     state.documents.prepare_batch(&mut batch);
-    let fresh = |r: async_graphql::Request| {
-        let (viewer_data, loaders, prefetched) = request_data(&state.services, viewer);
-        r.data(viewer_data).data(loaders).data(prefetched)
-    };
+    let fresh = |r| with_request_data(&state.services, viewer, r);
     let batch = match batch {
         BatchRequest::Single(r) => BatchRequest::Single(fresh(r)),
         BatchRequest::Batch(rs) => BatchRequest::Batch(rs.into_iter().map(fresh).collect()),

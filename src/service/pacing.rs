@@ -11,7 +11,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, PoisonError},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::{Duration, Instant},
 };
 
@@ -27,23 +30,19 @@ const PRUNE_AT: usize = 1024;
 const EWMA_WEIGHT: f64 = 0.1;
 
 pub struct Pacer {
-    state: Mutex<State>,
-}
-
-struct State {
-    /// Moving average of how long a successful update takes in this process, in µs.
-    update_micros: f64,
-    /// Per project id: when the next free slot starts.
-    next_slot: HashMap<i64, Instant>,
+    /// Moving average of how long a successful update takes in this process, in µs (`f64`
+    /// bits). Every update records into it, so it takes no lock; a sample lost to a race only
+    /// makes the average a little older.
+    update_micros: AtomicU64,
+    /// Per project id: when the next free slot starts. Touched only on conflicts.
+    next_slot: Mutex<HashMap<i64, Instant>>,
 }
 
 impl Default for Pacer {
     fn default() -> Pacer {
         Pacer {
-            state: Mutex::new(State {
-                update_micros: 1_000.0,
-                next_slot: HashMap::new(),
-            }),
+            update_micros: AtomicU64::new(1_000f64.to_bits()),
+            next_slot: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -51,9 +50,10 @@ impl Default for Pacer {
 impl Pacer {
     /// A successful update took `took`.
     pub fn record_update(&self, took: Duration) {
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let average = f64::from_bits(self.update_micros.load(Relaxed));
         let sample = took.as_micros() as f64;
-        s.update_micros += EWMA_WEIGHT * (sample - s.update_micros);
+        let average = average + EWMA_WEIGHT * (sample - average);
+        self.update_micros.store(average.to_bits(), Relaxed);
     }
 
     /// An update of `project` lost a race: how long its client should wait before re-reading.
@@ -62,12 +62,16 @@ impl Pacer {
     }
 
     fn after_conflict_at(&self, project: i64, now: Instant) -> Duration {
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let slot = Duration::from_micros((2.0 * s.update_micros) as u64).clamp(MIN_SLOT, MAX_SLOT);
-        if s.next_slot.len() >= PRUNE_AT {
-            s.next_slot.retain(|_, next| *next > now);
+        let average = f64::from_bits(self.update_micros.load(Relaxed));
+        let slot = Duration::from_micros((2.0 * average) as u64).clamp(MIN_SLOT, MAX_SLOT);
+        let mut queues = self
+            .next_slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if queues.len() >= PRUNE_AT {
+            queues.retain(|_, next| *next > now);
         }
-        let next = s.next_slot.entry(project).or_insert(now);
+        let next = queues.entry(project).or_insert(now);
         let start = (*next).max(now).min(now + MAX_WAIT);
         *next = start + slot;
         start - now

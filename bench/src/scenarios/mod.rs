@@ -324,15 +324,30 @@ pub async fn seed_projects(
 }
 
 /// `value / baseline` when there is a baseline.
-pub fn ratio(value: f64, baseline: &Option<Result<PgbenchResult, String>>) -> Option<f64> {
+fn ratio(value: f64, baseline: &Option<Result<PgbenchResult, String>>) -> Option<f64> {
     match baseline {
         Some(Ok(b)) if b.tps > 0.0 => Some(value / b.tps),
         _ => None,
     }
 }
 
+/// Puts the pgbench baseline `label` and the ratio of `value` to it on `row` (or a note on why
+/// there is none); returns the ratio.
+pub fn compare_with_pgbench(
+    row: &mut Row,
+    label: &str,
+    baseline: &Option<Result<PgbenchResult, String>>,
+    value: f64,
+) -> Option<f64> {
+    let (text, missing) = describe_baseline(label, baseline);
+    row.baseline = text;
+    row.notes.extend(missing);
+    row.ratio = ratio(value, baseline);
+    row.ratio
+}
+
 /// `"21463 tps (pgbench -S, 64 clients)"`, or why there is none.
-pub fn describe_baseline(
+fn describe_baseline(
     label: &str,
     baseline: &Option<Result<PgbenchResult, String>>,
 ) -> (Option<String>, Option<String>) {

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Instant};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use serde_json::json;
 
-use super::{Ctx, describe_baseline, ratio, seed_projects};
+use super::{Ctx, compare_with_pgbench, seed_projects};
 use crate::{
     client::{Api, CallError, UploadFile},
     error::{Context, Result},
@@ -82,13 +82,10 @@ pub async fn r1(ctx: &mut Ctx<'_>) -> Result<Vec<Row>> {
     let errors_ok = m.load.errors.total() == 0;
     match ctx.backend {
         Backend::Postgres => {
-            let baseline = &ctx.baselines.pg.select_only;
-            let (text, missing) = describe_baseline("pgbench -S", baseline);
-            row.baseline = text;
-            row.notes.extend(missing);
-            row.ratio = ratio(rps, baseline);
+            let ratio =
+                compare_with_pgbench(&mut row, "pgbench -S", &ctx.baselines.pg.select_only, rps);
             row.target = format!("≥ {R1_TARGET} × pgbench -S, 0 errors");
-            row.met = errors_ok && row.ratio.is_some_and(|r| r >= R1_TARGET);
+            row.met = errors_ok && ratio.is_some_and(|r| r >= R1_TARGET);
         }
         Backend::Sqlite => {
             row.target = "0 errors".into();

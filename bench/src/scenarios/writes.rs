@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 use serde_json::{Value, json};
 
-use super::{Ctx, describe_baseline, ratio, seed_projects};
+use super::{Ctx, compare_with_pgbench, seed_projects};
 use crate::{
     client::{Api, CallError},
     error::{Context, Result},
@@ -102,13 +102,10 @@ pub async fn w1(ctx: &mut Ctx<'_>) -> Result<Vec<Row>> {
     let errors_ok = m.load.errors.total() == 0;
     match ctx.backend {
         Backend::Postgres => {
-            let baseline = &ctx.baselines.pg.simple_update;
-            let (text, missing) = describe_baseline("pgbench -N", baseline);
-            row.baseline = text;
-            row.notes.extend(missing);
-            row.ratio = ratio(rps, baseline);
+            let ratio =
+                compare_with_pgbench(&mut row, "pgbench -N", &ctx.baselines.pg.simple_update, rps);
             row.target = format!("≥ {W1_TARGET} × pgbench -N, 0 errors");
-            row.met = errors_ok && row.ratio.is_some_and(|r| r >= W1_TARGET);
+            row.met = errors_ok && ratio.is_some_and(|r| r >= W1_TARGET);
         }
         Backend::Sqlite => {
             row.target = "0 errors".into();
@@ -308,18 +305,15 @@ async fn w2_once(ctx: &mut Ctx<'_>, retry: Retry) -> Result<Row> {
     let errors_ok = m.load.errors.total() == 0;
     match ctx.backend {
         Backend::Postgres => {
-            let baseline = &ctx.baselines.pg.hot_row;
-            let (text, missing) = describe_baseline("pgbench hot row", baseline);
-            row.baseline = text;
-            row.notes.extend(missing);
-            row.ratio = ratio(cps, baseline);
+            let ratio =
+                compare_with_pgbench(&mut row, "pgbench hot row", &ctx.baselines.pg.hot_row, cps);
             if retry == Retry::Alone {
                 // Not the scenario itself: the bound it is judged against.
                 row.target = "0 lost updates, 0 errors (reference)".into();
                 row.met = consistent && errors_ok;
             } else {
                 row.target = format!("0 lost updates, ≥ {W2_TARGET} × pgbench hot row, 0 errors");
-                row.met = consistent && errors_ok && row.ratio.is_some_and(|r| r >= W2_TARGET);
+                row.met = consistent && errors_ok && ratio.is_some_and(|r| r >= W2_TARGET);
             }
         }
         Backend::Sqlite => {
