@@ -89,6 +89,16 @@ impl AppError {
             if !matches!(e, DbErr::ConnectionAcquire(_)) && classify_db(e) == DbErrorKind::Unreachable)
     }
 
+    /// The same failure again, for each of several callers that waited on one operation:
+    /// same code and same public message (the details were logged once).
+    pub fn shareable(&self) -> AppError {
+        match self {
+            AppError::Unavailable(m) => AppError::Unavailable(m.clone()),
+            _ if self.code() == "UNAVAILABLE" => AppError::Unavailable(self.public_message()),
+            _ => AppError::Internal(self.to_string()),
+        }
+    }
+
     /// The message a client sees. Internal details stay in the log.
     fn public_message(&self) -> String {
         match self.code() {

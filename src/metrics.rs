@@ -25,6 +25,8 @@ pub struct Metrics {
     latency_micros: AtomicU64,
     graphql_documents_parsed: AtomicU64,
     graphql_documents_reused: AtomicU64,
+    read_batches: AtomicU64,
+    read_batch_reads: AtomicU64,
 }
 
 impl Metrics {
@@ -48,6 +50,12 @@ impl Metrics {
         } else {
             self.graphql_documents_parsed.fetch_add(1, Relaxed);
         }
+    }
+
+    /// One coalesced by-id read statement that answered `reads` waiting reads.
+    pub fn record_read_batch(&self, reads: u64) {
+        self.read_batches.fetch_add(1, Relaxed);
+        self.read_batch_reads.fetch_add(reads, Relaxed);
     }
 
     pub fn record_request(&self, elapsed: Duration, status: u16) {
@@ -104,6 +112,16 @@ impl Metrics {
             "atelier_graphql_documents_reused_total",
             "GraphQL requests served a cached parsed document.",
             self.graphql_documents_reused.load(Relaxed),
+        );
+        counter(
+            "atelier_db_read_batches_total",
+            "Statements that answered coalesced project(id) reads.",
+            self.read_batches.load(Relaxed),
+        );
+        counter(
+            "atelier_db_read_batch_reads_total",
+            "project(id) reads answered by those statements.",
+            self.read_batch_reads.load(Relaxed),
         );
         let _ = writeln!(
             out,

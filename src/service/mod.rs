@@ -2,6 +2,7 @@
 //! lives here; callers (GraphQL, CLI) only parse input and map errors.
 
 pub mod assets;
+pub mod coalesce;
 pub mod identity;
 pub mod maintenance;
 pub mod pacing;
@@ -17,6 +18,7 @@ pub struct Services {
     pub limits: Limits,
     pub tokens: std::sync::Arc<identity::TokenCache>,
     pub pacer: std::sync::Arc<pacing::Pacer>,
+    pub project_reads: std::sync::Arc<coalesce::ProjectReads>,
 }
 
 impl Services {
@@ -27,6 +29,7 @@ impl Services {
             limits,
             tokens: Default::default(),
             pacer: Default::default(),
+            project_reads: Default::default(),
         }
     }
 }

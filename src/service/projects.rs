@@ -237,8 +237,9 @@ pub async fn get(
     if viewer.is_none() {
         return Ok(None);
     }
-    Ok(project::Entity::find_by_id(id.0)
-        .one(svc.db.conn())
+    Ok(svc
+        .project_reads
+        .get(&svc.db, id.0)
         .await?
         .filter(|p| can_read(viewer, p)))
 }

@@ -11,4 +11,5 @@ mod http;
 mod migrations;
 mod outage;
 mod projects;
+mod reads;
 mod schema;

@@ -75,6 +75,8 @@ async fn ready(s: &TestServer) -> u16 {
 #[derive(Default)]
 struct Tally {
     acked: Vec<String>,
+    /// Successful `project(id)` reads (coalesced into shared statements).
+    reads: usize,
     failures: Vec<(u16, String, Duration)>,
 }
 
@@ -91,6 +93,40 @@ async fn postgres_outage_fails_fast_and_recovers() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Mutex::new(Tally::default()));
+    let seed = Client::new(s.graphql_url(), Some(token.clone()))
+        .create_project("read during the outage", empty_project())
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, stop, tally, id) = (Client::new(s.graphql_url(), Some(token.clone())), stop.clone(), tally.clone(), seed.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let started = Instant::now();
+                    let resp = c
+                        .request()
+                        .json(&json!({ "query": "query($id: ID!) { project(id: $id) { id } }", "variables": { "id": id } }))
+                        .timeout(Duration::from_secs(30))
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = resp.status().as_u16();
+                    let body: serde_json::Value = resp.json().await.unwrap();
+                    {
+                        let mut t = tally.lock().unwrap();
+                        if body["data"]["project"]["id"] == id.as_str() {
+                            t.reads += 1;
+                        } else {
+                            t.failures.push((status, code(&body["errors"][0]).to_owned(), started.elapsed()));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect();
     let workers: Vec<_> = (0..4)
         .map(|w| {
             let (c, stop, tally) = (Client::new(s.graphql_url(), Some(token.clone())), stop.clone(), tally.clone());
@@ -149,16 +185,23 @@ async fn postgres_outage_fails_fast_and_recovers() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let acked_at_recovery = tally.lock().unwrap().acked.len();
+    let (acked_at_recovery, reads_at_recovery) = {
+        let t = tally.lock().unwrap();
+        (t.acked.len(), t.reads)
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::SeqCst);
-    for w in workers {
+    for w in workers.into_iter().chain(readers) {
         w.await.unwrap();
     }
     let tally = std::mem::take(&mut *tally.lock().unwrap());
     assert!(
         tally.acked.len() > acked_at_recovery,
         "writes succeed again after recovery"
+    );
+    assert!(
+        tally.reads > reads_at_recovery,
+        "reads succeed again after recovery"
     );
     for (status, code, took) in &tally.failures {
         assert_eq!(
