@@ -4,13 +4,15 @@
 //! When a class opens its projects at once, the server receives many `project(id)` requests
 //! in the same few hundred microseconds. Sent one by one, each costs a database round trip
 //! (plus the pool's release check, another one), and those round trips, not the lookups,
-//! dominate the cost on both sides. Here at most one batch statement is in flight per process;
+//! dominate the cost on both sides. Here at most one statement is in flight per process;
 //! whatever arrives meanwhile waits for it to finish and then goes out together, as
-//! `WHERE id IN (…)`. With no load a read goes out at once, alone: there is no timer.
+//! `WHERE id IN (…)`, from a drain task. With nothing in flight a read goes out at once, alone,
+//! on its own task: no timer, and no hop to another thread (waking a parked worker for every
+//! lone read tripled its latency on a quiet server).
 //!
-//! Consistency is that of a plain read: a batch statement is sent after every read in it
-//! arrived, so it sees every write committed before any of those requests was received
-//! (a client that read its own acknowledged write still reads it back).
+//! Consistency is that of a plain read: a statement is sent after every read in it arrived,
+//! so it sees every write committed before any of those requests was received (a client that
+//! read its own acknowledged write still reads it back).
 
 use std::{
     collections::HashMap,
@@ -18,7 +20,7 @@ use std::{
 };
 
 use entity::project;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter};
 use tokio::sync::oneshot;
 
 use crate::{
@@ -39,23 +41,24 @@ pub struct ProjectReads {
 #[derive(Default)]
 struct Queue {
     waiting: Vec<(i64, Reply)>,
-    /// Whether a drain task is running; it clears this itself when it finds the queue empty.
-    draining: bool,
+    /// A statement is in flight (a lone read or a drain task). Cleared only by `HandOver`.
+    busy: bool,
 }
 
 impl ProjectReads {
     /// The project row with this id, if any (no visibility check: that is the caller's).
     pub async fn get(self: &Arc<Self>, db: &Db, id: i64) -> AppResult<Option<project::Model>> {
         let (tx, rx) = oneshot::channel();
-        let start = {
+        let alone = {
             let mut q = self.lock();
-            q.waiting.push((id, tx));
-            !std::mem::replace(&mut q.draining, true)
+            if q.busy {
+                q.waiting.push((id, tx));
+            }
+            !std::mem::replace(&mut q.busy, true)
         };
-        if start {
-            // A task of its own, so that no request's response waits for other requests'
-            // batches, and a client that disconnects cannot stop the drain.
-            tokio::spawn(self.clone().drain(db.clone()));
+        if alone {
+            let _next = HandOver { reads: self, db };
+            return Ok(fetch(db, vec![id], 1).await?.into_iter().next());
         }
         rx.await
             .map_err(|_| AppError::internal("the read batch was dropped (shutting down?)"))?
@@ -65,30 +68,29 @@ impl ProjectReads {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The longest-waiting readers, up to `MAX_BATCH`.
+    fn next_batch(&self) -> Option<Vec<(i64, Reply)>> {
+        let mut q = self.lock();
+        if q.waiting.is_empty() {
+            return None;
+        }
+        let rest = q.waiting.len().saturating_sub(MAX_BATCH);
+        let mut batch = std::mem::take(&mut q.waiting);
+        q.waiting = batch.split_off(batch.len() - rest);
+        Some(batch)
+    }
+
+    /// Answers waiting readers, a batch per statement, until none are left.
     async fn drain(self: Arc<Self>, db: Db) {
-        let _guard = DrainGuard(&self);
-        loop {
-            let batch = {
-                let mut q = self.lock();
-                if q.waiting.is_empty() {
-                    q.draining = false;
-                    return;
-                }
-                let rest = q.waiting.len().saturating_sub(MAX_BATCH);
-                let mut batch = std::mem::take(&mut q.waiting);
-                q.waiting = batch.split_off(batch.len() - rest);
-                batch
-            };
+        let _next = HandOver {
+            reads: &self,
+            db: &db,
+        };
+        while let Some(batch) = self.next_batch() {
             let mut ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
             ids.sort_unstable();
             ids.dedup();
-            hold_for_tests().await;
-            let found = project::Entity::find()
-                .filter(project::Column::Id.is_in(ids.iter().copied()))
-                .all(db.conn())
-                .await;
-            db.metrics.record_read_batch(batch.len() as u64);
-            match found {
+            match fetch(&db, ids, batch.len()).await {
                 Ok(rows) => {
                     let by_id: HashMap<i64, project::Model> =
                         rows.into_iter().map(|p| (p.id, p)).collect();
@@ -97,7 +99,6 @@ impl ProjectReads {
                     }
                 }
                 Err(e) => {
-                    let e = AppError::from(e);
                     tracing::warn!(error = %e, readers = batch.len(), "project_read_batch_failed");
                     for (_, reply) in batch {
                         let _ = reply.send(Err(e.shareable()));
@@ -108,8 +109,47 @@ impl ProjectReads {
     }
 }
 
-/// Test hook: `FAILPOINTS=service::project_read_batch=1*return(500)` holds the next batch
-/// 500 ms (so that readers pile up behind it), `…=1*panic` kills its drain task.
+/// One statement for a set of distinct ids, answering `readers` reads.
+async fn fetch(db: &Db, ids: Vec<i64>, readers: usize) -> Result<Vec<project::Model>, AppError> {
+    hold_for_tests().await;
+    let rows = project::Entity::find()
+        .filter(project::Column::Id.is_in(ids))
+        .all(db.conn())
+        .await
+        .map_err(|e: DbErr| AppError::from(e));
+    db.metrics.record_read_batch(readers as u64);
+    rows
+}
+
+/// Runs when a statement's owner is done with it, however it ends (answered, failed, its
+/// client went away and the request was dropped, or a panic): whoever queued up meanwhile is
+/// answered by a drain task, else the next read may go out alone.
+struct HandOver<'a> {
+    reads: &'a Arc<ProjectReads>,
+    db: &'a Db,
+}
+
+impl Drop for HandOver<'_> {
+    fn drop(&mut self) {
+        let mut q = self.reads.lock();
+        if q.waiting.is_empty() {
+            q.busy = false;
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            // A task of its own: no reader's response waits for other readers' statements,
+            // and a client that disconnects cannot stop it.
+            Ok(rt) => {
+                rt.spawn(self.reads.clone().drain(self.db.clone()));
+            }
+            // The runtime is gone (shutdown): the waiting readers' requests are gone with it.
+            Err(_) => q.busy = false,
+        }
+    }
+}
+
+/// Test hook: `FAILPOINTS=service::project_read_batch=1*return(500)` holds the next statement
+/// 500 ms (so that readers pile up behind it), `…=1*panic` kills whoever runs it.
 async fn hold_for_tests() {
     let hold = (|| {
         fail::fail_point!("service::project_read_batch", |ms: Option<String>| ms
@@ -118,17 +158,5 @@ async fn hold_for_tests() {
     })();
     if let Some(ms) = hold {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-    }
-}
-
-/// If a drain task dies (a panic inside the driver), the next reader starts a new one, which
-/// also serves whoever was left waiting.
-struct DrainGuard<'a>(&'a ProjectReads);
-
-impl Drop for DrainGuard<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.lock().draining = false;
-        }
     }
 }

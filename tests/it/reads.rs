@@ -25,6 +25,7 @@ both_backends!(
     readers_waiting_on_one_batch_share_a_statement_and_get_their_own_answers,
     coalesced_reads_see_every_acknowledged_write,
     a_read_batch_that_dies_fails_only_its_readers,
+    a_reader_that_goes_away_does_not_strand_the_others,
 );
 
 async fn restart_with_failpoints(s: &mut TestServer, failpoints: &str) {
@@ -181,18 +182,31 @@ async fn coalesced_reads_see_every_acknowledged_write(s: TestServer) {
     );
 }
 
-/// A drain task that panics mid-batch: its readers get INTERNAL, and the next readers are
-/// served (by a new drain task) instead of waiting forever.
+/// The statement after a held one panics (in the drain task that answers the readers who
+/// queued behind it): those readers get INTERNAL, the held reader its row, and later readers
+/// are served instead of waiting forever.
 async fn a_read_batch_that_dies_fails_only_its_readers(mut s: TestServer) {
     let alice = s.user("alice");
     let id = alice.create_project("kept", empty_project()).await["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    restart_with_failpoints(&mut s, "service::project_read_batch=1*panic").await;
+    restart_with_failpoints(
+        &mut s,
+        "service::project_read_batch=1*return(1000)->1*panic",
+    )
+    .await;
     let alice = reconnect(&s, &alice);
-    let e = alice.error(GET, json!({ "id": id })).await;
-    assert_eq!(code(&e), "INTERNAL", "{e}");
+    let held = {
+        let (c, id) = (alice.clone(), id.clone());
+        tokio::spawn(async move { read(&c, &id).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let queued = join_all((0..10).map(|_| alice.error(GET, json!({ "id": id })))).await;
+    assert_eq!(held.await.unwrap()["title"], "kept");
+    for e in &queued {
+        assert_eq!(code(e), "INTERNAL", "{e}");
+    }
     let after = tokio::time::timeout(
         Duration::from_secs(20),
         join_all((0..10).map(|_| read(&alice, &id))),
@@ -200,6 +214,42 @@ async fn a_read_batch_that_dies_fails_only_its_readers(mut s: TestServer) {
     .await
     .expect("reads after a dead batch are served");
     for got in after {
+        assert_eq!(got["title"], "kept");
+    }
+}
+
+/// The reader whose statement is in flight goes away (client timeout): the readers queued
+/// behind it are still answered.
+async fn a_reader_that_goes_away_does_not_strand_the_others(mut s: TestServer) {
+    let alice = s.user("alice");
+    let id = alice.create_project("kept", empty_project()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    restart_with_failpoints(&mut s, "service::project_read_batch=1*return(1500)").await;
+    let alice = reconnect(&s, &alice);
+    let impatient = {
+        let (c, id) = (alice.clone(), id.clone());
+        tokio::spawn(async move {
+            c.request()
+                .json(&json!({ "query": GET, "variables": { "id": id } }))
+                .timeout(Duration::from_millis(300))
+                .send()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let others = tokio::time::timeout(
+        Duration::from_secs(20),
+        join_all((0..10).map(|_| read(&alice, &id))),
+    )
+    .await
+    .expect("readers queued behind a reader that left are answered");
+    assert!(
+        impatient.await.unwrap().is_err(),
+        "the impatient client timed out"
+    );
+    for got in others {
         assert_eq!(got["title"], "kept");
     }
 }
