@@ -135,19 +135,51 @@ impl Db {
         }
     }
 
+    /// Runs `f`, whose one write statement commits by itself (no transaction), retrying it
+    /// like `write` when it did not happen (SQLite busy). A connection lost meanwhile is not
+    /// retried: the statement may have committed.
+    pub async fn write_one<T, F>(&self, f: F) -> AppResult<T>
+    where
+        T: Send,
+        F: for<'c> Fn(&'c DatabaseConnection) -> BoxFuture<'c, AppResult<T>> + Send + Sync,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = {
+                let _permit = self.write_permit().await?;
+                f(&self.conn).await
+            };
+            match result {
+                Err(e) if e.is_retryable_conflict() && attempt < MAX_ATTEMPTS => {
+                    tracing::debug!(attempt, error = %e, "statement_retry");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) if e.is_retryable_conflict() => {
+                    tracing::warn!(attempt, error = %e, "statement_retries_exhausted");
+                    return Err(AppError::Unavailable(
+                        "the database is too busy; retry shortly".to_owned(),
+                    ));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// SQLite: this process's turn to write (see `write_gate`).
+    async fn write_permit(&self) -> AppResult<Option<tokio::sync::SemaphorePermit<'_>>> {
+        match &self.write_gate {
+            Some(gate) => Ok(Some(gate.acquire().await.map_err(AppError::internal)?)),
+            None => Ok(None),
+        }
+    }
+
     async fn write_once<T, F>(&self, f: &F) -> Result<T, Failed>
     where
         F: for<'c> Fn(&'c DatabaseTransaction) -> BoxFuture<'c, AppResult<T>>,
     {
         let before = Failed::BeforeCommit;
-        let _permit = match &self.write_gate {
-            Some(gate) => Some(
-                gate.acquire()
-                    .await
-                    .map_err(|e| before(AppError::internal(e)))?,
-            ),
-            None => None,
-        };
+        let _permit = self.write_permit().await.map_err(before)?;
         let txn = self
             .conn
             .begin_with_options(TransactionOptions {

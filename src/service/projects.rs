@@ -112,52 +112,38 @@ pub async fn update(
     let refs = content.map(|c| Arc::new(c.asset_refs));
     let title = title.map(Title::into_inner);
     let started = std::time::Instant::now();
-    let written = svc
-        .db
-        .write(|txn| {
-            let (refs, title, new_content) = (refs.clone(), title.clone(), new_content.clone());
-            Box::pin(async move {
-                // One compare-and-set statement on the happy path; only a miss reads the row
-                // to say why (absent, not the viewer's, or a newer version).
-                let mut update = project::Entity::update_many()
-                    .col_expr(
-                        project::Column::Version,
-                        Expr::col(project::Column::Version).add(1),
-                    )
-                    .col_expr(project::Column::UpdatedAt, Expr::value(now()))
-                    .filter(project::Column::Id.eq(id.0))
-                    .filter(project::Column::Version.eq(expected));
-                if !viewer.is_admin() {
-                    update = update.filter(project::Column::OwnerId.eq(viewer.id.0));
-                }
-                if let Some(title) = title {
-                    update = update.col_expr(project::Column::Title, Expr::value(title));
-                }
-                if let Some((key, size)) = new_content {
-                    update = update
-                        .col_expr(project::Column::ContentKey, Expr::value(key))
-                        .col_expr(project::Column::ContentSize, Expr::value(size));
-                }
-                let Some(updated) = update.exec_with_returning(txn).await?.into_iter().next()
-                else {
-                    return Err(why_not_written(txn, viewer, id, expected).await);
-                };
-                // Inside the transaction: MISSING_ASSETS rolls the version bump back.
-                let asset_ids = match &refs {
-                    Some(refs) => Some(resolve_assets(txn, refs).await?),
-                    None => None,
-                };
-                if let Some(asset_ids) = asset_ids {
-                    project_asset::Entity::delete_many()
-                        .filter(project_asset::Column::ProjectId.eq(id.0))
-                        .exec(txn)
-                        .await?;
-                    link_assets(txn, id, &asset_ids).await?;
-                }
-                Ok(updated)
-            })
-        })
-        .await;
+    let written = match refs {
+        // A rename is one statement: it commits by itself, without BEGIN and COMMIT's two
+        // extra round trips.
+        None => {
+            svc.db
+                .write_one(|conn| {
+                    let title = title.clone();
+                    Box::pin(compare_and_set(conn, viewer, id, expected, title, None))
+                })
+                .await
+        }
+        Some(refs) => {
+            svc.db
+                .write(|txn| {
+                    let (refs, title, new_content) =
+                        (refs.clone(), title.clone(), new_content.clone());
+                    Box::pin(async move {
+                        let updated =
+                            compare_and_set(txn, viewer, id, expected, title, new_content).await?;
+                        // Inside the transaction: MISSING_ASSETS rolls the version bump back.
+                        let asset_ids = resolve_assets(txn, &refs).await?;
+                        project_asset::Entity::delete_many()
+                            .filter(project_asset::Column::ProjectId.eq(id.0))
+                            .exec(txn)
+                            .await?;
+                        link_assets(txn, id, &asset_ids).await?;
+                        Ok(updated)
+                    })
+                })
+                .await
+        }
+    };
     let project = match written {
         Ok(project) => {
             svc.pacer.record_update(started.elapsed());
@@ -299,6 +285,42 @@ pub async fn content(svc: &Services, project: &project::Model) -> AppResult<serd
 }
 
 /// Why a compare-and-set update matched no row, in the order a client needs it.
+/// Bumps the version of a project the viewer may write if it is still at `expected`: one
+/// statement on the happy path; only a miss reads the row to say why (absent, not the
+/// viewer's, or a newer version).
+async fn compare_and_set<C: ConnectionTrait>(
+    conn: &C,
+    viewer: Viewer,
+    id: ProjectId,
+    expected: i32,
+    title: Option<String>,
+    new_content: Option<(String, i64)>,
+) -> AppResult<project::Model> {
+    let mut update = project::Entity::update_many()
+        .col_expr(
+            project::Column::Version,
+            Expr::col(project::Column::Version).add(1),
+        )
+        .col_expr(project::Column::UpdatedAt, Expr::value(now()))
+        .filter(project::Column::Id.eq(id.0))
+        .filter(project::Column::Version.eq(expected));
+    if !viewer.is_admin() {
+        update = update.filter(project::Column::OwnerId.eq(viewer.id.0));
+    }
+    if let Some(title) = title {
+        update = update.col_expr(project::Column::Title, Expr::value(title));
+    }
+    if let Some((key, size)) = new_content {
+        update = update
+            .col_expr(project::Column::ContentKey, Expr::value(key))
+            .col_expr(project::Column::ContentSize, Expr::value(size));
+    }
+    match update.exec_with_returning(conn).await?.into_iter().next() {
+        Some(updated) => Ok(updated),
+        None => Err(why_not_written(conn, viewer, id, expected).await),
+    }
+}
+
 async fn why_not_written<C: ConnectionTrait>(
     conn: &C,
     viewer: Viewer,
