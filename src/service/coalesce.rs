@@ -48,18 +48,21 @@ struct Queue {
 impl ProjectReads {
     /// The project row with this id, if any (no visibility check: that is the caller's).
     pub async fn get(self: &Arc<Self>, db: &Db, id: i64) -> AppResult<Option<project::Model>> {
-        let (tx, rx) = oneshot::channel();
-        let alone = {
+        let queued = {
             let mut q = self.lock();
             if q.busy {
+                let (tx, rx) = oneshot::channel();
                 q.waiting.push((id, tx));
+                Some(rx)
+            } else {
+                q.busy = true;
+                None
             }
-            !std::mem::replace(&mut q.busy, true)
         };
-        if alone {
+        let Some(rx) = queued else {
             let _next = HandOver { reads: self, db };
             return Ok(fetch(db, vec![id], 1).await?.into_iter().next());
-        }
+        };
         rx.await
             .map_err(|_| AppError::internal("the read batch was dropped (shutting down?)"))?
     }
