@@ -29,12 +29,6 @@ both_backends!(
     kill_dash_nine_under_load_loses_nothing_acknowledged,
 );
 
-async fn restart_with_failpoints(s: &mut TestServer, failpoints: &str) {
-    s.stop();
-    s.set_env("FAILPOINTS", failpoints);
-    s.start_again();
-}
-
 fn fsck_ok(s: &TestServer) {
     let (ok, out) = s.cli(&["fsck"]);
     assert!(ok, "fsck found violations:\n{out}");
@@ -50,7 +44,7 @@ async fn failures_before_commit_leave_nothing(mut s: TestServer) {
         "storage::stage_write=1*return(enospc)",
         "db::before_commit=1*return",
     ] {
-        restart_with_failpoints(&mut s, point).await;
+        s.restart_with_failpoints(point);
         let alice = Client::new(s.graphql_url(), alice.token.clone());
         let e = alice
             .error(CREATE, json!({ "t": "x", "c": empty_project() }))
@@ -84,7 +78,7 @@ async fn failures_before_commit_leave_nothing(mut s: TestServer) {
         }
     }
     // Uploads go through the same staging.
-    restart_with_failpoints(&mut s, "storage::stage_write=1*return(enospc)").await;
+    s.restart_with_failpoints("storage::stage_write=1*return(enospc)");
     let alice = Client::new(s.graphql_url(), alice.token.clone());
     let (status, body) = alice.upload_raw(wav(1), "SOUND", None).await;
     assert_eq!(code(&body["errors"][0]), "UNAVAILABLE", "{status} {body}");
@@ -98,7 +92,7 @@ async fn failures_before_commit_leave_nothing(mut s: TestServer) {
 /// staged file) so it is acknowledged; the first reader publishes the staged file.
 async fn failed_publish_is_healed_by_readers(mut s: TestServer) {
     let alice = s.user("alice");
-    restart_with_failpoints(&mut s, "storage::publish=1*return").await;
+    s.restart_with_failpoints("storage::publish=1*return");
     let alice = Client::new(s.graphql_url(), alice.token.clone());
     let content = json!({ "targets": [], "healed": true });
     let p = alice.create_project("p", content.clone()).await;
@@ -115,7 +109,7 @@ async fn failed_publish_is_healed_by_readers(mut s: TestServer) {
 /// restart the committed project is complete.
 async fn crash_between_commit_and_publish_is_recovered(mut s: TestServer) {
     let alice = s.user("alice");
-    restart_with_failpoints(&mut s, "storage::after_commit=return(crash)").await;
+    s.restart_with_failpoints("storage::after_commit=return(crash)");
     let alice = Client::new(s.graphql_url(), alice.token.clone());
     let content = json!({ "targets": [], "crash": "after commit" });
     let sent = alice
@@ -148,7 +142,7 @@ async fn crash_between_commit_and_publish_is_recovered(mut s: TestServer) {
 /// visible, and startup recovery removes the leftover.
 async fn failed_staged_delete_is_cleaned_at_startup(mut s: TestServer) {
     let alice = s.user("alice");
-    restart_with_failpoints(&mut s, "storage::blob_delete=1*return").await;
+    s.restart_with_failpoints("storage::blob_delete=1*return");
     let alice = Client::new(s.graphql_url(), alice.token.clone());
     let missing = json!({ "targets": [{ "costumes": [{ "md5ext": "0123456789abcdef0123456789abcdef.svg" }] }] });
     let e = alice.error(CREATE, json!({ "t": "m", "c": missing })).await;

@@ -258,6 +258,13 @@ impl TestServer {
         self.spawn();
     }
 
+    /// Restarts with fault injection (`FAILPOINTS`, see the `fail` crate's syntax).
+    pub fn restart_with_failpoints(&mut self, failpoints: &str) {
+        self.stop();
+        self.set_env("FAILPOINTS", failpoints);
+        self.start_again();
+    }
+
     /// Sets (or replaces) an environment variable for later starts and CLI runs.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.extra_env.retain(|(k, _)| k != key);

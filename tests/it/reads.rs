@@ -28,12 +28,6 @@ both_backends!(
     a_reader_that_goes_away_does_not_strand_the_others,
 );
 
-async fn restart_with_failpoints(s: &mut TestServer, failpoints: &str) {
-    s.stop();
-    s.set_env("FAILPOINTS", failpoints);
-    s.start_again();
-}
-
 fn reconnect(s: &TestServer, c: &Client) -> Client {
     Client::new(s.graphql_url(), c.token.clone())
 }
@@ -61,7 +55,7 @@ async fn readers_waiting_on_one_batch_share_a_statement_and_get_their_own_answer
     }
     owned.push(("nobody", "987654321".to_owned()));
 
-    restart_with_failpoints(&mut s, "service::project_read_batch=1*return(1000)").await;
+    s.restart_with_failpoints("service::project_read_batch=1*return(1000)");
     let viewers = [
         ("alice", reconnect(&s, &alice)),
         ("bob", reconnect(&s, &bob)),
@@ -191,11 +185,7 @@ async fn a_read_batch_that_dies_fails_only_its_readers(mut s: TestServer) {
         .as_str()
         .unwrap()
         .to_owned();
-    restart_with_failpoints(
-        &mut s,
-        "service::project_read_batch=1*return(1000)->1*panic",
-    )
-    .await;
+    s.restart_with_failpoints("service::project_read_batch=1*return(1000)->1*panic");
     let alice = reconnect(&s, &alice);
     let held = {
         let (c, id) = (alice.clone(), id.clone());
@@ -226,7 +216,7 @@ async fn a_reader_that_goes_away_does_not_strand_the_others(mut s: TestServer) {
         .as_str()
         .unwrap()
         .to_owned();
-    restart_with_failpoints(&mut s, "service::project_read_batch=1*return(1500)").await;
+    s.restart_with_failpoints("service::project_read_batch=1*return(1500)");
     let alice = reconnect(&s, &alice);
     let impatient = {
         let (c, id) = (alice.clone(), id.clone());
