@@ -80,6 +80,21 @@ struct Tally {
     failures: Vec<(u16, String, Duration)>,
 }
 
+/// One GraphQL call with a generous timeout: its status, body and how long it took.
+async fn timed_call(c: &Client, request: serde_json::Value) -> (u16, serde_json::Value, Duration) {
+    let started = Instant::now();
+    let resp = c
+        .request()
+        .json(&request)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap();
+    (status, body, started.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_outage_fails_fast_and_recovers() {
     let Some(pg) = PgDatabase::create().await else {
@@ -104,22 +119,13 @@ async fn postgres_outage_fails_fast_and_recovers() {
             let (c, stop, tally, id) = (Client::new(s.graphql_url(), Some(token.clone())), stop.clone(), tally.clone(), seed.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::SeqCst) {
-                    let started = Instant::now();
-                    let resp = c
-                        .request()
-                        .json(&json!({ "query": "query($id: ID!) { project(id: $id) { id } }", "variables": { "id": id } }))
-                        .timeout(Duration::from_secs(30))
-                        .send()
-                        .await
-                        .unwrap();
-                    let status = resp.status().as_u16();
-                    let body: serde_json::Value = resp.json().await.unwrap();
+                    let (status, body, took) = timed_call(&c, json!({ "query": "query($id: ID!) { project(id: $id) { id } }", "variables": { "id": id } })).await;
                     {
                         let mut t = tally.lock().unwrap();
                         if body["data"]["project"]["id"] == id.as_str() {
                             t.reads += 1;
                         } else {
-                            t.failures.push((status, code(&body["errors"][0]).to_owned(), started.elapsed()));
+                            t.failures.push((status, code(&body["errors"][0]).to_owned(), took));
                         }
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -134,24 +140,16 @@ async fn postgres_outage_fails_fast_and_recovers() {
                 let mut n = 0;
                 while !stop.load(Ordering::SeqCst) {
                     n += 1;
-                    let started = Instant::now();
-                    let resp = c
-                        .request()
-                        .json(&json!({
-                            "query": "mutation($t: String!, $c: JSON!) { createProject(input: {title: $t, content: $c}) { id } }",
-                            "variables": { "t": format!("w{w}-{n}"), "c": empty_project() },
-                        }))
-                        .timeout(Duration::from_secs(30))
-                        .send()
-                        .await
-                        .unwrap();
-                    let status = resp.status().as_u16();
-                    let body: serde_json::Value = resp.json().await.unwrap();
+                    let (status, body, took) = timed_call(&c, json!({
+                        "query": "mutation($t: String!, $c: JSON!) { createProject(input: {title: $t, content: $c}) { id } }",
+                        "variables": { "t": format!("w{w}-{n}"), "c": empty_project() },
+                    }))
+                    .await;
                     {
                         let mut t = tally.lock().unwrap();
                         match body["data"]["createProject"]["id"].as_str() {
                             Some(id) => t.acked.push(id.to_owned()),
-                            None => t.failures.push((status, code(&body["errors"][0]).to_owned(), started.elapsed())),
+                            None => t.failures.push((status, code(&body["errors"][0]).to_owned(), took)),
                         }
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;

@@ -32,6 +32,16 @@ fn reconnect(s: &TestServer, c: &Client) -> Client {
     Client::new(s.graphql_url(), c.token.clone())
 }
 
+/// alice and the id of her project titled "kept".
+async fn alice_with_one_project(s: &TestServer) -> (Client, String) {
+    let alice = s.user("alice");
+    let id = alice.create_project("kept", empty_project()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (alice, id)
+}
+
 async fn read(c: &Client, id: &str) -> Value {
     c.data(GET, json!({ "id": id })).await["project"].clone()
 }
@@ -180,11 +190,7 @@ async fn coalesced_reads_see_every_acknowledged_write(s: TestServer) {
 /// queued behind it): those readers get INTERNAL, the held reader its row, and later readers
 /// are served instead of waiting forever.
 async fn a_read_batch_that_dies_fails_only_its_readers(mut s: TestServer) {
-    let alice = s.user("alice");
-    let id = alice.create_project("kept", empty_project()).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (alice, id) = alice_with_one_project(&s).await;
     s.restart_with_failpoints("service::project_read_batch=1*return(1000)->1*panic");
     let alice = reconnect(&s, &alice);
     let held = {
@@ -211,11 +217,7 @@ async fn a_read_batch_that_dies_fails_only_its_readers(mut s: TestServer) {
 /// The reader whose statement is in flight goes away (client timeout): the readers queued
 /// behind it are still answered.
 async fn a_reader_that_goes_away_does_not_strand_the_others(mut s: TestServer) {
-    let alice = s.user("alice");
-    let id = alice.create_project("kept", empty_project()).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (alice, id) = alice_with_one_project(&s).await;
     s.restart_with_failpoints("service::project_read_batch=1*return(1500)");
     let alice = reconnect(&s, &alice);
     let impatient = {
