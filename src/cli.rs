@@ -212,6 +212,12 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
     )
     .await?;
     service::maintenance::recover(&svc).await?;
+    let sweeper = tokio::spawn(sweep_forever(
+        svc.clone(),
+        Duration::from_secs(cfg.sweep_interval_secs.max(1)),
+        Duration::from_secs(cfg.pending_grace_secs),
+        Duration::from_secs(cfg.idempotency_ttl_hours * 3600),
+    ));
     let state = http::AppState {
         schema: graphql::build_schema(svc.clone()),
         documents: std::sync::Arc::new(graphql::DocumentCache::new(
@@ -235,7 +241,28 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
     )
     .await
     .map_err(AppError::internal)?;
+    sweeper.abort();
     svc.db.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The running server's housekeeping: settles staged files no request owns (see
+/// `maintenance::sweep`) and forgets expired idempotency keys. Failures are logged and tried
+/// again next time: nothing here is needed for a request to succeed.
+async fn sweep_forever(svc: Services, every: Duration, pending_grace: Duration, key_ttl: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = service::maintenance::sweep(&svc, pending_grace).await {
+            tracing::warn!(error = %e, "staging_sweep_failed");
+        }
+        match service::idempotency::expire(&svc, key_ttl).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(idempotency.expired = n, "idempotency_keys_expired"),
+            Err(e) => tracing::warn!(error = %e, "idempotency_expiry_failed"),
+        }
+    }
 }

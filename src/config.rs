@@ -103,6 +103,20 @@ pub struct ServeConfig {
     /// Seconds that in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "ATELIER_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+
+    /// Seconds between sweeps of staged files no request owns (commits whose reply was lost,
+    /// processes that died) and of expired idempotency keys.
+    #[arg(long, env = "ATELIER_SWEEP_INTERVAL_SECS", default_value_t = 30)]
+    pub sweep_interval_secs: u64,
+
+    /// How long a staged file whose commit had an unknown outcome waits for a committed row
+    /// to reference it before it is deleted. Long: a COMMIT still in the network may land.
+    #[arg(long, env = "ATELIER_PENDING_GRACE_SECS", default_value_t = 3600)]
+    pub pending_grace_secs: u64,
+
+    /// How long an `Idempotency-Key` and its recorded answer are remembered.
+    #[arg(long, env = "ATELIER_IDEMPOTENCY_TTL_HOURS", default_value_t = 24)]
+    pub idempotency_ttl_hours: u64,
 }
 
 /// Who may read asset bytes and metadata.

@@ -28,6 +28,9 @@ pub enum AppError {
     },
     #[error("{0}")]
     Conflict(String),
+    /// The `Idempotency-Key` was used before for a different request.
+    #[error("this Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
     #[error("checksum mismatch: {0}")]
     ChecksumMismatch(String),
     #[error("project references assets that are not stored: {}", .0.join(", "))]
@@ -37,8 +40,17 @@ pub enum AppError {
     /// Retryable trouble with the database or storage (busy, unreachable, disk full).
     #[error("{0}")]
     Unavailable(String),
+    /// COMMIT was sent (or may have been) and its reply never came: the write may or may not
+    /// have happened. Code UNAVAILABLE; a retry with the same Idempotency-Key is safe.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Internal signal of the write helper: another execution of the same idempotency key
+    /// committed this mutation first. Answered with that execution's outcome; never reaches
+    /// a client as an error.
+    #[error("the mutation was already applied under this Idempotency-Key")]
+    AlreadyApplied,
     #[error(transparent)]
     Db(#[from] DbErr),
 }
@@ -63,11 +75,13 @@ impl AppError {
             AppError::NotFound(_) => "NOT_FOUND",
             AppError::BadUserInput { .. } => "BAD_USER_INPUT",
             AppError::VersionConflict { .. } => "VERSION_CONFLICT",
-            AppError::Conflict(_) => "CONFLICT",
+            AppError::Conflict(_) | AppError::AlreadyApplied | AppError::IdempotencyKeyReused => {
+                "CONFLICT"
+            }
             AppError::ChecksumMismatch(_) => "CHECKSUM_MISMATCH",
             AppError::MissingAssets(_) => "MISSING_ASSETS",
             AppError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
-            AppError::Unavailable(_) => "UNAVAILABLE",
+            AppError::Unavailable(_) | AppError::OutcomeUnknown(_) => "UNAVAILABLE",
             AppError::Internal(_) => "INTERNAL",
             AppError::Db(e) => match classify_db(e) {
                 DbErrorKind::Transient | DbErrorKind::Unreachable => "UNAVAILABLE",
@@ -82,6 +96,27 @@ impl AppError {
         matches!(self, AppError::Db(e) if classify_db(e) == DbErrorKind::Transient)
     }
 
+    /// Whether a failed COMMIT may still have committed: the reply was lost (connection or
+    /// protocol failure). An error the database itself answered means it rolled back.
+    pub fn commit_outcome_unknown(&self) -> bool {
+        use sea_orm::sqlx::Error;
+        let AppError::Db(e) = self else {
+            return false;
+        };
+        match e {
+            DbErr::Conn(RuntimeErr::SqlxError(se))
+            | DbErr::Exec(RuntimeErr::SqlxError(se))
+            | DbErr::Query(RuntimeErr::SqlxError(se)) => match &**se {
+                // The server answered. Only an administrator's shutdown or a crash in the
+                // middle (57P0x) leaves it open whether the commit was written first.
+                Error::Database(db) => db.code().is_some_and(|c| c.starts_with("57P")),
+                _ => true,
+            },
+            // Not an error from the wire: we cannot tell, so assume it may have happened.
+            _ => true,
+        }
+    }
+
     /// Whether a connection we held went away mid-transaction. Not when no connection could be
     /// had at all: then the database is down and the client should hear so at once.
     pub fn is_connection_lost(&self) -> bool {
@@ -94,6 +129,7 @@ impl AppError {
     pub fn shareable(&self) -> AppError {
         match self {
             AppError::Unavailable(m) => AppError::Unavailable(m.clone()),
+            AppError::OutcomeUnknown(m) => AppError::OutcomeUnknown(m.clone()),
             _ if self.code() == "UNAVAILABLE" => AppError::Unavailable(self.public_message()),
             _ => AppError::Internal(self.to_string()),
         }
@@ -104,11 +140,12 @@ impl AppError {
         match self.code() {
             "INTERNAL" => "internal error".to_owned(),
             "UNAVAILABLE" => match self {
-                AppError::Unavailable(m) => m.clone(),
+                AppError::Unavailable(m) | AppError::OutcomeUnknown(m) => m.clone(),
                 _ => "the database is busy or unreachable; retry shortly".to_owned(),
             },
             "CONFLICT" => match self {
                 AppError::Conflict(m) => m.clone(),
+                AppError::IdempotencyKeyReused => self.to_string(),
                 _ => "the write conflicts with existing data".to_owned(),
             },
             _ => self.to_string(),
@@ -154,6 +191,7 @@ impl ErrorExtensions for AppError {
                     }
                 }
                 AppError::MissingAssets(missing) => ext.set("missing", missing.clone()),
+                AppError::IdempotencyKeyReused => ext.set("reason", "IDEMPOTENCY_KEY_REUSED"),
                 AppError::PayloadTooLarge { limit, .. } => ext.set("limit", *limit),
                 _ => {}
             }

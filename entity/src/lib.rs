@@ -6,6 +6,8 @@ pub mod asset;
 pub mod backpack_item;
 pub mod group;
 pub mod group_member;
+pub mod idempotency_effect;
+pub mod idempotency_key;
 pub mod import_run;
 pub mod job;
 pub mod project;

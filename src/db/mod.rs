@@ -97,8 +97,21 @@ impl Db {
 
     /// Runs `f` in a write transaction and commits it, retrying transient conflicts (SQLite busy,
     /// PostgreSQL serialization failure or deadlock) with jittered backoff. `f` may run more
-    /// than once, so it must not have effects outside the transaction.
+    /// than once, so it must not have effects outside the transaction. A COMMIT whose reply
+    /// is lost is never run again: it answers [`AppError::OutcomeUnknown`].
     pub async fn write<T, F>(&self, f: F) -> AppResult<T>
+    where
+        T: Send,
+        F: for<'c> Fn(&'c DatabaseTransaction) -> BoxFuture<'c, AppResult<T>> + Send + Sync,
+    {
+        self.write_observed(&CommitState::default(), f).await
+    }
+
+    /// [`Db::write`], telling `commit` whether a COMMIT may have happened. It is set before
+    /// COMMIT is sent and cleared only when the database answered that it did not commit; if
+    /// the caller's future is dropped meanwhile, `commit` still says "may have": whoever holds
+    /// files for this transaction must then keep them for the database to decide.
+    pub async fn write_observed<T, F>(&self, commit: &CommitState, f: F) -> AppResult<T>
     where
         T: Send,
         F: for<'c> Fn(&'c DatabaseTransaction) -> BoxFuture<'c, AppResult<T>> + Send + Sync,
@@ -106,7 +119,15 @@ impl Db {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.write_once(&f).await {
+            match self.write_once(&f, commit).await {
+                Err(Failed::Unknown(e)) => {
+                    tracing::warn!(attempt, error = %e, "commit_outcome_unknown");
+                    return Err(AppError::OutcomeUnknown(
+                        "the database connection was lost while committing: the write may or \
+                         may not have happened; retry with the same Idempotency-Key"
+                            .to_owned(),
+                    ));
+                }
                 // A dead pooled connection (or several, after a database restart), before
                 // anything was committed: run it again on the next connection.
                 Err(Failed::BeforeCommit(e))
@@ -151,6 +172,15 @@ impl Db {
                 f(&self.conn).await
             };
             match result {
+                // The statement was sent and its connection died: it may have committed.
+                Err(e) if e.is_connection_lost() => {
+                    tracing::warn!(attempt, error = %e, "statement_outcome_unknown");
+                    return Err(AppError::OutcomeUnknown(
+                        "the database connection was lost during the write: it may or may not \
+                         have happened; retry with the same Idempotency-Key"
+                            .to_owned(),
+                    ));
+                }
                 Err(e) if e.is_retryable_conflict() && attempt < MAX_ATTEMPTS => {
                     tracing::debug!(attempt, error = %e, "statement_retry");
                     tokio::time::sleep(backoff(attempt)).await;
@@ -174,7 +204,7 @@ impl Db {
         }
     }
 
-    async fn write_once<T, F>(&self, f: &F) -> Result<T, Failed>
+    async fn write_once<T, F>(&self, f: &F, commit: &CommitState) -> Result<T, Failed>
     where
         F: for<'c> Fn(&'c DatabaseTransaction) -> BoxFuture<'c, AppResult<T>>,
     {
@@ -199,8 +229,25 @@ impl Db {
                 "the database is unavailable ({e}); retry"
             ))))
         });
-        // A commit that fails may still have happened: never run it again.
-        txn.commit().await.map_err(|e| Failed::Commit(e.into()))?;
+        commit.set(true);
+        if let Err(e) = txn.commit().await {
+            let e = AppError::from(e);
+            if e.commit_outcome_unknown() {
+                // Never run it again, and leave `commit` set: it may have happened.
+                return Err(Failed::Unknown(e));
+            }
+            commit.set(false);
+            return Err(Failed::Commit(e));
+        }
+        // Tests hold a committed write here (`return(ms)`) while its client goes away.
+        let pause: Option<u64> = (|| {
+            fail::fail_point!("db::after_commit", |ms: Option<String>| ms
+                .and_then(|m| m.parse().ok()));
+            None
+        })();
+        if let Some(ms) = pause {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         Ok(value)
     }
 
@@ -221,7 +268,26 @@ impl Db {
 /// losing the connection.
 enum Failed {
     BeforeCommit(AppError),
+    /// The database answered COMMIT with an error: it rolled back.
     Commit(AppError),
+    /// COMMIT's reply was lost: it may have committed.
+    Unknown(AppError),
+}
+
+/// Whether a write transaction's COMMIT may have happened (see [`Db::write_observed`]).
+#[derive(Debug, Default)]
+pub struct CommitState(std::sync::atomic::AtomicBool);
+
+impl CommitState {
+    fn set(&self, may_have_committed: bool) {
+        self.0
+            .store(may_have_committed, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// True from the moment COMMIT is sent until the database answers that it rolled back.
+    pub fn may_have_committed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 fn backoff(attempt: u32) -> Duration {

@@ -61,6 +61,26 @@ pub fn with_request_data(
         .data(Arc::new(Prefetched::default()))
 }
 
+/// The `Idempotency-Key` of the current request, for its mutations to record their effects
+/// under. `index` is the operation's place in a batch.
+#[derive(Clone, Debug)]
+pub struct IdempotencyScope {
+    pub user_id: i64,
+    pub key: String,
+    pub index: usize,
+}
+
+/// Where the current mutation field records its effect, if the request carries a key.
+fn effect(ctx: &async_graphql::Context<'_>) -> Option<crate::service::write::Effect> {
+    let scope = ctx.data_opt::<IdempotencyScope>()?;
+    let field = ctx.path_node.map(|p| p.to_string()).unwrap_or_default();
+    Some(crate::service::write::Effect {
+        user_id: scope.user_id,
+        key: scope.key.clone(),
+        path: format!("{}.{field}", scope.index),
+    })
+}
+
 /// The viewer of the current request (None for anonymous).
 #[derive(Clone, Copy, Debug)]
 pub struct RequestViewer(pub Option<Viewer>);

@@ -3,7 +3,7 @@
 use async_graphql::{Context, ID, InputObject, Json, Object};
 
 use super::{
-    require_viewer, services,
+    effect, require_viewer, services,
     types::{Asset, AssetType, Project, UploadRef},
 };
 use crate::{
@@ -87,6 +87,7 @@ impl MutationRoot {
             upload,
             input.asset_type.into(),
             claimed,
+            effect(ctx).as_ref(),
         )
         .await
         .gql()?;
@@ -106,7 +107,7 @@ impl MutationRoot {
         let svc = services(ctx);
         let title = Title::parse(&input.title).gql()?;
         let content = ProjectContent::parse(input.content.0, svc.limits.max_content_bytes).gql()?;
-        let project = service::projects::create(svc, viewer, title, content)
+        let project = service::projects::create(svc, viewer, title, content, effect(ctx).as_ref())
             .await
             .gql()?;
         Ok(Project(project))
@@ -127,10 +128,17 @@ impl MutationRoot {
             .map(|c| ProjectContent::parse(c.0, svc.limits.max_content_bytes))
             .transpose()
             .gql()?;
-        let project =
-            service::projects::update(svc, viewer, id, input.expected_version, title, content)
-                .await
-                .gql()?;
+        let project = service::projects::update(
+            svc,
+            viewer,
+            id,
+            input.expected_version,
+            title,
+            content,
+            effect(ctx).as_ref(),
+        )
+        .await
+        .gql()?;
         Ok(Project(project))
     }
 
@@ -142,9 +150,15 @@ impl MutationRoot {
     ) -> async_graphql::Result<ID> {
         let viewer = require_viewer(ctx).gql()?;
         let id = ProjectId::parse(&input.id, "id").gql()?;
-        let id = service::projects::delete(services(ctx), viewer, id, input.expected_version)
-            .await
-            .gql()?;
+        let id = service::projects::delete(
+            services(ctx),
+            viewer,
+            id,
+            input.expected_version,
+            effect(ctx).as_ref(),
+        )
+        .await
+        .gql()?;
         Ok(ID(id.to_string()))
     }
 }

@@ -10,65 +10,220 @@ use axum::{
 };
 
 use super::AppState;
-use crate::{domain::Viewer, error::AppError, graphql::with_request_data, service};
+use crate::{
+    domain::Viewer,
+    error::AppError,
+    graphql::{IdempotencyScope, with_request_data},
+    service::{
+        self,
+        idempotency::{self, Begin},
+    },
+};
 
-/// `POST /graphql`: JSON, or a multipart upload per the GraphQL multipart request spec.
+/// `POST /graphql`: JSON, or a multipart upload per the GraphQL multipart request spec. A
+/// mutation request with an `Idempotency-Key` runs at most once per key (see
+/// `service::idempotency`).
 pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let viewer = match authenticate(&state, &headers).await {
         Ok(v) => v,
         Err(e) => return error_response(status_for(&e), &e),
     };
+    let key = match headers.get("idempotency-key").map(|v| {
+        v.to_str()
+            .map_err(|_| AppError::bad_input("Idempotency-Key", "Idempotency-Key must be ASCII"))
+            .and_then(idempotency::parse_key)
+    }) {
+        Some(Err(e)) => return error_response(StatusCode::BAD_REQUEST, &e),
+        Some(Ok(k)) => Some(k),
+        None => None,
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    if let Ok(boundary) = multer::parse_boundary(content_type) {
-        return match super::upload::receive(&state, boundary, body).await {
-            Ok((batch, uploads)) => execute(&state, viewer, batch.data(uploads)).await,
-            Err(e) => error_response(status_for(&e), &e),
+    let (batch, uploads) = if let Ok(boundary) = multer::parse_boundary(content_type) {
+        // Uploads are for signed-in users only: nothing of an anonymous body reaches the disk.
+        if viewer.is_none() {
+            return error_response(StatusCode::UNAUTHORIZED, &AppError::Unauthenticated);
+        }
+        match super::upload::receive(&state, boundary, body).await {
+            Ok((batch, uploads)) => (batch, Some(uploads)),
+            Err(e) => return error_response(status_for(&e), &e),
+        }
+    } else {
+        let bytes = match axum::body::to_bytes(body, state.max_request_bytes).await {
+            Ok(b) => b,
+            Err(_) => {
+                let e = AppError::PayloadTooLarge {
+                    what: "request body",
+                    limit: state.max_request_bytes as u64,
+                };
+                return error_response(StatusCode::PAYLOAD_TOO_LARGE, &e);
+            }
         };
+        match serde_json::from_slice::<BatchRequest>(&bytes) {
+            Ok(b) => (b, None),
+            Err(e) => {
+                let e = AppError::BadUserInput {
+                    message: format!("the body is not a GraphQL request: {e}"),
+                    field: None,
+                };
+                return error_response(StatusCode::BAD_REQUEST, &e);
+            }
+        }
+    };
+    let (Some(key), Some(user)) = (key, viewer) else {
+        return respond(execute(&state, viewer, batch, uploads, None).await);
+    };
+    if !has_mutation(&batch) {
+        return respond(execute(&state, viewer, batch, uploads, None).await);
     }
-    let bytes = match axum::body::to_bytes(body, state.max_request_bytes).await {
-        Ok(b) => b,
-        Err(_) => {
-            let e = AppError::PayloadTooLarge {
-                what: "request body",
-                limit: state.max_request_bytes as u64,
-            };
-            return error_response(StatusCode::PAYLOAD_TOO_LARGE, &e);
+    let fingerprint = fingerprint(&batch, uploads.as_deref());
+    match idempotency::begin(&state.services, user.id, &key, &fingerprint).await {
+        Err(e) => error_response(status_for(&e), &e),
+        Ok(Begin::Replay { status, body }) => {
+            let mut resp = respond(Executed {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                body: body.into_bytes(),
+                unavailable: false,
+            });
+            resp.headers_mut().insert(
+                "idempotent-replayed",
+                header::HeaderValue::from_static("true"),
+            );
+            resp
         }
-    };
-    let batch: BatchRequest = match serde_json::from_slice(&bytes) {
-        Ok(b) => b,
-        Err(e) => {
-            let e = AppError::BadUserInput {
-                message: format!("the body is not a GraphQL request: {e}"),
-                field: None,
-            };
-            return error_response(StatusCode::BAD_REQUEST, &e);
+        Ok(Begin::Execute(claim)) => {
+            let scope = (user.id.0, key);
+            let done = execute(&state, viewer, batch, uploads, Some(scope)).await;
+            // An UNAVAILABLE answer may hide a commit whose outcome is unknown: not recorded,
+            // so a retry executes again and replays whatever did commit.
+            let body = String::from_utf8_lossy(&done.body).into_owned();
+            idempotency::finish(claim, done.status.as_u16(), &body, !done.unavailable).await;
+            respond(done)
         }
-    };
-    execute(&state, viewer, batch).await
+    }
 }
 
-async fn execute(state: &AppState, viewer: Option<Viewer>, mut batch: BatchRequest) -> Response {
+/// An executed request's answer.
+struct Executed {
+    status: StatusCode,
+    body: Vec<u8>,
+    /// Some error said UNAVAILABLE: the request may be retried, its outcome is not final.
+    unavailable: bool,
+}
+
+fn respond(done: Executed) -> Response {
+    (
+        done.status,
+        [(header::CONTENT_TYPE, "application/json")],
+        done.body,
+    )
+        .into_response()
+}
+
+async fn execute(
+    state: &AppState,
+    viewer: Option<Viewer>,
+    mut batch: BatchRequest,
+    uploads: Option<std::sync::Arc<super::Uploads>>,
+    idempotency: Option<(i64, String)>,
+) -> Executed {
+    if let Some(uploads) = uploads {
+        batch = batch.data(uploads);
+    }
     state.documents.prepare_batch(&mut batch);
-    let fresh = |r| with_request_data(&state.services, viewer, r);
+    let fresh = |(index, r): (usize, async_graphql::Request)| {
+        let r = with_request_data(&state.services, viewer, r);
+        match &idempotency {
+            Some((user_id, key)) => r.data(IdempotencyScope {
+                user_id: *user_id,
+                key: key.clone(),
+                index,
+            }),
+            None => r,
+        }
+    };
     let batch = match batch {
-        BatchRequest::Single(r) => BatchRequest::Single(fresh(r)),
-        BatchRequest::Batch(rs) => BatchRequest::Batch(rs.into_iter().map(fresh).collect()),
+        BatchRequest::Single(r) => BatchRequest::Single(fresh((0, r))),
+        BatchRequest::Batch(rs) => {
+            BatchRequest::Batch(rs.into_iter().enumerate().map(fresh).collect())
+        }
     };
     let response = match state.schema.execute_batch(batch).await {
         BatchResponse::Single(r) => BatchResponse::Single(with_codes(r)),
         BatchResponse::Batch(rs) => BatchResponse::Batch(rs.into_iter().map(with_codes).collect()),
     };
-    let body = match serde_json::to_vec(&response) {
-        Ok(b) => b,
+    let unavailable = responses(&response).any(|r| {
+        r.errors.iter().any(|e| {
+            e.extensions
+                .as_ref()
+                .and_then(|ext| ext.get("code"))
+                .is_some_and(|c| *c == async_graphql::Value::from("UNAVAILABLE"))
+        })
+    });
+    match serde_json::to_vec(&response) {
+        Ok(body) => Executed {
+            status: StatusCode::OK,
+            body,
+            unavailable,
+        },
         Err(e) => {
-            return error_response(StatusCode::INTERNAL_SERVER_ERROR, &AppError::internal(e));
+            let e = AppError::internal(e);
+            tracing::error!(error = %e, "serializing a response failed");
+            Executed {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                body: br#"{"data":null,"errors":[{"message":"internal error","extensions":{"code":"INTERNAL"}}]}"#.to_vec(),
+                unavailable: true,
+            }
         }
-    };
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
+}
+
+fn responses(r: &BatchResponse) -> Box<dyn Iterator<Item = &async_graphql::Response> + '_> {
+    match r {
+        BatchResponse::Single(r) => Box::new(std::iter::once(r)),
+        BatchResponse::Batch(rs) => Box::new(rs.iter()),
+    }
+}
+
+fn requests(b: &BatchRequest) -> Box<dyn Iterator<Item = &async_graphql::Request> + '_> {
+    match b {
+        BatchRequest::Single(r) => Box::new(std::iter::once(r)),
+        BatchRequest::Batch(rs) => Box::new(rs.iter()),
+    }
+}
+
+/// Whether any operation the request will run is a mutation (a key on a query is ignored).
+fn has_mutation(batch: &BatchRequest) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, OperationType};
+    requests(batch).any(|r| {
+        let Ok(doc) = async_graphql::parser::parse_query(&r.query) else {
+            return false;
+        };
+        let op = match (&doc.operations, r.operation_name.as_deref()) {
+            (DocumentOperations::Single(op), _) => Some(op),
+            (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name),
+            (DocumentOperations::Multiple(_), None) => None,
+        };
+        op.is_some_and(|op| op.node.ty == OperationType::Mutation)
+    })
+}
+
+/// What makes two requests "the same request": every operation's query, name and variables,
+/// and the bytes of every uploaded file.
+fn fingerprint(batch: &BatchRequest, uploads: Option<&super::Uploads>) -> String {
+    let operations: Vec<serde_json::Value> = requests(batch)
+        .map(|r| {
+            serde_json::json!({
+                "query": r.query,
+                "operationName": r.operation_name,
+                "variables": serde_json::to_value(&r.variables).unwrap_or_default(),
+            })
+        })
+        .collect();
+    let files = uploads.map(|u| u.fingerprints()).unwrap_or_default();
+    idempotency::fingerprint(&serde_json::json!({ "operations": operations, "files": files }))
 }
 
 /// Parse and validation errors come from async-graphql without a code: they are the client's.

@@ -28,6 +28,16 @@ const MAX_DRAIN: u64 = 256 * 1024 * 1024;
 pub struct Uploads(std::sync::Mutex<HashMap<String, StagedUpload>>);
 
 impl Uploads {
+    /// Each file part's name and the sha256 of its bytes, for request fingerprints.
+    pub fn fingerprints(&self) -> std::collections::BTreeMap<String, String> {
+        self.0
+            .lock()
+            .expect("uploads lock")
+            .iter()
+            .map(|(k, u)| (k.clone(), u.blob.sha256.clone()))
+            .collect()
+    }
+
     /// Takes the file a variable points at; each file can be used once.
     pub fn take(&self, key: &str) -> Option<StagedUpload> {
         self.0.lock().expect("uploads lock").remove(key)

@@ -10,7 +10,7 @@ use sea_orm::{
 use crate::{
     domain::{AssetKind, Md5, Viewer},
     error::{AppError, AppResult},
-    service::{Services, now},
+    service::{Services, now, write::Effect},
     storage::StagedUpload,
 };
 
@@ -95,6 +95,7 @@ pub async fn upload(
     upload: StagedUpload,
     kind: AssetKind,
     claimed_md5: Option<Md5>,
+    effect: Option<&Effect>,
 ) -> AppResult<(asset::Model, bool)> {
     let StagedUpload { blob, head } = upload;
     if let Some(claimed) = &claimed_md5
@@ -117,44 +118,42 @@ pub async fn upload(
         )
     })?;
     let (md5, sha256, size) = (blob.md5.clone(), blob.sha256.clone(), blob.size as i64);
-    let (asset, created) = svc
-        .db
-        .write(|txn| {
-            let (md5, sha256) = (md5.clone(), sha256.clone());
-            Box::pin(async move {
-                let inserted = asset::Entity::insert(asset::ActiveModel {
-                    md5: Set(md5.clone()),
-                    asset_type: Set(kind.as_str().to_owned()),
-                    sha256: Set(sha256.clone()),
-                    size: Set(size),
-                    content_type: Set(format.content_type.to_owned()),
-                    data_format: Set(format.extension.to_owned()),
-                    blob_key: Set(sha256.clone()),
-                    created_by: Set(Some(viewer.id.0)),
-                    created_at: Set(now()),
-                    ..Default::default()
-                })
-                .on_conflict_do_nothing_on([asset::Column::Md5, asset::Column::AssetType])
-                .exec_without_returning(txn)
-                .await?;
-                let created = matches!(inserted, TryInsertResult::Inserted(n) if n > 0);
-                let winner = find(txn, &md5, kind)
-                    .await?
-                    .ok_or_else(|| AppError::internal("asset vanished after insert"))?;
-                if winner.sha256 != sha256 {
-                    // An md5 collision: same key, different bytes. Never alias them.
-                    return Err(AppError::Conflict(format!(
-                        "a different {} asset with md5 {md5} is already stored",
-                        kind.as_str()
-                    )));
-                }
-                Ok((winner, created))
+    // Winner or not, the staged copy is published after commit: if the blob is there already
+    // this just removes our copy; if the winner has not published yet, ours (same bytes)
+    // takes its place.
+    let (asset, created) = super::write::commit(svc, vec![blob], effect, |txn| {
+        let (md5, sha256) = (md5.clone(), sha256.clone());
+        Box::pin(async move {
+            let inserted = asset::Entity::insert(asset::ActiveModel {
+                md5: Set(md5.clone()),
+                asset_type: Set(kind.as_str().to_owned()),
+                sha256: Set(sha256.clone()),
+                size: Set(size),
+                content_type: Set(format.content_type.to_owned()),
+                data_format: Set(format.extension.to_owned()),
+                blob_key: Set(sha256.clone()),
+                created_by: Set(Some(viewer.id.0)),
+                created_at: Set(now()),
+                ..Default::default()
             })
+            .on_conflict_do_nothing_on([asset::Column::Md5, asset::Column::AssetType])
+            .exec_without_returning(txn)
+            .await?;
+            let created = matches!(inserted, TryInsertResult::Inserted(n) if n > 0);
+            let winner = find(txn, &md5, kind)
+                .await?
+                .ok_or_else(|| AppError::internal("asset vanished after insert"))?;
+            if winner.sha256 != sha256 {
+                // An md5 collision: same key, different bytes. Never alias them.
+                return Err(AppError::Conflict(format!(
+                    "a different {} asset with md5 {md5} is already stored",
+                    kind.as_str()
+                )));
+            }
+            Ok((winner, created))
         })
-        .await?;
-    // Winner or not, publish after commit: if the blob is there already this just removes our
-    // staged copy; if the winner has not published yet, ours (same bytes) takes its place.
-    svc.blobs.publish_committed(blob).await;
+    })
+    .await?;
     if created {
         tracing::info!(asset.id = asset.id, asset.md5 = %asset.md5, asset.size = asset.size, "asset_created");
     } else {

@@ -1,31 +1,18 @@
-//! Startup recovery (and, later, fsck and gc): keeps files and database in agreement.
+//! Keeping files and database in agreement: startup recovery, the running server's sweep of
+//! staged files no request owns, fsck and gc.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use entity::{asset, backpack_item, project};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use crate::{error::AppResult, service::Services, storage::RecoveryReport};
 
-/// Runs before the server listens: publishes staged blobs whose transaction committed just
-/// before a crash, and removes every other staged file.
+/// Runs before the server listens: settles the files of staging directories whose process is
+/// gone (published if a committed row references their key, removed otherwise). Directories
+/// of live processes (a second server on the same data dir) are not touched.
 pub async fn recover(svc: &Services) -> AppResult<RecoveryReport> {
-    let staged = svc.blobs.staging_files()?;
-    let keys: Vec<String> = staged
-        .iter()
-        .filter_map(|p| {
-            let name = p.file_name()?.to_str()?;
-            name.strip_suffix(".ready")
-                .or_else(|| name.strip_suffix(".gc"))
-        })
-        .filter_map(|name| name.split('.').next())
-        .map(str::to_owned)
-        .collect();
-    let referenced = referenced_keys(svc.db.conn(), &keys).await?;
-    let blobs = svc.blobs.clone();
-    let report = tokio::task::spawn_blocking(move || blobs.recover(&referenced))
-        .await
-        .map_err(crate::error::AppError::internal)??;
+    let report = settle(svc, false, Duration::ZERO).await?;
     if report != RecoveryReport::default() {
         tracing::info!(
             recovery.published = report.published,
@@ -34,6 +21,41 @@ pub async fn recover(svc: &Services) -> AppResult<RecoveryReport> {
         );
     }
     Ok(report)
+}
+
+/// The running server's periodic pass: what startup recovery does for processes that died
+/// since, plus this process's own `.pending` files (commits whose reply was lost): published
+/// once the database shows their key, removed when it still does not after `pending_grace`.
+pub async fn sweep(svc: &Services, pending_grace: Duration) -> AppResult<RecoveryReport> {
+    let report = settle(svc, true, pending_grace).await?;
+    if report.published + report.removed > 0 {
+        tracing::info!(
+            sweep.published = report.published,
+            sweep.removed = report.removed,
+            sweep.kept_pending = report.kept_pending,
+            "staging_sweep"
+        );
+    }
+    Ok(report)
+}
+
+async fn settle(
+    svc: &Services,
+    own_pending: bool,
+    pending_grace: Duration,
+) -> AppResult<RecoveryReport> {
+    let blobs = svc.blobs.clone();
+    let orphans = tokio::task::spawn_blocking(move || blobs.orphans(own_pending))
+        .await
+        .map_err(crate::error::AppError::internal)??;
+    // Asked after the files were listed: a key committed before this query is seen.
+    let referenced = referenced_keys(svc.db.conn(), &orphans.keys()).await?;
+    let blobs = svc.blobs.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || blobs.settle(orphans, &referenced, pending_grace))
+            .await
+            .map_err(crate::error::AppError::internal)??,
+    )
 }
 
 /// Which of `keys` some row references.
@@ -90,7 +112,8 @@ pub struct Violation {
     pub detail: String,
 }
 
-/// Checks I1–I3 on a live data dir and reports stale staging files.
+/// Checks I1–I3 on a live data dir and reports stale staging files (those of processes that
+/// are gone; a live process's staged files are writes in flight).
 pub async fn fsck(svc: &Services) -> AppResult<Vec<Violation>> {
     use std::collections::HashMap;
 
@@ -101,12 +124,25 @@ pub async fn fsck(svc: &Services) -> AppResult<Vec<Violation>> {
     let mut out = Vec::new();
     let conn = svc.db.conn();
 
+    // Writes in flight in live processes: their rows may be committed a moment before their
+    // blobs are published, so a blob found only in a live staging directory is not missing.
+    let blobs = svc.blobs.clone();
+    let census = tokio::task::spawn_blocking(move || blobs.census())
+        .await
+        .map_err(crate::error::AppError::internal)??;
+    let locate = |key: &str| -> std::path::PathBuf {
+        let published = svc.blobs.blob_path(key);
+        match census.in_flight.get(key) {
+            Some(staged) if !published.exists() => staged.clone(),
+            _ => published,
+        }
+    };
+
     // I1: every asset's blob exists and hashes to its md5 and sha256.
     let assets = asset::Entity::find().all(conn).await?;
     for a in &assets {
-        let blobs = svc.blobs.clone();
-        let key = a.blob_key.clone();
-        let hashed = tokio::task::spawn_blocking(move || blobs.hash_blob(&key))
+        let path = locate(&a.blob_key);
+        let hashed = tokio::task::spawn_blocking(move || crate::storage::hash_file(&path))
             .await
             .map_err(crate::error::AppError::internal)?;
         let subject = format!("asset {}", a.id);
@@ -153,7 +189,7 @@ pub async fn fsck(svc: &Services) -> AppResult<Vec<Violation>> {
         after = last.id;
         for p in page {
             let subject = format!("project {}", p.id);
-            let path = svc.blobs.blob_path(&p.content_key);
+            let path = locate(&p.content_key);
             let bytes = match tokio::fs::read(&path).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -214,11 +250,11 @@ pub async fn fsck(svc: &Services) -> AppResult<Vec<Violation>> {
         }
     }
 
-    for path in svc.blobs.staging_files()? {
+    for path in &census.stale {
         out.push(Violation {
             invariant: "STAGING",
             subject: path.display().to_string(),
-            detail: "stale staging file (startup recovery removes it)".to_owned(),
+            detail: "stale staging file of a process that is gone (recovery settles it)".to_owned(),
         });
     }
     Ok(out)

@@ -3,10 +3,12 @@
 
 pub mod assets;
 pub mod coalesce;
+pub mod idempotency;
 pub mod identity;
 pub mod maintenance;
 pub mod pacing;
 pub mod projects;
+pub mod write;
 
 use crate::{config::Limits, db::Db, storage::BlobStore};
 

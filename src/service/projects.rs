@@ -15,7 +15,7 @@ use sea_orm::{
 use crate::{
     domain::{AssetRef, ProjectContent, ProjectId, Title, UserId, Viewer},
     error::{AppError, AppResult},
-    service::{Services, now},
+    service::{Services, now, write::Effect},
 };
 
 /// Largest page a client may ask for.
@@ -52,38 +52,36 @@ pub async fn create(
     viewer: Viewer,
     title: Title,
     content: ProjectContent,
+    effect: Option<&Effect>,
 ) -> AppResult<project::Model> {
     let staged = svc.blobs.stage_bytes(content.bytes.clone()).await?;
     let key = staged.key.clone();
     let size = staged.size as i64;
     let refs = Arc::new(content.asset_refs);
     let title = title.into_inner();
-    let project = svc
-        .db
-        .write(|txn| {
-            let (refs, key, title) = (refs.clone(), key.clone(), title.clone());
-            Box::pin(async move {
-                let asset_ids = resolve_assets(txn, &refs).await?;
-                let at = now();
-                let project = project::ActiveModel {
-                    owner_id: Set(viewer.id.0),
-                    title: Set(title),
-                    content_key: Set(key),
-                    content_size: Set(size),
-                    remixed_from: Set(None),
-                    version: Set(1),
-                    created_at: Set(at),
-                    updated_at: Set(at),
-                    ..Default::default()
-                }
-                .insert(txn)
-                .await?;
-                link_assets(txn, ProjectId(project.id), &asset_ids).await?;
-                Ok(project)
-            })
+    let project = super::write::commit(svc, vec![staged], effect, |txn| {
+        let (refs, key, title) = (refs.clone(), key.clone(), title.clone());
+        Box::pin(async move {
+            let asset_ids = resolve_assets(txn, &refs).await?;
+            let at = now();
+            let project = project::ActiveModel {
+                owner_id: Set(viewer.id.0),
+                title: Set(title),
+                content_key: Set(key),
+                content_size: Set(size),
+                remixed_from: Set(None),
+                version: Set(1),
+                created_at: Set(at),
+                updated_at: Set(at),
+                ..Default::default()
+            }
+            .insert(txn)
+            .await?;
+            link_assets(txn, ProjectId(project.id), &asset_ids).await?;
+            Ok(project)
         })
-        .await?;
-    svc.blobs.publish_committed(staged).await;
+    })
+    .await?;
     tracing::info!(project.id = project.id, user.id = %viewer.id, "project_created");
     Ok(project)
 }
@@ -97,6 +95,7 @@ pub async fn update(
     expected: i32,
     title: Option<Title>,
     content: Option<ProjectContent>,
+    effect: Option<&Effect>,
 ) -> AppResult<project::Model> {
     if title.is_none() && content.is_none() {
         return Err(AppError::BadUserInput {
@@ -114,8 +113,8 @@ pub async fn update(
     let started = std::time::Instant::now();
     let written = match refs {
         // A rename is one statement: it commits by itself, without BEGIN and COMMIT's two
-        // extra round trips.
-        None => {
+        // extra round trips. (An idempotent one needs a transaction for its effect.)
+        None if effect.is_none() => {
             svc.db
                 .write_one(|conn| {
                     let title = title.clone();
@@ -123,14 +122,13 @@ pub async fn update(
                 })
                 .await
         }
-        Some(refs) => {
-            svc.db
-                .write(|txn| {
-                    let (refs, title, new_content) =
-                        (refs.clone(), title.clone(), new_content.clone());
-                    Box::pin(async move {
-                        let updated =
-                            compare_and_set(txn, viewer, id, expected, title, new_content).await?;
+        refs => {
+            super::write::commit(svc, staged.into_iter().collect(), effect, |txn| {
+                let (refs, title, new_content) = (refs.clone(), title.clone(), new_content.clone());
+                Box::pin(async move {
+                    let updated =
+                        compare_and_set(txn, viewer, id, expected, title, new_content).await?;
+                    if let Some(refs) = refs {
                         // Inside the transaction: MISSING_ASSETS rolls the version bump back.
                         let asset_ids = resolve_assets(txn, &refs).await?;
                         project_asset::Entity::delete_many()
@@ -138,10 +136,11 @@ pub async fn update(
                             .exec(txn)
                             .await?;
                         link_assets(txn, id, &asset_ids).await?;
-                        Ok(updated)
-                    })
+                    }
+                    Ok(updated)
                 })
-                .await
+            })
+            .await
         }
     };
     let project = match written {
@@ -161,9 +160,6 @@ pub async fn update(
         }
         Err(e) => return Err(e),
     };
-    if let Some(staged) = staged {
-        svc.blobs.publish_committed(staged).await;
-    }
     tracing::info!(
         project.id = project.id,
         project.version = project.version,
@@ -179,36 +175,36 @@ pub async fn delete(
     viewer: Viewer,
     id: ProjectId,
     expected: Option<i32>,
+    effect: Option<&Effect>,
 ) -> AppResult<ProjectId> {
-    svc.db
-        .write(|txn| {
-            Box::pin(async move {
-                // FOR UPDATE: a concurrent share or copy of this project waits for us.
-                let current = project::Entity::find_by_id(id.0)
-                    .lock_exclusive()
-                    .one(txn)
-                    .await?
-                    .filter(|p| can_read(Some(viewer), p))
-                    .ok_or(AppError::NotFound("project"))?;
-                if !can_write(viewer, &current) {
-                    return Err(AppError::Forbidden(
-                        "only the owner can delete this project".into(),
-                    ));
-                }
-                if let Some(expected) = expected
-                    && expected != current.version
-                {
-                    return Err(AppError::VersionConflict {
-                        expected,
-                        current: current.version,
-                        retry_after: None,
-                    });
-                }
-                project::Entity::delete_by_id(id.0).exec(txn).await?;
-                Ok(())
-            })
+    super::write::commit(svc, Vec::new(), effect, |txn| {
+        Box::pin(async move {
+            // FOR UPDATE: a concurrent share or copy of this project waits for us.
+            let current = project::Entity::find_by_id(id.0)
+                .lock_exclusive()
+                .one(txn)
+                .await?
+                .filter(|p| can_read(Some(viewer), p))
+                .ok_or(AppError::NotFound("project"))?;
+            if !can_write(viewer, &current) {
+                return Err(AppError::Forbidden(
+                    "only the owner can delete this project".into(),
+                ));
+            }
+            if let Some(expected) = expected
+                && expected != current.version
+            {
+                return Err(AppError::VersionConflict {
+                    expected,
+                    current: current.version,
+                    retry_after: None,
+                });
+            }
+            project::Entity::delete_by_id(id.0).exec(txn).await?;
+            Ok(())
         })
-        .await?;
+    })
+    .await?;
     // The content blob stays: content-addressed blobs may be shared, `atelier gc` collects it.
     tracing::info!(project.id = %id, "project_deleted");
     Ok(id)

@@ -1,12 +1,18 @@
 //! Content-addressed blob store on the local filesystem, with staged writes.
 //!
-//! Protocol (see docs/storage.md): bytes are written to `staging/<uuid>.part` while hashed,
-//! fsynced, then renamed to `staging/<sha256>.<uuid>.ready`. The database transaction that
-//! references the key commits; only then is the staged file renamed into `blobs/`. A failed
-//! transaction drops the [`StagedBlob`], which deletes the staged file: nothing visible was
-//! ever created, so a rollback can never remove a blob that a committed row references.
-//! A crash between commit and publish leaves a `.ready` file that startup recovery publishes
-//! when the database references its key, and deletes otherwise.
+//! Protocol (see docs/storage.md): bytes are written to `staging/<pid>/<uuid>.part` while
+//! hashed, fsynced, then renamed to `staging/<pid>/<sha256>.<uuid>.ready`. The database
+//! transaction that references the key commits; only then is the staged file renamed into
+//! `blobs/`. A transaction that certainly failed drops the [`StagedBlob`], which deletes the
+//! staged file: nothing visible was ever created, so a rollback can never remove a blob that a
+//! committed row references. A commit whose outcome is unknown (lost reply, dropped future)
+//! keeps the file as `.pending`: the database decides later (published when a row references
+//! the key, deleted when none does). Each process stages in its own locked directory (see
+//! [`staging`]), so recovery never touches another live process's writes.
+
+mod staging;
+
+pub use staging::Kind as StagedKind;
 
 use std::{
     collections::HashSet,
@@ -28,7 +34,10 @@ pub struct BlobStore {
 #[derive(Debug)]
 struct Dirs {
     blobs: PathBuf,
-    staging: PathBuf,
+    /// `staging/`: one directory per process below it.
+    staging_root: PathBuf,
+    /// This process's own staging directory, locked for its lifetime.
+    own: staging::OwnDir,
 }
 
 /// A fully written, fsynced file waiting for its transaction to commit.
@@ -65,11 +74,68 @@ impl Drop for StagedBlob {
     }
 }
 
-/// What startup recovery did.
+impl StagedBlob {
+    /// The transaction's COMMIT was sent and its outcome is unknown: keep the file, renamed
+    /// `.pending`, for the database to decide (see [`BlobStore::settle`]). Never deletes it.
+    pub fn keep_pending(mut self) {
+        let path = std::mem::take(&mut self.path);
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return;
+        };
+        let pending = path.with_file_name(name.replace(".ready", ".pending"));
+        match std::fs::rename(&path, &pending) {
+            Ok(()) => tracing::warn!(blob.key = %self.key, "staged_blob_outcome_unknown_kept"),
+            // Still `.ready` in our own directory: the sweep treats it like `.pending` once no
+            // request owns it, which is only after this process is gone.
+            Err(e) => {
+                tracing::error!(blob.key = %self.key, error = %e, "keeping a pending blob failed")
+            }
+        }
+    }
+}
+
+/// What recovery or a sweep did with staged files that no live request owns.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub published: usize,
     pub removed: usize,
+    /// `.pending` files of this process whose key no row references yet, younger than the
+    /// grace period: their commit may still land.
+    pub kept_pending: usize,
+}
+
+/// Staged files that belong to no live request, with the locks of the dead directories they
+/// are in (held until [`BlobStore::settle`] is done with them).
+pub struct Orphans {
+    dead_dirs: Vec<(PathBuf, std::fs::File)>,
+    files: Vec<Orphan>,
+}
+
+struct Orphan {
+    path: PathBuf,
+    key: Option<String>,
+    /// A `.pending` file of this (live) process: deleted only past the grace period.
+    own_pending: bool,
+}
+
+impl Orphans {
+    /// The blob keys the orphans carry: ask the database which of them a row references.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.files.iter().filter_map(|f| f.key.clone()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+}
+
+/// Staging as fsck sees it.
+#[derive(Debug, Default)]
+pub struct Census {
+    /// Files no live process owns: what recovery would settle.
+    pub stale: Vec<PathBuf>,
+    /// Complete staged copies in live processes' directories, by key: a committed row whose
+    /// blob is only here is a publish in flight, not a violation.
+    pub in_flight: std::collections::HashMap<String, PathBuf>,
 }
 
 /// Incremental md5 + sha256 + size, computed in one pass over the bytes.
@@ -102,19 +168,32 @@ impl Hasher {
 }
 
 impl BlobStore {
-    /// Opens (creating if needed) the blob and staging directories under `data_dir`.
+    /// Opens (creating if needed) the blob and staging directories under `data_dir`, and
+    /// claims this process's own staging directory.
     pub fn open(data_dir: &Path) -> io::Result<BlobStore> {
         let blobs = data_dir.join("blobs");
-        let staging = data_dir.join("staging");
+        let staging_root = data_dir.join("staging");
         std::fs::create_dir_all(&blobs)?;
-        std::fs::create_dir_all(&staging)?;
+        std::fs::create_dir_all(&staging_root)?;
+        let own = staging::claim(&staging_root)?;
+        tracing::debug!(staging.dir = %own.path.display(), "staging_dir_claimed");
         Ok(BlobStore {
-            inner: Arc::new(Dirs { blobs, staging }),
+            inner: Arc::new(Dirs {
+                blobs,
+                staging_root,
+                own,
+            }),
         })
     }
 
+    /// This process's own staging directory.
     pub fn staging_dir(&self) -> &Path {
-        &self.inner.staging
+        &self.inner.own.path
+    }
+
+    /// Removes this process's staging directory if nothing is left in it (clean exit).
+    pub fn release(&self) {
+        let _ = std::fs::remove_dir(&self.inner.own.path);
     }
 
     pub fn blobs_dir(&self) -> &Path {
@@ -142,7 +221,7 @@ impl BlobStore {
     /// Starts a staged write; feed it with [`StagingWriter::write`].
     pub fn begin_staging(&self) -> io::Result<StagingWriter> {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let path = self.inner.staging.join(format!("{id}.part"));
+        let path = self.inner.own.path.join(format!("{id}.part"));
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -193,7 +272,7 @@ impl BlobStore {
             };
         }
         let dir = target.parent().expect("blob path has a shard dir");
-        std::fs::create_dir_all(dir)?;
+        self.ensure_shard(dir)?;
         let renamed = (|| {
             fail::fail_point!("storage::publish", |arg| Err(injected(
                 "storage::publish",
@@ -214,24 +293,44 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Publishes a committed key's staged file if its blob is missing (a publish that failed
-    /// or has not happened yet). Only called for keys a committed row references, so the
-    /// bytes are needed whatever the staged file's own transaction does.
+    /// Publishes a committed key's staged file if its blob is missing (a publish that failed,
+    /// has not happened yet, or waits as `.pending` after a commit of unknown outcome). Only
+    /// called for keys a committed row references, so the bytes are needed whatever the staged
+    /// file's own transaction does: it may come from any process's directory.
     pub fn heal(&self, key: &str) -> io::Result<bool> {
         let target = self.blob_path(key);
         if target.exists() {
             return Ok(true);
         }
         let prefix = format!("{key}.");
-        for entry in std::fs::read_dir(&self.inner.staging)? {
+        let mut dirs = vec![self.inner.staging_root.clone()];
+        for entry in std::fs::read_dir(&self.inner.staging_root)? {
             let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&prefix) && (name.ends_with(".ready") || name.ends_with(".gc")) {
-                let dir = target.parent().expect("blob path has a shard dir");
-                std::fs::create_dir_all(dir)?;
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+        for dir in dirs {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let complete = matches!(
+                    staging::classify(&entry.path()),
+                    Some((StagedKind::Ready | StagedKind::Pending | StagedKind::Gc, _))
+                );
+                if !(complete && name.starts_with(&prefix)) {
+                    continue;
+                }
+                let shard = target.parent().expect("blob path has a shard dir");
+                self.ensure_shard(shard)?;
                 match std::fs::rename(entry.path(), &target) {
                     Ok(()) => {
-                        sync_dir(dir)?;
+                        sync_dir(shard)?;
                         tracing::warn!(blob.key = key, "blob_healed_from_staging");
                         return Ok(true);
                     }
@@ -241,6 +340,19 @@ impl BlobStore {
             }
         }
         Ok(target.exists())
+    }
+
+    /// Creates a shard directory, fsyncing `blobs/` when it is new so the directory entry
+    /// survives a power cut along with the blob renamed into it.
+    fn ensure_shard(&self, shard: &Path) -> io::Result<()> {
+        if shard.is_dir() {
+            return Ok(());
+        }
+        match std::fs::create_dir(shard) {
+            Ok(()) => sync_dir(&self.inner.blobs),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads a whole blob. A row can be visible a moment before its blob is published (commit
@@ -275,47 +387,134 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Startup recovery: publishes staged files whose key the database references (their
-    /// transaction committed, the process died before publishing) and removes the rest.
-    pub fn recover(&self, referenced: &HashSet<String>) -> io::Result<RecoveryReport> {
-        let mut report = RecoveryReport::default();
-        for entry in std::fs::read_dir(&self.inner.staging)? {
+    /// Staged files that no live request owns: every file in the directories of processes
+    /// that are gone (their locks are taken and held), files directly under `staging/` (the
+    /// layout before per-process directories), and, with `own_pending`, this process's
+    /// `.pending` files. Another live process's directory is never listed.
+    pub fn orphans(&self, own_pending: bool) -> io::Result<Orphans> {
+        let mut out = Orphans {
+            dead_dirs: Vec::new(),
+            files: Vec::new(),
+        };
+        let mut add = |path: PathBuf, own: bool| {
+            let (kind, key) = staging::classify(&path).unwrap_or((StagedKind::Part, None));
+            if own && kind != StagedKind::Pending {
+                return;
+            }
+            out.files.push(Orphan {
+                path,
+                key,
+                own_pending: own,
+            });
+        };
+        for entry in std::fs::read_dir(&self.inner.staging_root)? {
             let entry = entry?;
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            // `.ready`: staged for a commit; `.gc`: set aside by an interrupted gc.
-            let key = name
-                .strip_suffix(".ready")
-                .or_else(|| name.strip_suffix(".gc"))
-                .and_then(|rest| rest.split('.').next())
-                .map(str::to_owned);
-            match key {
+            if entry.file_type()?.is_file() {
+                add(entry.path(), false);
+            }
+        }
+        for dir in staging::dirs(&self.inner.staging_root, &self.inner.own.path)? {
+            match dir.holder {
+                staging::Holder::Live => {}
+                staging::Holder::Own if own_pending => {
+                    for f in staging::files(&dir.path)? {
+                        add(f, true);
+                    }
+                }
+                staging::Holder::Own => {}
+                staging::Holder::Dead(lock) => {
+                    for f in staging::files(&dir.path)? {
+                        add(f, false);
+                    }
+                    out.dead_dirs.push((dir.path, lock));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decides orphans by what the database says: a file whose key `referenced` contains is
+    /// published (its transaction committed); any other is deleted, except this process's own
+    /// `.pending` files younger than `pending_grace` (a commit still on the wire may land).
+    /// Dead processes' directories are removed once empty.
+    pub fn settle(
+        &self,
+        orphans: Orphans,
+        referenced: &HashSet<String>,
+        pending_grace: Duration,
+    ) -> io::Result<RecoveryReport> {
+        let mut report = RecoveryReport::default();
+        let now = std::time::SystemTime::now();
+        for file in orphans.files {
+            match file.key {
                 Some(key) if referenced.contains(&key) => {
                     let staged = StagedBlob {
-                        path,
+                        path: file.path,
                         key,
                         md5: String::new(),
                         sha256: String::new(),
                         size: 0,
                     };
-                    self.publish_blocking(staged)?;
-                    report.published += 1;
+                    match self.publish_blocking(staged) {
+                        Ok(()) => report.published += 1,
+                        // A reader healed it meanwhile.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
                 }
                 _ => {
-                    std::fs::remove_file(&path)?;
+                    if file.own_pending {
+                        let age = std::fs::metadata(&file.path)
+                            .and_then(|m| m.modified())
+                            .map(|t| now.duration_since(t).unwrap_or_default())
+                            .unwrap_or_default();
+                        if age < pending_grace {
+                            report.kept_pending += 1;
+                            continue;
+                        }
+                    }
+                    ignore_not_found(std::fs::remove_file(&file.path))?;
                     report.removed += 1;
                 }
             }
         }
-        sync_dir(&self.inner.staging)?;
+        for (dir, _lock) in orphans.dead_dirs {
+            // Not empty: a file appeared that we did not list; the next sweep gets it.
+            if std::fs::remove_dir(&dir).is_ok() {
+                tracing::debug!(staging.dir = %dir.display(), "dead_staging_dir_removed");
+            }
+        }
+        sync_dir(&self.inner.staging_root)?;
+        sync_dir(&self.inner.own.path)?;
         Ok(report)
     }
 
-    /// Files currently in staging (fsck reports them; a clean start leaves none).
-    pub fn staging_files(&self) -> io::Result<Vec<PathBuf>> {
-        std::fs::read_dir(&self.inner.staging)?
-            .map(|e| e.map(|e| e.path()))
-            .collect()
+    /// Staging for fsck: stale files (no live owner) and live processes' complete staged
+    /// copies by key. Takes no lock beyond the moment of checking one.
+    pub fn census(&self) -> io::Result<Census> {
+        let mut census = Census::default();
+        for entry in std::fs::read_dir(&self.inner.staging_root)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                census.stale.push(entry.path());
+            }
+        }
+        for dir in staging::dirs(&self.inner.staging_root, &self.inner.own.path)? {
+            let live = !matches!(dir.holder, staging::Holder::Dead(_));
+            for f in staging::files(&dir.path)? {
+                if !live {
+                    census.stale.push(f);
+                    continue;
+                }
+                if let Some((StagedKind::Ready | StagedKind::Pending | StagedKind::Gc, Some(key))) =
+                    staging::classify(&f)
+                {
+                    census.in_flight.insert(key, f);
+                }
+            }
+        }
+        census.stale.sort();
+        Ok(census)
     }
 }
 
@@ -360,9 +559,13 @@ impl StagingWriter {
         let ready = self
             .store
             .inner
-            .staging
+            .own
+            .path
             .join(format!("{sha256}.{}.ready", self.id));
         std::fs::rename(&self.path, &ready)?;
+        // The rename must survive a power cut before the transaction that names the key
+        // commits: otherwise a committed row could outlive its bytes.
+        sync_dir(&self.store.inner.own.path)?;
         // From here the StagedBlob owns the file.
         self.path = PathBuf::new();
         Ok(StagedBlob {
@@ -397,9 +600,7 @@ pub fn injected(point: &str, arg: Option<String>) -> io::Error {
     }
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
+use staging::sync_dir;
 
 /// Why a streamed staging failed.
 #[derive(Debug)]
@@ -502,20 +703,27 @@ pub struct GcCandidates {
 impl BlobStore {
     /// md5, sha256 and size of a published blob, streaming.
     pub fn hash_blob(&self, key: &str) -> io::Result<(String, String, u64)> {
-        use std::io::Read;
-        let mut file = std::fs::File::open(self.blob_path(key))?;
-        let mut hasher = Hasher::default();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        Ok(hasher.finish())
+        hash_file(&self.blob_path(key))
     }
+}
 
+/// md5, sha256 and size of a file, streaming.
+pub fn hash_file(path: &Path) -> io::Result<(String, String, u64)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Hasher::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finish())
+}
+
+impl BlobStore {
     /// Every published blob, split by whether its mtime is older than `grace`.
     pub fn blobs_older_than(&self, grace: Duration) -> io::Result<GcCandidates> {
         let mut out = GcCandidates::default();
@@ -544,7 +752,8 @@ impl BlobStore {
     pub fn set_aside(&self, key: &str) -> io::Result<Option<PathBuf>> {
         let aside = self
             .inner
-            .staging
+            .own
+            .path
             .join(format!("{key}.{}.gc", uuid::Uuid::new_v4().simple()));
         match std::fs::rename(self.blob_path(key), &aside) {
             Ok(()) => Ok(Some(aside)),

@@ -11,5 +11,6 @@ mod http;
 mod migrations;
 mod outage;
 mod projects;
+mod proxy;
 mod reads;
 mod schema;
