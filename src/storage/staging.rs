@@ -174,6 +174,8 @@ mod tests {
             }
         }
         let a_path = a.path.clone();
+        // A process that dies leaves its files (an empty directory is removed on drop).
+        std::fs::write(a_path.join("x.part"), b"x").unwrap();
         drop(a);
         let seen = dirs(root.path(), &b.path).unwrap();
         let a_dir = seen.iter().find(|d| d.path == a_path).unwrap();

@@ -154,10 +154,18 @@ async fn failed_staged_delete_is_cleaned_at_startup(mut s: TestServer) {
         1,
         "the undeletable staged file stays, invisible"
     );
+    // The server is alive: its staging directory is a live process's, so fsck leaves it be.
+    let (ok, out) = s.cli(&["fsck"]);
+    assert!(
+        ok,
+        "a live process's staged file is in flight, not stale: {out}"
+    );
+    // Once its process is gone, the file is stale.
+    s.kill();
     let (ok, out) = s.cli(&["fsck"]);
     assert!(!ok && out.contains("STAGING"), "fsck reports it: {out}");
     s.remove_env("FAILPOINTS");
-    s.restart();
+    s.start_again();
     assert!(s.staging_files().is_empty());
     assert!(s.blob_files().is_empty());
     fsck_ok(&s);
@@ -409,7 +417,11 @@ async fn disk_full_is_unavailable_and_leaves_nothing(s: TestServer) {
             .contains("storage is full"),
         "{body}"
     );
-    let staged: Vec<_> = std::fs::read_dir(mount.join("staging")).unwrap().collect();
+    let staged: Vec<_> = std::fs::read_dir(mount.join("staging"))
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .collect();
     assert!(staged.is_empty(), "the partial staged file is removed");
     let blobs: usize = std::fs::read_dir(mount.join("blobs"))
         .unwrap()

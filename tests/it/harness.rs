@@ -244,6 +244,17 @@ impl TestServer {
         self.child = Some(child);
     }
 
+    /// A second `atelier serve` process on this server's data dir and database.
+    pub fn sibling(&self, env: &[(&str, &str)]) -> TestServer {
+        let (dir, url) = (self.data_dir().display().to_string(), self.database_url());
+        let mut all = vec![
+            ("ATELIER_DATA_DIR", dir.as_str()),
+            ("DATABASE_URL", url.as_str()),
+        ];
+        all.extend_from_slice(env);
+        TestServer::start_on(self.backend, None, &all)
+    }
+
     /// Restarts the server on the same data (new port).
     pub fn restart(&mut self) {
         self.stop();
@@ -433,6 +444,14 @@ impl Client {
         }
     }
 
+    /// The same user, sending `Idempotency-Key: key` with every request.
+    pub fn with_key(&self, key: &str) -> KeyedClient {
+        KeyedClient {
+            client: self.clone(),
+            key: key.to_owned(),
+        }
+    }
+
     pub fn request(&self) -> reqwest::RequestBuilder {
         let req = self.http.post(&self.url);
         match &self.token {
@@ -482,6 +501,43 @@ impl Client {
         )
         .await["createProject"]
             .clone()
+    }
+}
+
+/// A client whose requests carry an `Idempotency-Key`.
+pub struct KeyedClient {
+    pub client: Client,
+    pub key: String,
+}
+
+impl KeyedClient {
+    /// (status, whether the answer was a replay, body)
+    pub async fn call(&self, query: &str, variables: Value) -> (u16, bool, Value) {
+        let resp = self
+            .client
+            .request()
+            .header("Idempotency-Key", &self.key)
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        let replayed = resp.headers().get("idempotent-replayed").is_some();
+        (status, replayed, resp.json().await.expect("JSON body"))
+    }
+
+    pub async fn upload(&self, bytes: Vec<u8>, asset_type: &str) -> (u16, bool, Value) {
+        let resp = self
+            .client
+            .request()
+            .header("Idempotency-Key", &self.key)
+            .multipart(Client::upload_form(bytes, asset_type, None))
+            .send()
+            .await
+            .expect("upload request");
+        let status = resp.status().as_u16();
+        let replayed = resp.headers().get("idempotent-replayed").is_some();
+        (status, replayed, resp.json().await.expect("JSON body"))
     }
 }
 

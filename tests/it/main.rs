@@ -5,9 +5,11 @@ mod harness;
 
 mod assets;
 mod cli;
+mod commit_boundary;
 mod crash;
 mod errors;
 mod http;
+mod idempotency;
 mod migrations;
 mod outage;
 mod projects;

@@ -133,7 +133,12 @@ async fn relay(
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            if severed2.load(Ordering::SeqCst) || client_tx.write_all(&buf[..n]).await.is_err() {
+            // Severed: swallow the reply, but keep the server's side open until the cut (closing
+            // it here would tell the server before the test's moment).
+            if severed2.load(Ordering::SeqCst) {
+                continue;
+            }
+            if client_tx.write_all(&buf[..n]).await.is_err() {
                 return;
             }
         }
