@@ -92,7 +92,9 @@ where
         .await;
     match written {
         Ok(Outcome::Applied(value)) => {
-            for blob in std::mem::take(&mut staged.blobs) {
+            // One at a time out of `staged`: if this future is dropped here, the blobs not yet
+            // handed to a publish stay in `staged`, whose drop keeps them for the sweep.
+            while let Some(blob) = staged.blobs.pop() {
                 svc.blobs.publish_committed(blob).await;
             }
             Ok(value)
