@@ -106,6 +106,7 @@ impl Db {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            self.metrics.record_write_attempt(attempt > 1);
             match self.write_once(&f).await {
                 // A dead pooled connection (or several, after a database restart), before
                 // anything was committed: run it again on the next connection.
@@ -146,6 +147,7 @@ impl Db {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            self.metrics.record_write_attempt(attempt > 1);
             let result = {
                 let _permit = self.write_permit().await?;
                 f(&self.conn).await
