@@ -23,6 +23,11 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
     if let Ok(boundary) = multer::parse_boundary(content_type) {
+        // Every upload needs a viewer: refuse before a byte of the body is read, so that an
+        // anonymous client cannot make us stage up to MAX_FILES × the asset limit to disk.
+        if viewer.is_none() {
+            return error_response(StatusCode::UNAUTHORIZED, &AppError::Unauthenticated);
+        }
         return match super::upload::receive(&state, boundary, body).await {
             Ok((batch, uploads)) => execute(&state, viewer, batch.data(uploads)).await,
             Err(e) => error_response(status_for(&e), &e),
