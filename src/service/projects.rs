@@ -344,12 +344,14 @@ async fn why_not_written<C: ConnectionTrait>(
     }
 }
 
-/// Ids of the stored assets `refs` names, or MISSING_ASSETS listing those that are not stored.
+/// Ids of the stored assets `refs` names, or MISSING_ASSETS listing (as written) those that
+/// are not stored, or not in the format their extension names: every reference of a saved
+/// project must be servable at `/assets/<md5ext>`.
 async fn resolve_assets<C: ConnectionTrait>(conn: &C, refs: &[AssetRef]) -> AppResult<Vec<i64>> {
     if refs.is_empty() {
         return Ok(Vec::new());
     }
-    let mut found: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let mut found: BTreeMap<(String, String), (i64, String)> = BTreeMap::new();
     // Bounded IN-lists: a project with thousands of costumes must not build one huge query.
     for chunk in refs.chunks(200) {
         let mut any = Condition::any();
@@ -360,25 +362,26 @@ async fn resolve_assets<C: ConnectionTrait>(conn: &C, refs: &[AssetRef]) -> AppR
                     .add(asset::Column::AssetType.eq(r.kind.as_str())),
             );
         }
-        let rows: Vec<(i64, String, String)> = asset::Entity::find()
+        let rows: Vec<(i64, String, String, String)> = asset::Entity::find()
             .select_only()
             .column(asset::Column::Id)
             .column(asset::Column::Md5)
             .column(asset::Column::AssetType)
+            .column(asset::Column::DataFormat)
             .filter(any)
             .into_tuple()
             .all(conn)
             .await?;
-        for (id, md5, kind) in rows {
-            found.insert((md5, kind), id);
+        for (id, md5, kind, data_format) in rows {
+            found.insert((md5, kind), (id, data_format));
         }
     }
     let mut missing = Vec::new();
     let mut ids = Vec::with_capacity(refs.len());
     for r in refs {
         match found.get(&(r.md5.as_str().to_owned(), r.kind.as_str().to_owned())) {
-            Some(id) => ids.push(*id),
-            None => missing.push(r.md5ext.clone()),
+            Some((id, data_format)) if data_format == r.format.extension() => ids.push(*id),
+            _ => missing.push(r.md5ext.clone()),
         }
     }
     if !missing.is_empty() {

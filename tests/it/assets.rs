@@ -19,6 +19,7 @@ both_backends!(
     cut_off_upload_leaves_nothing,
     asset_download_behaves_like_a_cdn,
     projects_reference_stored_assets_exactly,
+    md5ext_must_name_the_stored_format,
     anonymous_upload_is_refused_before_its_body_is_read,
 );
 
@@ -477,6 +478,136 @@ async fn projects_reference_stored_assets_exactly(s: TestServer) {
     assert_eq!(s.count("project_assets").await, 0);
     assert_eq!(s.count("project_shares").await, 0);
     assert_eq!(s.count("assets").await, 3);
+}
+
+/// JPEG magic plus `n`-dependent filler.
+fn jpeg(n: usize) -> Vec<u8> {
+    let mut b = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    b.extend(format!("jfif-{n}").bytes());
+    b
+}
+
+/// Every md5ext a saved project references is served exactly as written: `<md5>.jpg` for a
+/// PNG is MISSING_ASSETS (as written, nothing saved); `.jpeg` and `.jpg` name one format; fsck
+/// reports a reference whose asset is stored in another format.
+async fn md5ext_must_name_the_stored_format(s: TestServer) {
+    let alice = s.user("alice");
+    let png_asset = alice.upload(png(7), "IMAGE_BITMAP").await["asset"].clone();
+    let jpeg_bytes = jpeg(7);
+    let jpeg_asset = alice.upload(jpeg_bytes.clone(), "IMAGE_BITMAP").await["asset"].clone();
+    assert_eq!(jpeg_asset["contentType"], "image/jpeg");
+    let (png_md5, jpeg_md5) = (
+        png_asset["md5"].as_str().unwrap().to_owned(),
+        jpeg_asset["md5"].as_str().unwrap().to_owned(),
+    );
+    let costume =
+        |md5ext: &str| json!({ "targets": [{ "costumes": [{ "name": "c", "md5ext": md5ext }] }] });
+    const GET: &str = "query($id: ID!) { project(id: $id) { version content assets { md5 } } }";
+    const UPDATE: &str = "mutation($id: ID!, $v: Int!, $c: JSON) { updateProject(input: {id: $id, expectedVersion: $v, content: $c}) { version } }";
+
+    // The PNG referenced as a JPEG: on create and on update.
+    let as_jpg = format!("{png_md5}.jpg");
+    let e = alice
+        .error(
+            "mutation($c: JSON!) { createProject(input: {title: \"x\", content: $c}) { id } }",
+            json!({ "c": costume(&as_jpg) }),
+        )
+        .await;
+    assert_eq!(code(&e), "MISSING_ASSETS", "{e:#}");
+    assert_eq!(e["extensions"]["missing"], json!([as_jpg]));
+    assert_eq!(s.count("projects").await, 0);
+    let id = alice
+        .create_project("p", costume(&format!("{png_md5}.png")))
+        .await["id"]
+        .clone();
+    let before = alice.data(GET, json!({ "id": id })).await;
+    let e = alice
+        .error(UPDATE, json!({ "id": id, "v": 1, "c": costume(&as_jpg) }))
+        .await;
+    assert_eq!(code(&e), "MISSING_ASSETS", "{e:#}");
+    assert_eq!(e["extensions"]["missing"], json!([as_jpg]));
+    assert_eq!(
+        alice.data(GET, json!({ "id": id })).await,
+        before,
+        "nothing written"
+    );
+    // Also in the `assetId` + `dataFormat` form.
+    let e = alice
+        .error(
+            UPDATE,
+            json!({ "id": id, "v": 1, "c": { "targets": [{ "costumes": [{ "assetId": png_md5, "dataFormat": "jpeg" }] }] } }),
+        )
+        .await;
+    assert_eq!(
+        e["extensions"]["missing"],
+        json!([format!("{png_md5}.jpeg")])
+    );
+    assert_eq!(
+        alice.data(GET, json!({ "id": id })).await,
+        before,
+        "nothing written"
+    );
+
+    // A JPEG referenced as `.jpeg` saves, and both spellings serve it.
+    let v = alice
+        .data(
+            UPDATE,
+            json!({ "id": id, "v": 1, "c": costume(&format!("{jpeg_md5}.jpeg")) }),
+        )
+        .await["updateProject"]["version"]
+        .clone();
+    assert_eq!(v, 2);
+    let after = alice.data(GET, json!({ "id": id })).await;
+    assert_eq!(after["project"]["assets"], json!([{ "md5": jpeg_md5 }]));
+    let http = reqwest::Client::new();
+    for ext in ["jpeg", "jpg"] {
+        let resp = http
+            .get(format!("{}/assets/{jpeg_md5}.{ext}", s.base_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, ".{ext}");
+        assert_eq!(resp.headers()["content-type"], "image/jpeg", ".{ext}");
+        assert_eq!(resp.bytes().await.unwrap().to_vec(), jpeg_bytes, ".{ext}");
+    }
+    for wrong in [
+        format!("{jpeg_md5}.png"),
+        format!("{png_md5}.jpg"),
+        format!("{png_md5}.jpeg"),
+    ] {
+        let resp = http
+            .get(format!("{}/assets/{wrong}", s.base_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{wrong}");
+    }
+    let (ok, out) = s.cli(&["fsck", "--json"]);
+    assert!(ok, "{out}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([]));
+
+    // The stored asset's format changes behind the project's back: fsck reports I3.
+    use sea_orm::ConnectionTrait;
+    let db = s.db().await;
+    db.execute_unprepared(&format!(
+        "UPDATE assets SET data_format = 'png', content_type = 'image/png' WHERE md5 = '{jpeg_md5}'"
+    ))
+    .await
+    .unwrap();
+    let _ = db.close().await;
+    let (ok, out) = s.cli(&["fsck", "--json"]);
+    assert!(!ok, "fsck must fail: {out}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!([{
+            "invariant": "I3",
+            "subject": format!("project {}", id.as_str().unwrap()),
+            "detail": format!(
+                "references {jpeg_md5}.jpeg but asset {} is stored as png",
+                jpeg_asset["id"].as_str().unwrap()
+            ),
+        }])
+    );
 }
 
 /// An anonymous multipart request is refused with 401 as soon as its headers are in: the
