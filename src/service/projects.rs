@@ -265,23 +265,76 @@ pub async fn list(
 }
 
 /// The project's current content, parsed.
+///
+/// `project` was read a moment ago; if the row has been updated since, `atelier gc` may
+/// already have collected the blob it named. Then the row is read again and its current
+/// content answered (a few times at most, for a row that keeps changing); only a row that
+/// still names the missing blob is a broken invariant (I2), and a row gone is NOT_FOUND.
 pub async fn content(svc: &Services, project: &project::Model) -> AppResult<serde_json::Value> {
-    let bytes = svc.blobs.read(&project.content_key).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            AppError::internal(format!(
-                "content blob {} of project {} is missing",
-                project.content_key, project.id
-            ))
-        } else {
-            e.into()
+    /// Re-reads after a missing blob; each one means the row changed (and its old blob was
+    /// collected) while we read.
+    const MAX_REREADS: usize = 3;
+    hold_for_tests().await;
+    let mut key = project.content_key.clone();
+    let mut rereads = 0;
+    let bytes = loop {
+        match svc.blobs.read(&key).await {
+            Ok(bytes) => break bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && rereads < MAX_REREADS => {
+                rereads += 1;
+                // From the database itself, not a coalesced or cached read.
+                let current = project::Entity::find_by_id(project.id)
+                    .one(svc.db.conn())
+                    .await?
+                    .ok_or(AppError::NotFound("project"))?;
+                if current.content_key == key {
+                    return Err(AppError::internal(format!(
+                        "content blob {key} of project {} is missing",
+                        project.id
+                    )));
+                }
+                tracing::info!(
+                    project.id = project.id,
+                    blob.key = %key,
+                    project.version = current.version,
+                    "project_content_superseded_while_read"
+                );
+                key = current.content_key;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(AppError::Unavailable(format!(
+                    "project {} changed {MAX_REREADS} times while it was read; retry",
+                    project.id
+                )));
+            }
+            Err(e) => return Err(e.into()),
         }
-    })?;
+    };
     serde_json::from_slice(&bytes).map_err(|e| {
         AppError::internal(format!(
             "content of project {} does not parse: {e}",
             project.id
         ))
     })
+}
+
+/// Test hook: `FAILPOINTS=service::project_content_read=1*return(1500)` holds the next
+/// content read 1.5 s after its project row was read (logging `failpoint_hold`), so a test
+/// can supersede the row and collect its old blob meanwhile.
+async fn hold_for_tests() {
+    let hold: Option<u64> = (|| {
+        fail::fail_point!("service::project_content_read", |ms: Option<String>| ms
+            .and_then(|ms| ms.parse().ok()));
+        None
+    })();
+    if let Some(ms) = hold {
+        tracing::info!(
+            failpoint = "service::project_content_read",
+            ms,
+            "failpoint_hold"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
 }
 
 /// Why a compare-and-set update matched no row, in the order a client needs it.
