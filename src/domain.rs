@@ -151,14 +151,61 @@ impl AssetKind {
             _ => None,
         }
     }
+}
 
-    /// The kind a `dataFormat` (file extension) implies, for costumes or sounds.
-    pub fn from_extension(ext: &str, is_sound: bool) -> Option<AssetKind> {
-        match (is_sound, ext) {
-            (true, "wav" | "mp3") => Some(AssetKind::Sound),
-            (false, "svg") => Some(AssetKind::ImageVector),
-            (false, "png" | "jpg" | "jpeg") => Some(AssetKind::ImageBitmap),
+/// The file formats Scratch stores assets in. `assets.data_format` holds the canonical
+/// extension of the format the bytes were sniffed as; a project's `md5ext` may use an alias
+/// of it. This table is the one place aliases are defined: project references, asset URLs
+/// and fsck all go through it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DataFormat {
+    Svg,
+    Png,
+    Jpeg,
+    Wav,
+    Mp3,
+}
+
+impl DataFormat {
+    /// Extension (lower case, as Scratch writes it) → format; `jpg` and `jpeg` are one format.
+    pub fn from_extension(ext: &str) -> Option<DataFormat> {
+        match ext {
+            "svg" => Some(DataFormat::Svg),
+            "png" => Some(DataFormat::Png),
+            "jpg" | "jpeg" => Some(DataFormat::Jpeg),
+            "wav" => Some(DataFormat::Wav),
+            "mp3" => Some(DataFormat::Mp3),
             _ => None,
+        }
+    }
+
+    /// The canonical extension: what `assets.data_format` stores and asset URLs use.
+    pub fn extension(self) -> &'static str {
+        match self {
+            DataFormat::Svg => "svg",
+            DataFormat::Png => "png",
+            DataFormat::Jpeg => "jpg",
+            DataFormat::Wav => "wav",
+            DataFormat::Mp3 => "mp3",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            DataFormat::Svg => "image/svg+xml",
+            DataFormat::Png => "image/png",
+            DataFormat::Jpeg => "image/jpeg",
+            DataFormat::Wav => "audio/wav",
+            DataFormat::Mp3 => "audio/mpeg",
+        }
+    }
+
+    /// The asset kind this format is stored as.
+    pub fn kind(self) -> AssetKind {
+        match self {
+            DataFormat::Svg => AssetKind::ImageVector,
+            DataFormat::Png | DataFormat::Jpeg => AssetKind::ImageBitmap,
+            DataFormat::Wav | DataFormat::Mp3 => AssetKind::Sound,
         }
     }
 }
@@ -183,6 +230,8 @@ impl Md5 {
 pub struct AssetRef {
     pub md5: Md5,
     pub kind: AssetKind,
+    /// The format the extension names: the asset must be stored in it.
+    pub format: DataFormat,
     pub md5ext: String,
 }
 
@@ -252,11 +301,13 @@ fn asset_ref(item: &serde_json::Value, is_sound: bool) -> Result<AssetRef, Strin
     };
     let ext = ext.to_ascii_lowercase();
     let md5 = Md5::parse(md5).ok_or_else(|| format!("{md5:?} is not an md5"))?;
-    let kind = AssetKind::from_extension(&ext, is_sound)
+    let format = DataFormat::from_extension(&ext)
+        .filter(|f| (f.kind() == AssetKind::Sound) == is_sound)
         .ok_or_else(|| format!("unsupported data format {ext:?}"))?;
     Ok(AssetRef {
         md5ext: format!("{}.{ext}", md5.as_str()),
         md5,
-        kind,
+        kind: format.kind(),
+        format,
     })
 }

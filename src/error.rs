@@ -84,7 +84,9 @@ impl AppError {
             AppError::Unavailable(_) | AppError::OutcomeUnknown(_) => "UNAVAILABLE",
             AppError::Internal(_) => "INTERNAL",
             AppError::Db(e) => match classify_db(e) {
-                DbErrorKind::Transient | DbErrorKind::Unreachable => "UNAVAILABLE",
+                DbErrorKind::Transient
+                | DbErrorKind::Unreachable
+                | DbErrorKind::ResourceExhausted => "UNAVAILABLE",
                 DbErrorKind::UniqueViolation => "CONFLICT",
                 DbErrorKind::Other => "INTERNAL",
             },
@@ -141,6 +143,11 @@ impl AppError {
             "INTERNAL" => "internal error".to_owned(),
             "UNAVAILABLE" => match self {
                 AppError::Unavailable(m) | AppError::OutcomeUnknown(m) => m.clone(),
+                AppError::Db(e) if classify_db(e) == DbErrorKind::ResourceExhausted => {
+                    "the database did not finish the request in time or is out of resources; \
+                     retry later"
+                        .to_owned()
+                }
                 _ => "the database is busy or unreachable; retry shortly".to_owned(),
             },
             "CONFLICT" => match self {
@@ -217,6 +224,11 @@ pub enum DbErrorKind {
     Transient,
     /// Connection refused, pool timeout, connection lost: the database is not there right now.
     Unreachable,
+    /// The database is there but refused to finish: statement or lock timeout (the write was
+    /// blocked, e.g. on a row lock), query canceled, disk full, out of memory. Nothing was
+    /// committed, but running it again would wait or fail the same way, multiplying the
+    /// client's wait: answer `UNAVAILABLE` at once, never retry.
+    ResourceExhausted,
     UniqueViolation,
     Other,
 }
@@ -242,16 +254,20 @@ fn classify_sqlx(e: &sea_orm::sqlx::Error) -> DbErrorKind {
         Error::Database(db) => {
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
             match code.as_str() {
-                // PostgreSQL: serialization_failure, deadlock_detected, lock_not_available.
-                "40001" | "40P01" | "55P03" => DbErrorKind::Transient,
-                // PostgreSQL: admin shutdown / crash / cannot connect now / statement timeout.
-                "57P01" | "57P02" | "57P03" | "57014" | "08000" | "08003" | "08006" => {
+                // PostgreSQL: serialization_failure, deadlock_detected.
+                "40001" | "40P01" => DbErrorKind::Transient,
+                // PostgreSQL: admin shutdown / crash / cannot connect now, connection failures.
+                "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006" => {
                     DbErrorKind::Unreachable
                 }
+                // PostgreSQL: query_canceled (statement_timeout, pg_cancel_backend) and
+                // lock_not_available (lock_timeout; nothing here uses NOWAIT): the time budget
+                // is spent, a retry would wait it out again.
+                "57014" | "55P03" => DbErrorKind::ResourceExhausted,
                 // SQLite primary and extended codes for BUSY (5, 261, 517) and LOCKED (6, 262).
                 "5" | "261" | "517" | "6" | "262" => DbErrorKind::Transient,
-                // Disk full: SQLITE_FULL, PostgreSQL disk_full / out_of_memory.
-                "13" | "53100" | "53200" => DbErrorKind::Unreachable,
+                // SQLITE_FULL; PostgreSQL disk_full, out_of_memory.
+                "13" | "53100" | "53200" => DbErrorKind::ResourceExhausted,
                 _ => DbErrorKind::Other,
             }
         }
@@ -260,5 +276,84 @@ fn classify_sqlx(e: &sea_orm::sqlx::Error) -> DbErrorKind {
         }
         Error::Protocol(_) | Error::WorkerCrashed => DbErrorKind::Unreachable,
         _ => DbErrorKind::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
+
+    use super::{AppError, DbErrorKind, classify_db};
+
+    /// A database error with just a code, as PostgreSQL (SQLSTATE) or SQLite (result code)
+    /// reports it.
+    #[derive(Debug)]
+    struct Coded(&'static str);
+
+    impl std::fmt::Display for Coded {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Coded {}
+
+    impl sqlx::error::DatabaseError for Coded {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn exec_err(code: &'static str) -> AppError {
+        AppError::Db(DbErr::Exec(RuntimeErr::SqlxError(
+            sqlx::Error::Database(Box::new(Coded(code))).into(),
+        )))
+    }
+
+    #[test]
+    fn timeouts_and_full_disks_are_unavailable_and_never_retried() {
+        // statement timeout / query canceled, lock timeout, PostgreSQL disk full and out of
+        // memory, SQLITE_FULL.
+        for code in ["57014", "55P03", "53100", "53200", "13"] {
+            let e = exec_err(code);
+            let AppError::Db(db) = &e else { unreachable!() };
+            assert_eq!(classify_db(db), DbErrorKind::ResourceExhausted, "{code}");
+            assert_eq!(e.code(), "UNAVAILABLE", "{code}");
+            assert!(!e.is_retryable_conflict(), "{code} must not be retried");
+            assert!(!e.is_connection_lost(), "{code} is not a lost connection");
+        }
+    }
+
+    #[test]
+    fn lost_connections_and_conflicts_stay_retryable() {
+        for code in ["57P01", "57P02", "57P03", "08000", "08003", "08006"] {
+            let e = exec_err(code);
+            assert_eq!(e.code(), "UNAVAILABLE", "{code}");
+            assert!(e.is_connection_lost(), "{code}");
+            assert!(!e.is_retryable_conflict(), "{code}");
+        }
+        for code in ["40001", "40P01", "5", "261", "517", "6", "262"] {
+            let e = exec_err(code);
+            assert_eq!(e.code(), "UNAVAILABLE", "{code}");
+            assert!(e.is_retryable_conflict(), "{code}");
+            assert!(!e.is_connection_lost(), "{code}");
+        }
     }
 }

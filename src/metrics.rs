@@ -27,6 +27,8 @@ pub struct Metrics {
     graphql_documents_reused: AtomicU64,
     read_batches: AtomicU64,
     read_batch_reads: AtomicU64,
+    db_write_attempts: AtomicU64,
+    db_write_retries: AtomicU64,
 }
 
 impl Metrics {
@@ -56,6 +58,15 @@ impl Metrics {
     pub fn record_read_batch(&self, reads: u64) {
         self.read_batches.fetch_add(1, Relaxed);
         self.read_batch_reads.fetch_add(reads, Relaxed);
+    }
+
+    /// One run of a write (a transaction or an autocommit statement); `retry` when it runs
+    /// again after a failed attempt.
+    pub fn record_write_attempt(&self, retry: bool) {
+        self.db_write_attempts.fetch_add(1, Relaxed);
+        if retry {
+            self.db_write_retries.fetch_add(1, Relaxed);
+        }
     }
 
     pub fn record_request(&self, elapsed: Duration, status: u16) {
@@ -122,6 +133,16 @@ impl Metrics {
             "atelier_db_read_batch_reads_total",
             "project(id) reads answered by those statements.",
             self.read_batch_reads.load(Relaxed),
+        );
+        counter(
+            "atelier_db_write_attempts_total",
+            "Runs of write transactions and autocommit write statements, retries included.",
+            self.db_write_attempts.load(Relaxed),
+        );
+        counter(
+            "atelier_db_write_retries_total",
+            "Writes run again after a busy database, a serialization failure or a connection lost before COMMIT.",
+            self.db_write_retries.load(Relaxed),
         );
         let _ = writeln!(
             out,

@@ -119,6 +119,7 @@ impl Db {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            self.metrics.record_write_attempt(attempt > 1);
             match self.write_once(&f, commit).await {
                 Err(Failed::Unknown(e)) => {
                     tracing::warn!(attempt, error = %e, "commit_outcome_unknown");
@@ -167,6 +168,7 @@ impl Db {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            self.metrics.record_write_attempt(attempt > 1);
             let result = {
                 let _permit = self.write_permit().await?;
                 f(&self.conn).await

@@ -12,11 +12,14 @@ use axum::{
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{AppState, graphql::authenticate};
-use crate::{config::AssetAccess, domain::Md5, service};
+use crate::{
+    config::AssetAccess,
+    domain::{DataFormat, Md5},
+    service,
+};
 
 /// SVGs can carry script: never let an asset run anything or load anything.
 const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; sandbox";
-const KNOWN_EXTENSIONS: [&str; 5] = ["svg", "png", "jpg", "wav", "mp3"];
 
 /// `GET /assets/{md5}.{ext}` (HEAD too).
 pub async fn get(
@@ -36,16 +39,17 @@ pub async fn get(
     if !ext.bytes().all(|b| b.is_ascii_alphanumeric()) || ext.is_empty() || ext.len() > 8 {
         return plain(StatusCode::BAD_REQUEST, "malformed extension");
     }
-    if !KNOWN_EXTENSIONS.contains(&ext) {
+    // Known formats and their aliases (`.jpeg` serves the JPEG stored as `jpg`).
+    let Some(format) = DataFormat::from_extension(ext) else {
         return plain(StatusCode::NOT_FOUND, "no such asset");
-    }
+    };
     if state.services.limits.asset_access == AssetAccess::Authenticated {
         match authenticate(&state, &headers).await {
             Ok(Some(_)) => {}
             _ => return plain(StatusCode::UNAUTHORIZED, "sign in to fetch assets"),
         }
     }
-    let asset = match service::assets::find_by_md5ext(&state.services, &md5, ext).await {
+    let asset = match service::assets::find_by_md5ext(&state.services, &md5, format).await {
         Ok(Some(a)) => a,
         Ok(None) => return plain(StatusCode::NOT_FOUND, "no such asset"),
         Err(e) => {

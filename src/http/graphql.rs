@@ -42,7 +42,8 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
     let (batch, uploads) = if let Ok(boundary) = multer::parse_boundary(content_type) {
-        // Uploads are for signed-in users only: nothing of an anonymous body reaches the disk.
+        // Every upload needs a viewer: refuse before a byte of the body is read, so that an
+        // anonymous client cannot make us stage up to MAX_FILES × the asset limit to disk.
         if viewer.is_none() {
             return error_response(StatusCode::UNAUTHORIZED, &AppError::Unauthenticated);
         }

@@ -8,7 +8,7 @@ use sea_orm::{
 };
 
 use crate::{
-    domain::{AssetKind, Md5, Viewer},
+    domain::{AssetKind, DataFormat, Md5, Viewer},
     error::{AppError, AppResult},
     service::{Services, now, write::Effect},
     storage::StagedUpload,
@@ -24,26 +24,26 @@ pub struct Format {
 /// What the bytes are, if they are what `kind` promises. Decided by the bytes, never by the
 /// client's file name or content type.
 pub fn sniff(kind: AssetKind, head: &[u8]) -> Option<Format> {
-    let f = |content_type, extension| {
+    let f = |format: DataFormat| {
         Some(Format {
-            content_type,
-            extension,
+            content_type: format.content_type(),
+            extension: format.extension(),
         })
     };
     match kind {
-        AssetKind::ImageBitmap if head.starts_with(b"\x89PNG\r\n\x1a\n") => f("image/png", "png"),
-        AssetKind::ImageBitmap if head.starts_with(&[0xFF, 0xD8, 0xFF]) => f("image/jpeg", "jpg"),
+        AssetKind::ImageBitmap if head.starts_with(b"\x89PNG\r\n\x1a\n") => f(DataFormat::Png),
+        AssetKind::ImageBitmap if head.starts_with(&[0xFF, 0xD8, 0xFF]) => f(DataFormat::Jpeg),
         AssetKind::Sound
             if head.len() >= 12 && &head[..4] == b"RIFF" && &head[8..12] == b"WAVE" =>
         {
-            f("audio/wav", "wav")
+            f(DataFormat::Wav)
         }
-        AssetKind::Sound if head.starts_with(b"ID3") => f("audio/mpeg", "mp3"),
+        AssetKind::Sound if head.starts_with(b"ID3") => f(DataFormat::Mp3),
         // MPEG audio frame sync: 11 set bits.
         AssetKind::Sound if head.len() >= 2 && head[0] == 0xFF && head[1] & 0xE0 == 0xE0 => {
-            f("audio/mpeg", "mp3")
+            f(DataFormat::Mp3)
         }
-        AssetKind::ImageVector if svg_root(head) => f("image/svg+xml", "svg"),
+        AssetKind::ImageVector if svg_root(head) => f(DataFormat::Svg),
         _ => None,
     }
 }
@@ -175,15 +175,16 @@ pub async fn find<C: ConnectionTrait>(
         .await?)
 }
 
-/// The asset served as `<md5>.<ext>`.
+/// The asset served as `<md5>.<ext>`: stored in the format the extension names (`ext` may be
+/// an alias, e.g. `jpeg` for `jpg`).
 pub async fn find_by_md5ext(
     svc: &Services,
     md5: &Md5,
-    ext: &str,
+    format: DataFormat,
 ) -> AppResult<Option<asset::Model>> {
     Ok(asset::Entity::find()
         .filter(asset::Column::Md5.eq(md5.as_str()))
-        .filter(asset::Column::DataFormat.eq(ext))
+        .filter(asset::Column::DataFormat.eq(format.extension()))
         .one(svc.db.conn())
         .await?)
 }

@@ -166,9 +166,14 @@ pub async fn fsck(svc: &Services) -> AppResult<Vec<Violation>> {
             }
         }
     }
-    let by_key: HashMap<(String, String), i64> = assets
+    let by_key: HashMap<(String, String), (i64, &str)> = assets
         .iter()
-        .map(|a| ((a.md5.clone(), a.asset_type.clone()), a.id))
+        .map(|a| {
+            (
+                (a.md5.clone(), a.asset_type.clone()),
+                (a.id, a.data_format.as_str()),
+            )
+        })
         .collect();
 
     // I2 and I3, a page of projects at a time.
@@ -226,7 +231,18 @@ pub async fn fsck(svc: &Services) -> AppResult<Vec<Violation>> {
             let mut expected = Vec::new();
             for r in &refs {
                 match by_key.get(&(r.md5.as_str().to_owned(), r.kind.as_str().to_owned())) {
-                    Some(id) => expected.push(*id),
+                    // `/assets/<md5ext>` serves it only in the format its extension names.
+                    Some((id, data_format)) if *data_format == r.format.extension() => {
+                        expected.push(*id)
+                    }
+                    Some((id, data_format)) => out.push(Violation {
+                        invariant: "I3",
+                        subject: subject.clone(),
+                        detail: format!(
+                            "references {} but asset {id} is stored as {data_format}",
+                            r.md5ext
+                        ),
+                    }),
                     None => out.push(Violation {
                         invariant: "I3",
                         subject: subject.clone(),

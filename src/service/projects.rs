@@ -261,23 +261,76 @@ pub async fn list(
 }
 
 /// The project's current content, parsed.
+///
+/// `project` was read a moment ago; if the row has been updated since, `atelier gc` may
+/// already have collected the blob it named. Then the row is read again and its current
+/// content answered (a few times at most, for a row that keeps changing); only a row that
+/// still names the missing blob is a broken invariant (I2), and a row gone is NOT_FOUND.
 pub async fn content(svc: &Services, project: &project::Model) -> AppResult<serde_json::Value> {
-    let bytes = svc.blobs.read(&project.content_key).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            AppError::internal(format!(
-                "content blob {} of project {} is missing",
-                project.content_key, project.id
-            ))
-        } else {
-            e.into()
+    /// Re-reads after a missing blob; each one means the row changed (and its old blob was
+    /// collected) while we read.
+    const MAX_REREADS: usize = 3;
+    hold_for_tests().await;
+    let mut key = project.content_key.clone();
+    let mut rereads = 0;
+    let bytes = loop {
+        match svc.blobs.read(&key).await {
+            Ok(bytes) => break bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && rereads < MAX_REREADS => {
+                rereads += 1;
+                // From the database itself, not a coalesced or cached read.
+                let current = project::Entity::find_by_id(project.id)
+                    .one(svc.db.conn())
+                    .await?
+                    .ok_or(AppError::NotFound("project"))?;
+                if current.content_key == key {
+                    return Err(AppError::internal(format!(
+                        "content blob {key} of project {} is missing",
+                        project.id
+                    )));
+                }
+                tracing::info!(
+                    project.id = project.id,
+                    blob.key = %key,
+                    project.version = current.version,
+                    "project_content_superseded_while_read"
+                );
+                key = current.content_key;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(AppError::Unavailable(format!(
+                    "project {} changed {MAX_REREADS} times while it was read; retry",
+                    project.id
+                )));
+            }
+            Err(e) => return Err(e.into()),
         }
-    })?;
+    };
     serde_json::from_slice(&bytes).map_err(|e| {
         AppError::internal(format!(
             "content of project {} does not parse: {e}",
             project.id
         ))
     })
+}
+
+/// Test hook: `FAILPOINTS=service::project_content_read=1*return(1500)` holds the next
+/// content read 1.5 s after its project row was read (logging `failpoint_hold`), so a test
+/// can supersede the row and collect its old blob meanwhile.
+async fn hold_for_tests() {
+    let hold: Option<u64> = (|| {
+        fail::fail_point!("service::project_content_read", |ms: Option<String>| ms
+            .and_then(|ms| ms.parse().ok()));
+        None
+    })();
+    if let Some(ms) = hold {
+        tracing::info!(
+            failpoint = "service::project_content_read",
+            ms,
+            "failpoint_hold"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
 }
 
 /// Why a compare-and-set update matched no row, in the order a client needs it.
@@ -340,12 +393,14 @@ async fn why_not_written<C: ConnectionTrait>(
     }
 }
 
-/// Ids of the stored assets `refs` names, or MISSING_ASSETS listing those that are not stored.
+/// Ids of the stored assets `refs` names, or MISSING_ASSETS listing (as written) those that
+/// are not stored, or not in the format their extension names: every reference of a saved
+/// project must be servable at `/assets/<md5ext>`.
 async fn resolve_assets<C: ConnectionTrait>(conn: &C, refs: &[AssetRef]) -> AppResult<Vec<i64>> {
     if refs.is_empty() {
         return Ok(Vec::new());
     }
-    let mut found: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let mut found: BTreeMap<(String, String), (i64, String)> = BTreeMap::new();
     // Bounded IN-lists: a project with thousands of costumes must not build one huge query.
     for chunk in refs.chunks(200) {
         let mut any = Condition::any();
@@ -356,25 +411,26 @@ async fn resolve_assets<C: ConnectionTrait>(conn: &C, refs: &[AssetRef]) -> AppR
                     .add(asset::Column::AssetType.eq(r.kind.as_str())),
             );
         }
-        let rows: Vec<(i64, String, String)> = asset::Entity::find()
+        let rows: Vec<(i64, String, String, String)> = asset::Entity::find()
             .select_only()
             .column(asset::Column::Id)
             .column(asset::Column::Md5)
             .column(asset::Column::AssetType)
+            .column(asset::Column::DataFormat)
             .filter(any)
             .into_tuple()
             .all(conn)
             .await?;
-        for (id, md5, kind) in rows {
-            found.insert((md5, kind), id);
+        for (id, md5, kind, data_format) in rows {
+            found.insert((md5, kind), (id, data_format));
         }
     }
     let mut missing = Vec::new();
     let mut ids = Vec::with_capacity(refs.len());
     for r in refs {
         match found.get(&(r.md5.as_str().to_owned(), r.kind.as_str().to_owned())) {
-            Some(id) => ids.push(*id),
-            None => missing.push(r.md5ext.clone()),
+            Some((id, data_format)) if data_format == r.format.extension() => ids.push(*id),
+            _ => missing.push(r.md5ext.clone()),
         }
     }
     if !missing.is_empty() {

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::{
     both_backends,
-    harness::{Backend, TestServer, code, md5_hex, png, svg, wav},
+    harness::{Backend, TestServer, UPLOAD, code, md5_hex, png, svg, wav},
 };
 
 both_backends!(
@@ -19,6 +19,8 @@ both_backends!(
     cut_off_upload_leaves_nothing,
     asset_download_behaves_like_a_cdn,
     projects_reference_stored_assets_exactly,
+    md5ext_must_name_the_stored_format,
+    anonymous_upload_is_refused_before_its_body_is_read,
 );
 
 /// 64 concurrent uploads of the same bytes from 8 users.
@@ -476,4 +478,218 @@ async fn projects_reference_stored_assets_exactly(s: TestServer) {
     assert_eq!(s.count("project_assets").await, 0);
     assert_eq!(s.count("project_shares").await, 0);
     assert_eq!(s.count("assets").await, 3);
+}
+
+/// JPEG magic plus `n`-dependent filler.
+fn jpeg(n: usize) -> Vec<u8> {
+    let mut b = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    b.extend(format!("jfif-{n}").bytes());
+    b
+}
+
+/// Every md5ext a saved project references is served exactly as written: `<md5>.jpg` for a
+/// PNG is MISSING_ASSETS (as written, nothing saved); `.jpeg` and `.jpg` name one format; fsck
+/// reports a reference whose asset is stored in another format.
+async fn md5ext_must_name_the_stored_format(s: TestServer) {
+    let alice = s.user("alice");
+    let png_asset = alice.upload(png(7), "IMAGE_BITMAP").await["asset"].clone();
+    let jpeg_bytes = jpeg(7);
+    let jpeg_asset = alice.upload(jpeg_bytes.clone(), "IMAGE_BITMAP").await["asset"].clone();
+    assert_eq!(jpeg_asset["contentType"], "image/jpeg");
+    let (png_md5, jpeg_md5) = (
+        png_asset["md5"].as_str().unwrap().to_owned(),
+        jpeg_asset["md5"].as_str().unwrap().to_owned(),
+    );
+    let costume =
+        |md5ext: &str| json!({ "targets": [{ "costumes": [{ "name": "c", "md5ext": md5ext }] }] });
+    const GET: &str = "query($id: ID!) { project(id: $id) { version content assets { md5 } } }";
+    const UPDATE: &str = "mutation($id: ID!, $v: Int!, $c: JSON) { updateProject(input: {id: $id, expectedVersion: $v, content: $c}) { version } }";
+
+    // The PNG referenced as a JPEG: on create and on update.
+    let as_jpg = format!("{png_md5}.jpg");
+    let e = alice
+        .error(
+            "mutation($c: JSON!) { createProject(input: {title: \"x\", content: $c}) { id } }",
+            json!({ "c": costume(&as_jpg) }),
+        )
+        .await;
+    assert_eq!(code(&e), "MISSING_ASSETS", "{e:#}");
+    assert_eq!(e["extensions"]["missing"], json!([as_jpg]));
+    assert_eq!(s.count("projects").await, 0);
+    let id = alice
+        .create_project("p", costume(&format!("{png_md5}.png")))
+        .await["id"]
+        .clone();
+    let before = alice.data(GET, json!({ "id": id })).await;
+    let e = alice
+        .error(UPDATE, json!({ "id": id, "v": 1, "c": costume(&as_jpg) }))
+        .await;
+    assert_eq!(code(&e), "MISSING_ASSETS", "{e:#}");
+    assert_eq!(e["extensions"]["missing"], json!([as_jpg]));
+    assert_eq!(
+        alice.data(GET, json!({ "id": id })).await,
+        before,
+        "nothing written"
+    );
+    // Also in the `assetId` + `dataFormat` form.
+    let e = alice
+        .error(
+            UPDATE,
+            json!({ "id": id, "v": 1, "c": { "targets": [{ "costumes": [{ "assetId": png_md5, "dataFormat": "jpeg" }] }] } }),
+        )
+        .await;
+    assert_eq!(
+        e["extensions"]["missing"],
+        json!([format!("{png_md5}.jpeg")])
+    );
+    assert_eq!(
+        alice.data(GET, json!({ "id": id })).await,
+        before,
+        "nothing written"
+    );
+
+    // A JPEG referenced as `.jpeg` saves, and both spellings serve it.
+    let v = alice
+        .data(
+            UPDATE,
+            json!({ "id": id, "v": 1, "c": costume(&format!("{jpeg_md5}.jpeg")) }),
+        )
+        .await["updateProject"]["version"]
+        .clone();
+    assert_eq!(v, 2);
+    let after = alice.data(GET, json!({ "id": id })).await;
+    assert_eq!(after["project"]["assets"], json!([{ "md5": jpeg_md5 }]));
+    let http = reqwest::Client::new();
+    for ext in ["jpeg", "jpg"] {
+        let resp = http
+            .get(format!("{}/assets/{jpeg_md5}.{ext}", s.base_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, ".{ext}");
+        assert_eq!(resp.headers()["content-type"], "image/jpeg", ".{ext}");
+        assert_eq!(resp.bytes().await.unwrap().to_vec(), jpeg_bytes, ".{ext}");
+    }
+    for wrong in [
+        format!("{jpeg_md5}.png"),
+        format!("{png_md5}.jpg"),
+        format!("{png_md5}.jpeg"),
+    ] {
+        let resp = http
+            .get(format!("{}/assets/{wrong}", s.base_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{wrong}");
+    }
+    let (ok, out) = s.cli(&["fsck", "--json"]);
+    assert!(ok, "{out}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([]));
+
+    // The stored asset's format changes behind the project's back: fsck reports I3.
+    use sea_orm::ConnectionTrait;
+    let db = s.db().await;
+    db.execute_unprepared(&format!(
+        "UPDATE assets SET data_format = 'png', content_type = 'image/png' WHERE md5 = '{jpeg_md5}'"
+    ))
+    .await
+    .unwrap();
+    let _ = db.close().await;
+    let (ok, out) = s.cli(&["fsck", "--json"]);
+    assert!(!ok, "fsck must fail: {out}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!([{
+            "invariant": "I3",
+            "subject": format!("project {}", id.as_str().unwrap()),
+            "detail": format!(
+                "references {jpeg_md5}.jpeg but asset {} is stored as png",
+                jpeg_asset["id"].as_str().unwrap()
+            ),
+        }])
+    );
+}
+
+/// An anonymous multipart request is refused with 401 as soon as its headers are in: the
+/// client has sent 64 KiB of a 5 MiB body and never sends the rest, and still gets its
+/// answer, with nothing staged or published.
+async fn anonymous_upload_is_refused_before_its_body_is_read(s: TestServer) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let blobs = s.blob_files();
+    let addr = s.base_url.strip_prefix("http://").unwrap().to_owned();
+    let boundary = "atelier-test-boundary";
+    let operations =
+        json!({ "query": UPLOAD, "variables": { "f": null, "t": "IMAGE_BITMAP", "m": null } });
+    let parts = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"operations\"\r\n\r\n{operations}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"map\"\r\n\r\n{{\"0\": [\"variables.f\"]}}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"0\"; filename=\"big.png\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    );
+    let file_len = 5 * 1024 * 1024;
+    let closing = format!("\r\n--{boundary}--\r\n");
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: multipart/form-data; boundary={boundary}\r\n\
+         Content-Length: {}\r\n\r\n",
+        parts.len() + file_len + closing.len()
+    );
+    let mut first = png(0);
+    first.resize(64 * 1024, 0);
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(parts.as_bytes()).await.unwrap();
+    conn.write_all(&first).await.unwrap();
+
+    // The rest of the body never comes: the answer must not wait for it.
+    let mut response = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = conn.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            response.extend_from_slice(&buf[..n]);
+            if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+                let headers = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+                let len = headers
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse::<usize>().unwrap());
+                if len.is_some_and(|len| response.len() >= end + 4 + len) {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("no answer while the body is incomplete: the server waited for it");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (headers, body) = text.split_once("\r\n\r\n").expect("a whole response");
+    assert!(headers.starts_with("HTTP/1.1 401 "), "{text}");
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{text}"
+    );
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["data"], Value::Null);
+    assert_eq!(code(&body["errors"][0]), "UNAUTHENTICATED", "{body:#}");
+    assert_eq!(
+        s.staging_files(),
+        Vec::<std::path::PathBuf>::new(),
+        "nothing staged"
+    );
+    drop(conn);
+    assert_eq!(s.blob_files(), blobs, "nothing published");
+    assert_eq!(s.count("assets").await, 0);
+
+    // Anonymous JSON requests are still answered (queries may be public).
+    let (status, body) = s.anonymous().raw("{ viewer { id } }", json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({ "data": { "viewer": null } }));
 }

@@ -205,3 +205,99 @@ async fn postgres_outage_fails_fast_and_recovers() {
     let c = Client::new(s.graphql_url(), Some(token));
     c.create_project("after terminate", empty_project()).await;
 }
+
+/// A write blocked on a row lock until the statement timeout (57014) is answered UNAVAILABLE
+/// after that one timeout: nothing about it is a lost connection, and running it again would
+/// only wait out the timeout again (up to 10 times). The project stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_statement_timeout_is_unavailable_after_one_attempt() {
+    use sea_orm::TransactionTrait;
+
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    const UPDATE: &str = "mutation($id: ID!, $v: Int!, $t: String, $c: JSON) { updateProject(input: {id: $id, expectedVersion: $v, title: $t, content: $c}) { version } }";
+    let Some(s) = TestServer::start_with(
+        Backend::Postgres,
+        &[(
+            "ATELIER_DB_STATEMENT_TIMEOUT_MS",
+            &TIMEOUT.as_millis().to_string(),
+        )],
+    )
+    .await
+    else {
+        return;
+    };
+    let alice = s.user("alice");
+    let id = alice
+        .create_project("before", json!({ "targets": [], "v": 1 }))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Another session holds the project's row lock (the test's connection has no timeout).
+    let db = s.db().await;
+    let holder = db.begin().await.unwrap();
+    holder
+        .execute_unprepared(&format!(
+            "SELECT id FROM projects WHERE id = {id} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+
+    let attempts = s.metric("atelier_db_write_attempts_total").await;
+    let retries = s.metric("atelier_db_write_retries_total").await;
+    // New content goes through a transaction (`Db::write`), a rename is one autocommit
+    // statement (`Db::write_one`): both wait on the lock.
+    let updates = [
+        (
+            "content",
+            json!({ "id": id, "v": 1, "t": "after", "c": { "targets": [], "v": 2 } }),
+        ),
+        ("rename", json!({ "id": id, "v": 1, "t": "after" })),
+    ];
+    for (what, vars) in updates {
+        let started = Instant::now();
+        let e = alice.error(UPDATE, vars).await;
+        let took = started.elapsed();
+        assert_eq!(code(&e), "UNAVAILABLE", "{what}: {e:#}");
+        assert!(
+            took >= TIMEOUT,
+            "{what}: answered after {took:?}, before the statement timeout: {e:#}"
+        );
+        assert!(
+            took < 2 * TIMEOUT,
+            "{what}: answered after {took:?}, more than one statement timeout"
+        );
+    }
+    assert_eq!(
+        s.metric("atelier_db_write_attempts_total").await - attempts,
+        2,
+        "one attempt per update"
+    );
+    assert_eq!(s.metric("atelier_db_write_retries_total").await, retries);
+    let log = s.server_log();
+    assert!(
+        !log.contains("transaction_retry") && !log.contains("statement_retry"),
+        "a timeout was retried:\n{log}"
+    );
+
+    holder.rollback().await.unwrap();
+    let _ = db.close().await;
+    let p = alice
+        .data(
+            "query($id: ID!) { project(id: $id) { title version content } }",
+            json!({ "id": id }),
+        )
+        .await["project"]
+        .clone();
+    assert_eq!(
+        p,
+        json!({ "title": "before", "version": 1, "content": { "targets": [], "v": 1 } })
+    );
+    // Nothing is stuck: the same update now goes through.
+    let v = alice
+        .data(UPDATE, json!({ "id": id, "v": 1, "t": "after" }))
+        .await["updateProject"]["version"]
+        .clone();
+    assert_eq!(v, 2);
+}

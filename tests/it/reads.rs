@@ -26,6 +26,7 @@ both_backends!(
     coalesced_reads_see_every_acknowledged_write,
     a_read_batch_that_dies_fails_only_its_readers,
     a_reader_that_goes_away_does_not_strand_the_others,
+    a_reader_whose_content_was_superseded_and_collected_rereads_the_row,
 );
 
 fn reconnect(s: &TestServer, c: &Client) -> Client {
@@ -244,4 +245,108 @@ async fn a_reader_that_goes_away_does_not_strand_the_others(mut s: TestServer) {
     for got in others {
         assert_eq!(got["title"], "kept");
     }
+}
+
+/// The stored content key of project `id`, read directly from the database.
+async fn content_key(s: &TestServer, id: &str) -> String {
+    use sea_orm::{ConnectionTrait, Statement};
+    let db = s.db().await;
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT content_key FROM projects WHERE id = {id}"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let key: String = row.try_get("", "content_key").unwrap();
+    let _ = db.close().await;
+    key
+}
+
+/// Waits until the server has logged `n` holds of the content-read failpoint.
+async fn wait_for_holds(s: &TestServer, n: usize) {
+    for _ in 0..200 {
+        if s.server_log().matches("failpoint_hold").count() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "the content read never reached its failpoint:\n{}",
+        s.server_log()
+    );
+}
+
+/// A reader has read the project row; before it reads the content blob, the project gets new
+/// content and `atelier gc` collects the old blob. The reader re-reads the row and answers
+/// the new content (not INTERNAL); had the project been deleted, NOT_FOUND.
+async fn a_reader_whose_content_was_superseded_and_collected_rereads_the_row(mut s: TestServer) {
+    const CONTENT: &str = "query($id: ID!) { project(id: $id) { title content } }";
+    const SET_CONTENT: &str = "mutation($id: ID!, $v: Int!, $c: JSON) { updateProject(input: {id: $id, expectedVersion: $v, content: $c}) { version } }";
+    let alice = s.user("alice");
+    let (old, new) = (
+        json!({ "targets": [], "v": "old" }),
+        json!({ "targets": [], "v": "new" }),
+    );
+    let id = alice.create_project("kept", old).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let doomed = alice
+        .create_project("doomed", json!({ "targets": [], "v": "doomed" }))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let blobs = s.data_dir().join("blobs");
+    let blob_of = |key: &str| blobs.join(&key[..2]).join(key);
+    let (old_key, doomed_key) = (content_key(&s, &id).await, content_key(&s, &doomed).await);
+    assert!(blob_of(&old_key).exists() && blob_of(&doomed_key).exists());
+
+    s.restart_with_failpoints("service::project_content_read=2*return(3000)");
+    let alice = reconnect(&s, &alice);
+    let read_content = |id: &str| {
+        let (c, id) = (alice.clone(), id.to_owned());
+        tokio::spawn(async move { c.raw(CONTENT, json!({ "id": id })).await })
+    };
+
+    // Superseded while read: the new content.
+    let reader = read_content(&id);
+    wait_for_holds(&s, 1).await;
+    let v = alice
+        .data(SET_CONTENT, json!({ "id": id, "v": 1, "c": new }))
+        .await["updateProject"]["version"]
+        .clone();
+    assert_eq!(v, 2);
+    let (ok, out) = s.cli(&["gc", "--grace-secs", "0"]);
+    assert!(ok && out.contains("removed 1 blob(s)"), "{out}");
+    assert!(!blob_of(&old_key).exists(), "gc collected the old content");
+    let (status, body) = reader.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({ "data": { "project": { "title": "kept", "content": new } } })
+    );
+
+    // Deleted while read: NOT_FOUND.
+    let reader = read_content(&doomed);
+    wait_for_holds(&s, 2).await;
+    alice
+        .data(
+            "mutation($id: ID!) { deleteProject(input: {id: $id}) }",
+            json!({ "id": doomed }),
+        )
+        .await;
+    let (ok, out) = s.cli(&["gc", "--grace-secs", "0"]);
+    assert!(ok && out.contains("removed 1 blob(s)"), "{out}");
+    assert!(
+        !blob_of(&doomed_key).exists(),
+        "gc collected the deleted content"
+    );
+    let (status, body) = reader.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["data"], json!({ "project": null }), "{body:#}");
+    assert_eq!(code(&body["errors"][0]), "NOT_FOUND", "{body:#}");
+    assert_eq!(body["errors"].as_array().unwrap().len(), 1, "{body:#}");
 }
