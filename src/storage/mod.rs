@@ -84,7 +84,14 @@ impl StagedBlob {
         };
         let pending = path.with_file_name(name.replace(".ready", ".pending"));
         match std::fs::rename(&path, &pending) {
-            Ok(()) => tracing::warn!(blob.key = %self.key, "staged_blob_outcome_unknown_kept"),
+            Ok(()) => {
+                // The grace before an unreferenced `.pending` file may go counts from now.
+                let _ = std::fs::File::options()
+                    .write(true)
+                    .open(&pending)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                tracing::warn!(blob.key = %self.key, "staged_blob_outcome_unknown_kept")
+            }
             // Still `.ready` in our own directory: the sweep treats it like `.pending` once no
             // request owns it, which is only after this process is gone.
             Err(e) => {
