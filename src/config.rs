@@ -44,6 +44,26 @@ pub struct StoreConfig {
         global = true
     )]
     pub db_acquire_timeout_ms: u64,
+
+    /// Seconds after which a PostgreSQL connection is closed and replaced, however busy it
+    /// is (0: never).
+    #[arg(
+        long,
+        env = "ATELIER_DB_MAX_LIFETIME_SECS",
+        default_value_t = 1_800,
+        global = true
+    )]
+    pub db_max_lifetime_secs: u64,
+
+    /// Seconds a PostgreSQL connection may sit idle in the pool before it is closed (0:
+    /// never; the pool keeps at least one).
+    #[arg(
+        long,
+        env = "ATELIER_DB_IDLE_TIMEOUT_SECS",
+        default_value_t = 300,
+        global = true
+    )]
+    pub db_idle_timeout_secs: u64,
 }
 
 // The URL may carry a password: never print it.
@@ -54,6 +74,8 @@ impl fmt::Debug for StoreConfig {
             .field("database", &self.database_url.as_deref().map(redact_url))
             .field("db_max_connections", &self.db_max_connections)
             .field("db_statement_timeout_ms", &self.db_statement_timeout_ms)
+            .field("db_max_lifetime_secs", &self.db_max_lifetime_secs)
+            .field("db_idle_timeout_secs", &self.db_idle_timeout_secs)
             .finish()
     }
 }
@@ -72,6 +94,14 @@ impl StoreConfig {
     pub fn statement_timeout(&self) -> Option<Duration> {
         (self.db_statement_timeout_ms > 0)
             .then(|| Duration::from_millis(self.db_statement_timeout_ms))
+    }
+
+    pub fn max_lifetime(&self) -> Option<Duration> {
+        (self.db_max_lifetime_secs > 0).then(|| Duration::from_secs(self.db_max_lifetime_secs))
+    }
+
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.db_idle_timeout_secs > 0).then(|| Duration::from_secs(self.db_idle_timeout_secs))
     }
 }
 

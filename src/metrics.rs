@@ -1,5 +1,5 @@
 //! Process metrics in Prometheus text format (`GET /metrics`): database statements, HTTP
-//! requests and their latency. Plain atomics: no locks on the hot path.
+//! requests and their latency, the connection pool. Plain atomics: no locks on the hot path.
 
 use std::{
     sync::{
@@ -8,6 +8,99 @@ use std::{
     },
     time::Duration,
 };
+
+/// Upper bounds of the pool acquire histogram, in seconds: an idle connection is handed out
+/// in microseconds, a wait for a busy pool lasts up to the acquire timeout.
+const ACQUIRE_BUCKETS: [f64; 12] = [
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// The tracing target of the event sqlx emits after every successful `Pool::acquire`, when
+/// the pool's `acquire_time_level` is set (see `Db::connect`).
+pub const SQLX_ACQUIRE_TARGET: &str = "sqlx::pool::acquire";
+
+/// Connection pool counters. Process-wide: sqlx reports acquire times through `tracing`,
+/// whose subscriber is global, before any `Db` exists.
+static POOL: PoolCounters = PoolCounters {
+    acquire_buckets: [const { AtomicU64::new(0) }; ACQUIRE_BUCKETS.len()],
+    acquire_count: AtomicU64::new(0),
+    acquire_micros: AtomicU64::new(0),
+    acquire_timeouts: AtomicU64::new(0),
+};
+
+struct PoolCounters {
+    acquire_buckets: [AtomicU64; ACQUIRE_BUCKETS.len()],
+    acquire_count: AtomicU64,
+    acquire_micros: AtomicU64,
+    acquire_timeouts: AtomicU64,
+}
+
+/// One successful pool acquire that took `secs`.
+pub fn record_pool_acquire(secs: f64) {
+    POOL.acquire_count.fetch_add(1, Relaxed);
+    for (i, le) in ACQUIRE_BUCKETS.iter().enumerate() {
+        if secs <= *le {
+            POOL.acquire_buckets[i].fetch_add(1, Relaxed);
+        }
+    }
+    POOL.acquire_micros
+        .fetch_add((secs * 1e6).round() as u64, Relaxed);
+}
+
+/// One wait for a pooled connection that ended at the acquire timeout.
+pub fn record_pool_acquire_timeout() {
+    POOL.acquire_timeouts.fetch_add(1, Relaxed);
+}
+
+/// The pool as it is now (gauges, read at scrape time).
+#[derive(Clone, Copy, Debug)]
+pub struct PoolState {
+    /// Open connections, idle or lent out.
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+/// Feeds [`record_pool_acquire`] from sqlx's acquire events: install it in the global
+/// subscriber (`telemetry::init`). Its own filter passes only those events, whatever
+/// `RUST_LOG` says, and leaves every other callsite to the other layers.
+pub fn pool_acquire_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::{Layer, filter::Targets};
+    PoolAcquireLayer.with_filter(
+        Targets::new().with_target(SQLX_ACQUIRE_TARGET, tracing::Level::TRACE),
+    )
+}
+
+struct PoolAcquireLayer;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PoolAcquireLayer {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct AcquiredAfter(Option<f64>);
+        impl tracing::field::Visit for AcquiredAfter {
+            fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+                if field.name() == "acquired_after_secs" {
+                    self.0 = Some(value);
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        if event.metadata().target() != SQLX_ACQUIRE_TARGET {
+            return;
+        }
+        let mut secs = AcquiredAfter(None);
+        event.record(&mut secs);
+        if let Some(secs) = secs.0 {
+            record_pool_acquire(secs);
+        }
+    }
+}
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -171,4 +264,51 @@ impl Metrics {
         let _ = writeln!(out, "{name}_count {count}");
         out
     }
+}
+
+/// The connection pool in Prometheus text: gauges from `state`, the acquire histogram and
+/// the timeout counter.
+pub fn render_pool(state: PoolState) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let in_use = state.size.saturating_sub(state.idle);
+    let name = "atelier_db_pool_connections";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Open database connections: in_use (lent to a statement or transaction) or idle.\n# TYPE {name} gauge\n{name}{{state=\"in_use\"}} {in_use}\n{name}{{state=\"idle\"}} {}",
+        state.idle
+    );
+    let name = "atelier_db_pool_max_connections";
+    let _ = writeln!(
+        out,
+        "# HELP {name} The most connections the pool opens.\n# TYPE {name} gauge\n{name} {}",
+        state.max
+    );
+    let name = "atelier_db_pool_acquire_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time to get a connection from the pool (waiting for one to be free, or opening one), successful acquires only.\n# TYPE {name} histogram"
+    );
+    for (i, le) in ACQUIRE_BUCKETS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{le}\"}} {}",
+            POOL.acquire_buckets[i].load(Relaxed)
+        );
+    }
+    let count = POOL.acquire_count.load(Relaxed);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(
+        out,
+        "{name}_sum {}",
+        POOL.acquire_micros.load(Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(out, "{name}_count {count}");
+    let name = "atelier_db_pool_acquire_timeouts_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Waits for a pooled connection that ended at the acquire timeout (ATELIER_DB_ACQUIRE_TIMEOUT_MS), counted where writes and readiness probes see them.\n# TYPE {name} counter\n{name} {}",
+        POOL.acquire_timeouts.load(Relaxed)
+    );
+    out
 }

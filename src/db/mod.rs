@@ -5,8 +5,9 @@ use std::{sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ConnAcquireErr, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DatabaseTransaction, DbBackend, DbErr, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
 };
 use tokio::sync::Semaphore;
 
@@ -29,7 +30,17 @@ pub struct Db {
     /// optimisation only: BEGIN IMMEDIATE plus the busy timeout stay the source of truth (a
     /// second process, e.g. the CLI, is still handled by them).
     write_gate: Option<Arc<Semaphore>>,
+    /// The pool's configured maximum size.
+    max_connections: u32,
 }
+
+/// SQLite's pool size: one writer at a time anyway, a few readers alongside (WAL).
+const SQLITE_MAX_CONNECTIONS: u32 = 8;
+
+/// sqlx emits an event with the time every `Pool::acquire` took at this level (TRACE: the
+/// log output shows it only when asked for); `metrics::pool_acquire_layer` turns the events
+/// into the acquire histogram. Slow acquires (over 2 s) are still logged at WARN, as before.
+const ACQUIRE_TIME_LEVEL: log::LevelFilter = log::LevelFilter::Trace;
 
 impl Db {
     /// Connects per the configured URL and applies the backend's settings.
@@ -47,8 +58,9 @@ impl Db {
                     cfg.data_dir.display()
                 ))
             })?;
-            opts.max_connections(8)
+            opts.max_connections(SQLITE_MAX_CONNECTIONS)
                 .min_connections(1)
+                .map_sqlx_sqlite_pool_opts(|o| o.acquire_time_level(ACQUIRE_TIME_LEVEL))
                 .map_sqlx_sqlite_opts(|o| {
                     use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
                     o.journal_mode(SqliteJournalMode::Wal)
@@ -62,12 +74,14 @@ impl Db {
             let timeout = cfg.statement_timeout();
             opts.max_connections(cfg.db_max_connections)
                 .min_connections(1)
-                .idle_timeout(Duration::from_secs(300))
+                .idle_timeout(cfg.idle_timeout())
+                .max_lifetime(cfg.max_lifetime())
                 // Health check for connections idle a while (the ones a restart or failover
                 // most likely killed). Checking every acquire would double the round trips;
                 // a busy connection that died anyway fails its statement, and `write` runs
                 // such a transaction again on a fresh connection.
                 .test_before_acquire_if_idle_for(Duration::from_secs(10))
+                .map_sqlx_postgres_pool_opts(|o| o.acquire_time_level(ACQUIRE_TIME_LEVEL))
                 .map_sqlx_postgres_opts(move |o| match timeout {
                     Some(t) => o.options([("statement_timeout", format!("{}", t.as_millis()))]),
                     None => o,
@@ -84,7 +98,31 @@ impl Db {
             conn,
             metrics,
             write_gate: sqlite.then(|| Arc::new(Semaphore::new(1))),
+            max_connections: if sqlite {
+                SQLITE_MAX_CONNECTIONS
+            } else {
+                cfg.db_max_connections
+            },
         })
+    }
+
+    /// The pool right now (for `/metrics`).
+    pub fn pool_state(&self) -> crate::metrics::PoolState {
+        let (size, idle) = match self.backend() {
+            DbBackend::Sqlite => {
+                let pool = self.conn.get_sqlite_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            _ => {
+                let pool = self.conn.get_postgres_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+        };
+        crate::metrics::PoolState {
+            size,
+            idle: u32::try_from(idle).unwrap_or(u32::MAX),
+            max: self.max_connections,
+        }
     }
 
     pub fn conn(&self) -> &DatabaseConnection {
@@ -173,6 +211,9 @@ impl Db {
                 let _permit = self.write_permit().await?;
                 f(&self.conn).await
             };
+            if let Err(AppError::Db(e)) = &result {
+                note_acquire_timeout(e);
+            }
             match result {
                 // The statement was sent and its connection died: it may have committed.
                 Err(e) if e.is_connection_lost() => {
@@ -222,7 +263,10 @@ impl Db {
                 isolation_level: None,
             })
             .await
-            .map_err(|e| before(e.into()))?;
+            .map_err(|e| {
+                note_acquire_timeout(&e);
+                before(e.into())
+            })?;
         // On error the transaction is dropped, which rolls it back.
         let value = f(&txn).await.map_err(before)?;
         fail::fail_point!("db::before_commit", |arg| {
@@ -255,7 +299,10 @@ impl Db {
 
     /// Whether the database answers (for `/readyz`).
     pub async fn ping(&self) -> AppResult<()> {
-        self.conn.execute_unprepared("SELECT 1").await?;
+        self.conn
+            .execute_unprepared("SELECT 1")
+            .await
+            .inspect_err(note_acquire_timeout)?;
         Ok(())
     }
 
@@ -289,6 +336,15 @@ impl CommitState {
     /// True from the moment COMMIT is sent until the database answers that it rolled back.
     pub fn may_have_committed(&self) -> bool {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Counts `e` in `atelier_db_pool_acquire_timeouts_total` when it is a wait for a pooled
+/// connection that timed out. Only where `Db` sees the error (write transactions, autocommit
+/// writes, readiness pings): reads run their statements on `conn()` directly.
+fn note_acquire_timeout(e: &DbErr) {
+    if matches!(e, DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)) {
+        crate::metrics::record_pool_acquire_timeout();
     }
 }
 

@@ -59,6 +59,11 @@ pub async fn metrics(State(state): State<AppState>) -> impl axum::response::Into
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        state.services.db.metrics.render(),
+        {
+            let db = &state.services.db;
+            let mut text = db.metrics.render();
+            text.push_str(&crate::metrics::render_pool(db.pool_state()));
+            text
+        },
     )
 }
