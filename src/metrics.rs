@@ -69,9 +69,8 @@ where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     use tracing_subscriber::{Layer, filter::Targets};
-    PoolAcquireLayer.with_filter(
-        Targets::new().with_target(SQLX_ACQUIRE_TARGET, tracing::Level::TRACE),
-    )
+    PoolAcquireLayer
+        .with_filter(Targets::new().with_target(SQLX_ACQUIRE_TARGET, tracing::Level::TRACE))
 }
 
 struct PoolAcquireLayer;

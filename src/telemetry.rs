@@ -24,7 +24,11 @@ pub fn init() {
             .try_init()
     } else {
         registry
-            .with(fmt::layer().with_writer(std::io::stderr).with_filter(filter))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
             .try_init()
     };
     drop(result);

@@ -12,6 +12,7 @@ mod http;
 mod idempotency;
 mod migrations;
 mod outage;
+mod pool;
 mod projects;
 mod proxy;
 mod reads;

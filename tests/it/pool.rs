@@ -1,0 +1,183 @@
+//! The connection pool in `/metrics`: connections in use and idle, the maximum, the time
+//! acquires took and acquire timeouts.
+
+use std::{collections::HashMap, time::Duration};
+
+use sea_orm::{ConnectionTrait, TransactionTrait};
+
+use crate::{
+    both_backends,
+    harness::{Backend, TestServer, empty_project},
+};
+
+const IN_USE: &str = "atelier_db_pool_connections{state=\"in_use\"}";
+const IDLE: &str = "atelier_db_pool_connections{state=\"idle\"}";
+const MAX: &str = "atelier_db_pool_max_connections";
+const ACQUIRES: &str = "atelier_db_pool_acquire_seconds_count";
+const TIMEOUTS: &str = "atelier_db_pool_acquire_timeouts_total";
+
+/// Every sample of `/metrics`, by name with its labels.
+async fn scrape(s: &TestServer) -> HashMap<String, f64> {
+    let text = reqwest::get(format!("{}/metrics", s.base_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').unwrap();
+            (name.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+fn get(m: &HashMap<String, f64>, name: &str) -> f64 {
+    *m.get(name)
+        .unwrap_or_else(|| panic!("{name} is not exported"))
+}
+
+/// Acquires that took longer than `le` seconds (`le` one of the bucket bounds).
+fn slower_than(m: &HashMap<String, f64>, le: &str) -> f64 {
+    get(m, ACQUIRES)
+        - get(
+            m,
+            &format!("atelier_db_pool_acquire_seconds_bucket{{le=\"{le}\"}}"),
+        )
+}
+
+/// The histogram's buckets are cumulative and end at its count.
+fn assert_histogram_consistent(m: &HashMap<String, f64>) {
+    let mut buckets: Vec<(f64, f64)> = m
+        .iter()
+        .filter_map(|(k, v)| {
+            let le = k
+                .strip_prefix("atelier_db_pool_acquire_seconds_bucket{le=\"")?
+                .strip_suffix("\"}")?;
+            Some((le.parse().unwrap(), *v))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(buckets.len() > 2, "buckets: {buckets:?}");
+    assert!(
+        buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+        "buckets not cumulative: {buckets:?}"
+    );
+    let (last_le, last) = *buckets.last().unwrap();
+    assert!(last_le.is_infinite());
+    assert_eq!(last, get(m, ACQUIRES));
+}
+
+both_backends!(pool_is_exported);
+
+/// The gauges show the configured maximum and at most that many open connections; every
+/// request's statements go through the acquire histogram.
+async fn pool_is_exported(s: TestServer) {
+    let max = match s.backend {
+        Backend::Sqlite => 8.0,    // fixed
+        Backend::Postgres => 32.0, // ATELIER_DB_MAX_CONNECTIONS' default
+    };
+    let user = s.user("pool-owner");
+    let before = scrape(&s).await;
+    assert_eq!(get(&before, MAX), max);
+    for i in 0..5 {
+        user.create_project(&format!("counted {i}"), empty_project())
+            .await;
+    }
+    let after = scrape(&s).await;
+    assert_eq!(get(&after, MAX), max);
+    // Each createProject is at least one write transaction: one acquire.
+    assert!(
+        get(&after, ACQUIRES) >= get(&before, ACQUIRES) + 5.0,
+        "acquires: {} then {}",
+        get(&before, ACQUIRES),
+        get(&after, ACQUIRES)
+    );
+    let open = get(&after, IN_USE) + get(&after, IDLE);
+    assert!(
+        (1.0..=max).contains(&open),
+        "{open} open connections, max {max}"
+    );
+    assert_eq!(get(&after, TIMEOUTS), 0.0);
+    assert_histogram_consistent(&after);
+}
+
+/// PostgreSQL only: its pool size is configurable, SQLite's is fixed at 8 and its writers
+/// queue on the in-process write gate before they take a connection, so SQLite cannot be
+/// made to run out of connections from outside.
+///
+/// A test connection holds a lock every INSERT into `projects` waits for; 40 concurrent
+/// createProject requests then fill a pool of 2 connections and queue for one. When the lock
+/// goes, all of them succeed; the gauges showed the pool full meanwhile, and the histogram
+/// counted the waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pool_pressure_postgres() {
+    const REQUESTS: usize = 40;
+    let Some(s) = TestServer::start_with(
+        Backend::Postgres,
+        &[
+            ("ATELIER_DB_MAX_CONNECTIONS", "2"),
+            // Every request waits the whole time the lock is held: no timeouts here.
+            ("ATELIER_DB_ACQUIRE_TIMEOUT_MS", "60000"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let user = s.user("pool-writer");
+    user.create_project("warm-up", empty_project()).await;
+    let before = scrape(&s).await;
+    assert_eq!(get(&before, MAX), 2.0);
+
+    let db = s.db().await;
+    let lock = db.begin().await.unwrap();
+    lock.execute_unprepared("LOCK TABLE projects IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let requests: Vec<_> = (0..REQUESTS)
+        .map(|i| {
+            let user = user.clone();
+            tokio::spawn(async move {
+                user.create_project(&format!("pressed {i}"), empty_project())
+                    .await
+            })
+        })
+        .collect();
+
+    // Both connections end up in transactions waiting for the lock.
+    let mut peak_in_use = 0.0f64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while peak_in_use < 2.0 && tokio::time::Instant::now() < deadline {
+        let now = scrape(&s).await;
+        assert_eq!(get(&now, MAX), 2.0);
+        assert!(get(&now, IN_USE) + get(&now, IDLE) <= 2.0);
+        peak_in_use = peak_in_use.max(get(&now, IN_USE));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(peak_in_use, 2.0, "the pool never filled");
+    // The other requests queue for a connection meanwhile.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = scrape(&s).await;
+    assert_eq!(get(&during, IN_USE), 2.0);
+    assert_eq!(get(&during, IDLE), 0.0);
+    lock.commit().await.unwrap();
+
+    for request in requests {
+        request.await.unwrap();
+    }
+    let _ = db.close().await;
+    let after = scrape(&s).await;
+    let acquires = get(&after, ACQUIRES) - get(&before, ACQUIRES);
+    assert!(
+        acquires >= REQUESTS as f64,
+        "{acquires} acquires for {REQUESTS} writes"
+    );
+    // Requests queued behind the lock waited for a connection for longer than half a second.
+    let waited = slower_than(&after, "0.5") - slower_than(&before, "0.5");
+    assert!(waited >= 1.0, "no acquire waited: {after:?}");
+    assert_eq!(get(&after, TIMEOUTS), 0.0);
+    assert!(get(&after, IN_USE) + get(&after, IDLE) <= 2.0);
+    assert_histogram_consistent(&after);
+}
