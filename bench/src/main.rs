@@ -28,10 +28,11 @@ use std::{
     fmt::Write,
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, ValueEnum, builder::PossibleValue};
 
 use crate::{
     baseline::Pgbench,
@@ -39,7 +40,7 @@ use crate::{
     error::{Context, Error, Result},
     postgres::TempDatabase,
     report::{Backend, Row, RunInfo},
-    scenarios::{Baselines, Ctx, PgBaselines, Profile, Scenario},
+    scenarios::{Baselines, Ctx, PgBaselines, Profile, Run, Scenario, TABLE},
     server::{Server, Store, Workspace},
 };
 
@@ -53,21 +54,47 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
     about = "Benchmarks the Atelier server against pgbench and coreutils baselines"
 )]
 struct Args {
-    /// `all`, or scenario ids: R1 R2 W1 W2 U1 U2 M1 S1.
-    #[arg(required = true, value_name = "SCENARIO")]
-    scenarios: Vec<String>,
+    /// `all`, or scenario ids.
+    #[arg(required = true, value_name = "SCENARIO", ignore_case = true)]
+    scenarios: Vec<Choice>,
 
     /// Short phases: a smoke run of about two minutes.
     #[arg(long)]
     quick: bool,
 
-    /// Run on one backend only (S1 is always SQLite).
+    /// Run on one backend only (scenarios that start servers of their own, S1, are always
+    /// SQLite).
     #[arg(long, value_enum)]
     backend: Option<BackendArg>,
 
     /// Also write the summary (Markdown) to this file.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+}
+
+/// A scenario on the command line, or `all`: the possible values come from the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Choice {
+    All,
+    One(Scenario),
+}
+
+impl ValueEnum for Choice {
+    fn value_variants<'a>() -> &'a [Self] {
+        static CHOICES: OnceLock<Vec<Choice>> = OnceLock::new();
+        CHOICES.get_or_init(|| {
+            std::iter::once(Choice::All)
+                .chain(TABLE.iter().map(|spec| Choice::One(spec.id)))
+                .collect()
+        })
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        match self {
+            Choice::All => Some(PossibleValue::new("all")),
+            Choice::One(scenario) => scenario.to_possible_value(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -95,7 +122,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: &Args) -> Result<()> {
-    let selected = selection(&args.scenarios)?;
+    let selected = selection(&args.scenarios);
     let profile = Profile::new(args.quick);
     let backends: Vec<Backend> = [Backend::Postgres, Backend::Sqlite]
         .into_iter()
@@ -119,11 +146,10 @@ async fn run(args: &Args) -> Result<()> {
     let mut on_server: Vec<Scenario> = selected
         .iter()
         .copied()
-        .filter(|s| *s != Scenario::S1)
+        .filter(|s| !matches!(s.spec().run, Run::OwnServers(_)))
         .collect();
-    // M1 first, on a server that has served nothing yet: memory that earlier scenarios'
-    // allocations left mapped would otherwise count as "under load" and hide upload growth.
-    on_server.sort_by_key(|s| *s != Scenario::M1);
+    // Table order, but the scenarios that want a server that has served nothing yet first.
+    on_server.sort_by_key(|s| (!matches!(s.spec().run, Run::FreshServer(_)), s.order()));
     let mut baselines = Baselines::default();
     let mut rows = Vec::new();
     if !on_server.is_empty() {
@@ -146,13 +172,19 @@ async fn run(args: &Args) -> Result<()> {
             }
         }
     }
-    if selected.contains(&Scenario::S1) && backends.contains(&Backend::Sqlite) {
-        eprintln!("atelier-bench: -- S1 on SQLite");
-        let s1_rows = scenarios::s1(&ws, scratch.path(), profile.starts)
+    for &scenario in &selected {
+        let Run::OwnServers(own) = scenario.spec().run else {
+            continue;
+        };
+        if !backends.contains(&Backend::Sqlite) {
+            continue;
+        }
+        eprintln!("atelier-bench: -- {scenario} on SQLite");
+        let own_rows = own(&ws, scratch.path(), profile)
             .await
-            .unwrap_or_else(|e| vec![Row::failed(Backend::Sqlite, "S1", e)]);
-        println!("\n### S1 on SQLite\n\n{}", report::table(&s1_rows));
-        rows.extend(s1_rows);
+            .unwrap_or_else(|e| vec![Row::failed(Backend::Sqlite, scenario.id(), e)]);
+        println!("\n### {scenario} on SQLite\n\n{}", report::table(&own_rows));
+        rows.extend(own_rows);
     }
 
     let summary = summary(&info, args.quick, started.elapsed(), &rows);
@@ -163,11 +195,17 @@ async fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn selection(args: &[String]) -> Result<BTreeSet<Scenario>> {
-    if args.iter().any(|a| a.eq_ignore_ascii_case("all")) {
-        return Ok(Scenario::ALL.into_iter().collect());
+fn selection(choices: &[Choice]) -> BTreeSet<Scenario> {
+    if choices.contains(&Choice::All) {
+        return TABLE.iter().map(|spec| spec.id).collect();
     }
-    args.iter().map(|a| a.parse()).collect()
+    choices
+        .iter()
+        .filter_map(|c| match c {
+            Choice::One(scenario) => Some(*scenario),
+            Choice::All => None,
+        })
+        .collect()
 }
 
 /// Baselines first, then one server on a fresh store for all of `scenarios`.
@@ -218,8 +256,10 @@ async fn run_backend(
     for &scenario in scenarios {
         eprintln!("atelier-bench: -- {scenario} on {backend}");
         let began = Instant::now();
-        let scenario_rows = scenario
-            .run(&mut ctx)
+        let (Run::Server(run) | Run::FreshServer(run)) = scenario.spec().run else {
+            continue;
+        };
+        let scenario_rows = run(&mut ctx)
             .await
             .unwrap_or_else(|e| vec![Row::failed(backend, scenario.id(), e)]);
         println!(
@@ -297,12 +337,12 @@ fn report_server_log(backend: Backend, log: &Path) {
 }
 
 fn summary(info: &RunInfo, quick: bool, took: Duration, rows: &[Row]) -> String {
-    // Backend, then scenario order (M1 ran first).
+    // Backend, then table order (M1 ran first).
     let mut rows: Vec<&Row> = rows.iter().collect();
     rows.sort_by_key(|r| {
         (
             r.backend != Backend::Postgres,
-            Scenario::ALL.iter().position(|s| s.id() == r.id),
+            TABLE.iter().position(|spec| spec.id.id() == r.id),
         )
     });
     let mut out = format!(

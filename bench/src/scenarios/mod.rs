@@ -1,4 +1,4 @@
-//! The scenarios (R1 … S1), what they share — the running server, tokens, seeded data, the
+//! The scenarios (R1 … S1) and their table, what they share — the running server, tokens, seeded data, the
 //! baselines — and the measuring wrapper that reads the server's counters and RSS around a
 //! load run.
 
@@ -8,25 +8,32 @@ mod startup;
 mod uploads;
 mod writes;
 
-use std::{collections::HashMap, fmt, path::Path, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    path::Path,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
-use futures::{StreamExt, TryStreamExt};
+use clap::ValueEnum;
+use futures::{StreamExt, TryStreamExt, future::LocalBoxFuture};
 use serde_json::{Value, json};
 
 use crate::{
     baseline::{PgbenchResult, Workload},
     client::Api,
-    error::{Context, Error, Result},
+    error::{Context, Result},
     load::{self, LoadResult, Phases, Worker},
     report::{Backend, Row},
     rss::RssSampler,
     server::{self, Server, Store, Workspace},
 };
 
-pub use startup::s1;
-
-/// A scenario id, as given on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// A scenario id, as given on the command line. Adding a scenario: a variant here and its
+/// row in [`TABLE`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+#[value(rename_all = "verbatim")]
 pub enum Scenario {
     R1,
     R2,
@@ -38,67 +45,128 @@ pub enum Scenario {
     S1,
 }
 
-impl Scenario {
-    pub const ALL: [Scenario; 8] = [
-        Scenario::R1,
-        Scenario::R2,
-        Scenario::W1,
-        Scenario::W2,
-        Scenario::U1,
-        Scenario::U2,
-        Scenario::M1,
-        Scenario::S1,
-    ];
+/// One scenario: what runs it and what it is compared with. Rows are in report order.
+pub struct Spec {
+    pub id: Scenario,
+    pub run: Run,
+    pub baseline: Baseline,
+}
 
+/// A scenario's runner, and which server it measures.
+#[derive(Clone, Copy)]
+pub enum Run {
+    /// On the backend's server, after the pgbench baselines, in table order.
+    Server(OnServer),
+    /// On the backend's server before any other scenario, while it has served nothing yet
+    /// (memory that earlier scenarios' allocations left mapped would count as its own).
+    FreshServer(OnServer),
+    /// Starts servers of its own, on SQLite only.
+    OwnServers(OwnServers),
+}
+
+pub type OnServer = for<'a, 'b> fn(&'a mut Ctx<'b>) -> LocalBoxFuture<'a, Result<Vec<Row>>>;
+pub type OwnServers =
+    for<'a> fn(&'a Workspace, &'a Path, Profile) -> LocalBoxFuture<'a, Result<Vec<Row>>>;
+
+/// What a scenario's figures are compared with.
+#[derive(Clone, Copy, Debug)]
+pub enum Baseline {
+    /// Targets of its own only (absolute or relative to the server's idle state).
+    None,
+    /// A pgbench workload with this many clients, measured before the PostgreSQL server starts.
+    Pgbench(Workload, u32),
+    /// `md5sum` + `sha256sum` over the same bytes, measured by the scenario itself.
+    Hashing,
+}
+
+/// Every scenario, in report order.
+pub const TABLE: &[Spec] = &[
+    Spec {
+        id: Scenario::R1,
+        run: Run::Server(|ctx| Box::pin(reads::r1(ctx))),
+        baseline: Baseline::Pgbench(Workload::SelectOnly, reads::R1_CLIENTS as u32),
+    },
+    Spec {
+        id: Scenario::R2,
+        run: Run::Server(|ctx| Box::pin(reads::r2(ctx))),
+        baseline: Baseline::None,
+    },
+    Spec {
+        id: Scenario::W1,
+        run: Run::Server(|ctx| Box::pin(writes::w1(ctx))),
+        baseline: Baseline::Pgbench(Workload::SimpleUpdate, writes::W1_CLIENTS as u32),
+    },
+    Spec {
+        id: Scenario::W2,
+        run: Run::Server(|ctx| Box::pin(writes::w2(ctx))),
+        baseline: Baseline::Pgbench(Workload::HotRow, writes::W2_CLIENTS as u32),
+    },
+    Spec {
+        id: Scenario::U1,
+        run: Run::Server(|ctx| Box::pin(uploads::u1(ctx))),
+        baseline: Baseline::Hashing,
+    },
+    Spec {
+        id: Scenario::U2,
+        run: Run::Server(|ctx| Box::pin(uploads::u2(ctx))),
+        baseline: Baseline::None,
+    },
+    Spec {
+        id: Scenario::M1,
+        run: Run::FreshServer(|ctx| Box::pin(memory::m1(ctx))),
+        baseline: Baseline::None,
+    },
+    Spec {
+        id: Scenario::S1,
+        run: Run::OwnServers(|ws, scratch, profile| {
+            Box::pin(startup::s1(ws, scratch, profile.starts))
+        }),
+        baseline: Baseline::None,
+    },
+];
+
+impl Scenario {
+    /// This scenario's row in [`TABLE`].
+    pub fn spec(self) -> &'static Spec {
+        TABLE
+            .iter()
+            .find(|spec| spec.id == self)
+            .unwrap_or_else(|| panic!("scenario {self} has no row in TABLE"))
+    }
+
+    /// Its position in the report.
+    pub fn order(self) -> usize {
+        TABLE
+            .iter()
+            .position(|spec| spec.id == self)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// Its name on the command line and in the report (`"R1"`).
     pub fn id(self) -> &'static str {
-        match self {
-            Scenario::R1 => "R1",
-            Scenario::R2 => "R2",
-            Scenario::W1 => "W1",
-            Scenario::W2 => "W2",
-            Scenario::U1 => "U1",
-            Scenario::U2 => "U2",
-            Scenario::M1 => "M1",
-            Scenario::S1 => "S1",
-        }
+        // Result rows keep `&'static str` ids; clap lends its names only as long as the
+        // `PossibleValue` lives: keep one copy of each for the process.
+        static IDS: OnceLock<Vec<(Scenario, &'static str)>> = OnceLock::new();
+        IDS.get_or_init(|| {
+            Scenario::value_variants()
+                .iter()
+                .filter_map(|&s| {
+                    let name = s.to_possible_value()?.get_name().to_owned();
+                    Some((s, &*Box::leak(name.into_boxed_str())))
+                })
+                .collect()
+        })
+        .iter()
+        .find_map(|&(s, id)| (s == self).then_some(id))
+        .unwrap_or("?")
     }
 
     /// The pgbench workload and client count this scenario is compared with, if any.
     pub fn pgbench_baseline(self) -> Option<(Workload, u32)> {
-        match self {
-            Scenario::R1 => Some((Workload::SelectOnly, reads::R1_CLIENTS as u32)),
-            Scenario::W1 => Some((Workload::SimpleUpdate, writes::W1_CLIENTS as u32)),
-            Scenario::W2 => Some((Workload::HotRow, writes::W2_CLIENTS as u32)),
-            _ => None,
+        match self.spec().baseline {
+            Baseline::Pgbench(workload, clients) => Some((workload, clients)),
+            Baseline::None | Baseline::Hashing => None,
         }
-    }
-
-    /// Runs one scenario against the context's server.
-    pub async fn run(self, ctx: &mut Ctx<'_>) -> Result<Vec<Row>> {
-        match self {
-            Scenario::R1 => reads::r1(ctx).await,
-            Scenario::R2 => reads::r2(ctx).await,
-            Scenario::W1 => writes::w1(ctx).await,
-            Scenario::W2 => writes::w2(ctx).await,
-            Scenario::U1 => uploads::u1(ctx).await,
-            Scenario::U2 => uploads::u2(ctx).await,
-            Scenario::M1 => memory::m1(ctx).await,
-            // S1 starts servers of its own: see `s1`.
-            Scenario::S1 => Ok(Vec::new()),
-        }
-    }
-}
-
-impl FromStr for Scenario {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Scenario> {
-        Scenario::ALL
-            .into_iter()
-            .find(|sc| sc.id().eq_ignore_ascii_case(s))
-            .context(format_args!(
-                "unknown scenario {s:?} (expected all, R1, R2, W1, W2, U1, U2, M1 or S1)"
-            ))
     }
 }
 
@@ -358,5 +426,22 @@ fn describe_baseline(
         ),
         Some(Err(e)) => (None, Some(format!("no baseline: {label} failed: {e}"))),
         None => (None, Some(format!("no baseline: {label} was not run"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::{Scenario, TABLE};
+
+    #[test]
+    fn every_scenario_has_one_row() {
+        for &scenario in Scenario::value_variants() {
+            let rows = TABLE.iter().filter(|spec| spec.id == scenario).count();
+            assert_eq!(rows, 1, "{scenario:?} has {rows} rows in TABLE");
+            assert_eq!(scenario.id(), format!("{scenario:?}"));
+        }
+        assert_eq!(TABLE.len(), Scenario::value_variants().len());
     }
 }
