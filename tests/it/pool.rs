@@ -181,3 +181,75 @@ async fn pool_pressure_postgres() {
     assert!(get(&after, IN_USE) + get(&after, IDLE) <= 2.0);
     assert_histogram_consistent(&after);
 }
+
+/// PostgreSQL only (see above). With one connection held by a write waiting for a lock and a
+/// short acquire timeout, the writes queued behind it give up: they answer UNAVAILABLE and
+/// are counted as acquire timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pool_acquire_timeouts_postgres() {
+    const REQUESTS: usize = 5;
+    let Some(s) = TestServer::start_with(
+        Backend::Postgres,
+        &[
+            ("ATELIER_DB_MAX_CONNECTIONS", "1"),
+            ("ATELIER_DB_ACQUIRE_TIMEOUT_MS", "200"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let user = s.user("pool-timeout");
+    user.create_project("warm-up", empty_project()).await;
+    let before = scrape(&s).await;
+    assert_eq!(get(&before, TIMEOUTS), 0.0);
+
+    let db = s.db().await;
+    let lock = db.begin().await.unwrap();
+    lock.execute_unprepared("LOCK TABLE projects IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let requests: Vec<_> = (0..REQUESTS)
+        .map(|i| {
+            let user = user.clone();
+            tokio::spawn(async move {
+                user.raw(
+                    "mutation($t: String!, $c: JSON!) { createProject(input: {title: $t, content: $c}) { id } }",
+                    serde_json::json!({ "t": format!("timed out {i}"), "c": empty_project() }),
+                )
+                .await
+            })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while get(&scrape(&s).await, IN_USE) < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pool never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Longer than the acquire timeout: the queued writes give up meanwhile.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    lock.commit().await.unwrap();
+
+    let mut unavailable = 0;
+    for request in requests {
+        let (_, body) = request.await.unwrap();
+        match body.get("errors") {
+            None => {}
+            Some(errors) => {
+                assert_eq!(crate::harness::code(&errors[0]), "UNAVAILABLE", "{body:#}");
+                unavailable += 1;
+            }
+        }
+    }
+    let _ = db.close().await;
+    let timeouts = get(&scrape(&s).await, TIMEOUTS);
+    assert!(unavailable >= 1, "no write gave up");
+    // Each write that gave up waited in its transaction's acquire, where it is counted.
+    assert!(
+        (1.0..=unavailable as f64).contains(&timeouts),
+        "{timeouts} timeouts counted, {unavailable} writes answered UNAVAILABLE"
+    );
+}
