@@ -207,3 +207,20 @@ impl Loader<AssetKey> for Batch {
             .collect())
     }
 }
+
+/// One relation of one row: from the page's prefetch when the listing loaded it, else through
+/// the request's dataloader.
+pub async fn load<K, V>(
+    ctx: &async_graphql::Context<'_>,
+    key: K,
+) -> crate::error::AppResult<Option<V>>
+where
+    K: Send + Sync + std::hash::Hash + Eq + Clone + 'static,
+    Batch: Loader<K, Value = V, Error = DbErr>,
+    V: Send + Sync + Clone + 'static,
+{
+    if let Some(answer) = super::prefetched(ctx).get::<K, V>(&key) {
+        return Ok(answer);
+    }
+    Ok(super::loaders(ctx).load_one(key).await?)
+}

@@ -255,6 +255,11 @@ pub async fn add_local_member(svc: &Services, group: GroupId, user_name: &str) -
         .await
 }
 
+/// A user by id.
+pub async fn user(svc: &Services, id: UserId) -> AppResult<Option<user::Model>> {
+    Ok(user::Entity::find_by_id(id.0).one(svc.db.conn()).await?)
+}
+
 /// The groups a user belongs to, by name.
 pub async fn groups_of(svc: &Services, user: UserId) -> AppResult<Vec<group::Model>> {
     use sea_orm::QueryOrder;

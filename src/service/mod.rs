@@ -1,6 +1,7 @@
 //! The service layer: one module per aggregate. Every transaction, lock and version check
 //! lives here; callers (GraphQL, CLI) only parse input and map errors.
 
+pub mod access;
 pub mod assets;
 pub mod coalesce;
 pub mod idempotency;

@@ -112,7 +112,7 @@ async fn a_key_reused_for_another_request_is_a_conflict(s: TestServer) {
         let e = &body["errors"][0];
         assert_eq!(code(e), "CONFLICT", "{body}");
         assert_eq!(e["extensions"]["reason"], "IDEMPOTENCY_KEY_REUSED");
-        assert_eq!(status, 400);
+        assert_eq!(status, 409);
     }
     assert_eq!(s.count("projects").await, 1);
     // A malformed key is refused before anything runs.

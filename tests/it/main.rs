@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod access;
 mod assets;
 mod cli;
 mod commit_boundary;
