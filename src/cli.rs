@@ -1,5 +1,5 @@
-//! The command line: `serve`, `migrate`, `schema`, `token create`, `group create`,
-//! `group add-member`. Results for scripts go to stdout; logs go to stderr.
+//! The command line: `serve`, `migrate`, `schema`, `fsck`, `gc`, `token create`,
+//! `group create`, `group add-member`. Results for scripts go to stdout; logs go to stderr.
 
 use std::time::Duration;
 

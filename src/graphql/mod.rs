@@ -58,8 +58,9 @@ pub fn with_request_data(
     viewer: Option<Viewer>,
     request: async_graphql::Request,
 ) -> async_graphql::Request {
-    // The delay lets a whole page of rows enqueue its keys before the batch fires (1 ms, the
-    // default, split pages of 100 into several batches).
+    // Listings prefetch each relation for the whole page (see `projects::prefetch_page`), so
+    // the loader only batches what is left: relations of rows that did not come from a page
+    // (a single `project(id)`, `remixedFrom`). The short delay lets those enqueue together.
     let loader = DataLoader::new(
         loaders::Batch(services.clone()),
         TokioSpawner::current(),

@@ -328,7 +328,6 @@ async fn hold_for_tests() {
     }
 }
 
-/// Why a compare-and-set update matched no row, in the order a client needs it.
 /// Bumps the version of a project the viewer may write if it is still at `expected`: one
 /// statement on the happy path; only a miss reads the row to say why (absent, not the
 /// viewer's, or a newer version).
@@ -363,6 +362,8 @@ async fn compare_and_set<C: ConnectionTrait>(
     }
 }
 
+/// Why a compare-and-set update matched no row, in the order a client needs it: invisible
+/// (NOT_FOUND), visible but not the viewer's to change (FORBIDDEN), or a newer version.
 async fn why_not_written<C: ConnectionTrait>(
     conn: &C,
     viewer: Viewer,
