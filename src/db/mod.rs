@@ -132,15 +132,10 @@ impl Db {
         F: for<'c> Fn(&'c DatabaseConnection) -> BoxFuture<'c, AppResult<T>>,
     {
         let _permit = self.write_permit().await.map_err(Failed::Final)?;
-        f(&self.conn).await.map_err(|e| {
-            if e.is_connection_lost() {
-                Failed::Unknown(e)
-            } else if e.is_retryable_conflict() {
-                Failed::Conflict(e)
-            } else {
-                Failed::Final(e)
-            }
-        })
+        // The statement was sent: a lost connection may have committed it.
+        f(&self.conn)
+            .await
+            .map_err(|e| Failed::sort(e, Failed::Unknown))
     }
 
     /// The one retry policy of every write (see [`Failed`]).
@@ -198,15 +193,7 @@ impl Db {
         F: for<'c> Fn(&'c DatabaseTransaction) -> BoxFuture<'c, AppResult<T>>,
     {
         // Before COMMIT nothing happened: a lost connection may be retried.
-        let before = |e: AppError| {
-            if e.is_connection_lost() {
-                Failed::NotDone(e)
-            } else if e.is_retryable_conflict() {
-                Failed::Conflict(e)
-            } else {
-                Failed::Final(e)
-            }
-        };
+        let before = |e: AppError| Failed::sort(e, Failed::NotDone);
         let _permit = self.write_permit().await.map_err(Failed::Final)?;
         let txn = self
             .conn
@@ -235,11 +222,7 @@ impl Db {
                 return Err(Failed::Unknown(e));
             }
             commit.set(false);
-            return Err(if e.is_retryable_conflict() {
-                Failed::Conflict(e)
-            } else {
-                Failed::Final(e)
-            });
+            return Err(Failed::sort(e, Failed::Final));
         }
         // Tests hold a committed write here (`return(ms)`) while its client goes away.
         let pause: Option<u64> = (|| {
@@ -279,6 +262,19 @@ enum Failed {
     Unknown(AppError),
     /// Anything else: the answer.
     Final(AppError),
+}
+
+impl Failed {
+    /// Sorts an error of one attempt; `lost` says what a lost connection means at that point.
+    fn sort(e: AppError, lost: fn(AppError) -> Failed) -> Failed {
+        if e.is_connection_lost() {
+            lost(e)
+        } else if e.is_retryable_conflict() {
+            Failed::Conflict(e)
+        } else {
+            Failed::Final(e)
+        }
+    }
 }
 
 /// Whether a write transaction's COMMIT may have happened (see [`Db::write_observed`]).
