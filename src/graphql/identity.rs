@@ -69,6 +69,20 @@ impl Group {
     async fn name(&self) -> &str {
         &self.0.name
     }
+
+    /// Projects shared with this group that the viewer can see, oldest first.
+    async fn projects(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<super::projects::ProjectConnection> {
+        let filter = service::projects::ProjectFilter {
+            shared_with_group: Some(crate::domain::GroupId(self.0.id)),
+            ..Default::default()
+        };
+        super::projects::list(ctx, first, after, filter).await
+    }
 }
 
 #[derive(Default)]

@@ -18,7 +18,7 @@ use super::{
     prefetched, require_viewer, services, viewer,
 };
 use crate::{
-    domain::{ProjectContent, ProjectId, Title, UserId},
+    domain::{GroupId, ProjectContent, ProjectId, Title, UserId},
     error::{AppError, AppResult},
     service,
 };
@@ -123,6 +123,20 @@ impl Project {
             .await
             .gql()?;
         Ok(access.can_read().then_some(Project(source)))
+    }
+
+    /// Copies of this project that the viewer can see, oldest first.
+    async fn remixes(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<ProjectConnection> {
+        let filter = service::projects::ProjectFilter {
+            remixed_from: Some(ProjectId(self.0.id)),
+            ..Default::default()
+        };
+        list(ctx, first, after, filter).await
     }
 
     async fn created_at(&self) -> DateTime<Utc> {
@@ -232,11 +246,6 @@ impl ProjectsQuery {
         after: Option<String>,
         filter: Option<ProjectFilter>,
     ) -> async_graphql::Result<ProjectConnection> {
-        let first = service::projects::page_size(first).gql()?;
-        let after = after
-            .map(|c| IdCursor::decode_cursor(&c).map(|c| ProjectId(c.0)))
-            .transpose()
-            .gql()?;
         let filter = filter.unwrap_or_default();
         let service_filter = service::projects::ProjectFilter {
             mine: filter.mine.unwrap_or(false),
@@ -245,18 +254,58 @@ impl ProjectsQuery {
                 .map(|id| UserId::parse(&id, "filter.owner"))
                 .transpose()
                 .gql()?,
+            shared_with_group: filter
+                .shared_with_group
+                .map(|id| GroupId::parse(&id, "filter.sharedWithGroup"))
+                .transpose()
+                .gql()?,
+            remixed_from: None,
         };
-        if filter.shared_with_group.is_some() {
-            // Sharing is not built yet: nothing is shared with any group.
-            return Ok(ProjectConnection::new(false, false));
-        }
-        let page =
-            service::projects::list(services(ctx), viewer(ctx), first, after, service_filter)
-                .await
-                .gql()?;
-        prefetch_page(ctx, &page.rows).await.gql()?;
-        Ok(project_connection(page))
+        list(ctx, first, after, service_filter).await
     }
+}
+
+fn share_input(input: &ShareProjectInput) -> Result<(ProjectId, Vec<GroupId>), AppError> {
+    let id = ProjectId::parse(&input.id, "id")?;
+    let groups = input
+        .group_ids
+        .iter()
+        .map(|g| GroupId::parse(g, "groupIds"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((id, groups))
+}
+
+/// One page of projects the viewer can see, with each selected relation prefetched for the
+/// whole page.
+pub async fn list(
+    ctx: &Context<'_>,
+    first: Option<i32>,
+    after: Option<String>,
+    filter: service::projects::ProjectFilter,
+) -> async_graphql::Result<ProjectConnection> {
+    let first = service::projects::page_size(first).gql()?;
+    let after = after
+        .map(|c| IdCursor::decode_cursor(&c).map(|c| ProjectId(c.0)))
+        .transpose()
+        .gql()?;
+    let page = service::projects::list(services(ctx), viewer(ctx), first, after, filter)
+        .await
+        .gql()?;
+    prefetch_page(ctx, &page.rows).await.gql()?;
+    Ok(project_connection(page))
+}
+
+#[derive(InputObject)]
+pub struct ShareProjectInput {
+    pub id: ID,
+    pub group_ids: Vec<ID>,
+}
+
+#[derive(InputObject)]
+pub struct CopyProjectInput {
+    pub id: ID,
+    /// The copy's title; the source's when absent.
+    pub title: Option<String>,
 }
 
 #[derive(Default)]
@@ -264,6 +313,53 @@ pub struct ProjectsMutation;
 
 #[Object]
 impl ProjectsMutation {
+    /// Shares a project with groups (owner or admin, member of each group). Idempotent; does
+    /// not change the project's version.
+    async fn share_project(
+        &self,
+        ctx: &Context<'_>,
+        input: ShareProjectInput,
+    ) -> async_graphql::Result<Project> {
+        let viewer = require_viewer(ctx).gql()?;
+        let (id, groups) = share_input(&input).gql()?;
+        let project =
+            service::sharing::share(services(ctx), viewer, id, groups, effect(ctx).as_ref())
+                .await
+                .gql()?;
+        Ok(Project(project))
+    }
+
+    /// Stops sharing a project with groups.
+    async fn unshare_project(
+        &self,
+        ctx: &Context<'_>,
+        input: ShareProjectInput,
+    ) -> async_graphql::Result<Project> {
+        let viewer = require_viewer(ctx).gql()?;
+        let (id, groups) = share_input(&input).gql()?;
+        let project =
+            service::sharing::unshare(services(ctx), viewer, id, groups, effect(ctx).as_ref())
+                .await
+                .gql()?;
+        Ok(Project(project))
+    }
+
+    /// Copies ("remixes") a project the viewer can read into a new project of theirs.
+    async fn copy_project(
+        &self,
+        ctx: &Context<'_>,
+        input: CopyProjectInput,
+    ) -> async_graphql::Result<Project> {
+        let viewer = require_viewer(ctx).gql()?;
+        let id = ProjectId::parse(&input.id, "id").gql()?;
+        let title = input.title.as_deref().map(Title::parse).transpose().gql()?;
+        let project =
+            service::sharing::copy(services(ctx), viewer, id, title, effect(ctx).as_ref())
+                .await
+                .gql()?;
+        Ok(Project(project))
+    }
+
     /// Creates a project owned by the viewer.
     async fn create_project(
         &self,

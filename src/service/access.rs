@@ -8,6 +8,7 @@
 //!
 //! The model:
 //! - the owner may read and change their own projects;
+//! - members of a group a project is shared with may read (and so copy) it;
 //! - a teacher may also read (never change) every project owned by a student in a group the
 //!   teacher belongs to;
 //! - an admin may do everything;
@@ -15,7 +16,7 @@
 //!
 //! Invisible is `null` / `NOT_FOUND`; visible but not allowed is `FORBIDDEN`.
 
-use entity::{group_member, project, user};
+use entity::{group_member, project, project_share, user};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
     sea_query::{Query, SelectStatement},
@@ -68,6 +69,9 @@ pub async fn project<C: ConnectionTrait>(
     if v.is_admin() || v.id.0 == p.owner_id {
         return Ok(ProjectAccess::Write);
     }
+    if shared_with(conn, v.id, p.id).await? {
+        return Ok(ProjectAccess::Read);
+    }
     if v.role == Role::Teacher && teaches(conn, v.id, UserId(p.owner_id)).await? {
         return Ok(ProjectAccess::Read);
     }
@@ -80,8 +84,11 @@ pub fn readable_projects(viewer: Viewer) -> Condition {
         Role::Admin => Condition::all(),
         Role::Teacher => Condition::any()
             .add(project::Column::OwnerId.eq(viewer.id.0))
+            .add(project::Column::Id.in_subquery(shared_with_member(viewer.id)))
             .add(project::Column::OwnerId.in_subquery(students_of(viewer.id))),
-        Role::Student => Condition::all().add(project::Column::OwnerId.eq(viewer.id.0)),
+        Role::Student => Condition::any()
+            .add(project::Column::OwnerId.eq(viewer.id.0))
+            .add(project::Column::Id.in_subquery(shared_with_member(viewer.id))),
     }
 }
 
@@ -106,6 +113,61 @@ pub fn require_asset_reader(policy: AssetAccess, viewer: Option<Viewer>) -> AppR
         (AssetAccess::Public, _) | (AssetAccess::Authenticated, Some(_)) => Ok(()),
         (AssetAccess::Authenticated, None) => Err(AppError::Unauthenticated),
     }
+}
+
+/// Whether `viewer` may use `group` (share with it, list what is shared with it): its members,
+/// and admins. An absent group is `NOT_FOUND`, someone else's `FORBIDDEN`.
+pub async fn require_group_member<C: ConnectionTrait>(
+    conn: &C,
+    viewer: Viewer,
+    group: i64,
+) -> AppResult<()> {
+    use entity::group;
+    if group::Entity::find_by_id(group).one(conn).await?.is_none() {
+        return Err(AppError::NotFound("group"));
+    }
+    if viewer.is_admin() {
+        return Ok(());
+    }
+    let member = group_member::Entity::find()
+        .filter(group_member::Column::GroupId.eq(group))
+        .filter(group_member::Column::UserId.eq(viewer.id.0))
+        .count(conn)
+        .await?;
+    if member == 0 {
+        return Err(AppError::Forbidden(format!(
+            "you are not a member of group {group}"
+        )));
+    }
+    Ok(())
+}
+
+/// Projects shared with a group `member` belongs to.
+fn shared_with_member(member: UserId) -> SelectStatement {
+    let groups = Query::select()
+        .column(group_member::Column::GroupId)
+        .from(group_member::Entity)
+        .and_where(group_member::Column::UserId.eq(member.0))
+        .to_owned();
+    Query::select()
+        .column(project_share::Column::ProjectId)
+        .from(project_share::Entity)
+        .and_where(project_share::Column::GroupId.in_subquery(groups))
+        .to_owned()
+}
+
+/// Whether `project` is shared with a group `member` belongs to.
+async fn shared_with<C: ConnectionTrait>(
+    conn: &C,
+    member: UserId,
+    project: i64,
+) -> AppResult<bool> {
+    let n = project_share::Entity::find()
+        .filter(project_share::Column::ProjectId.eq(project))
+        .filter(project_share::Column::ProjectId.in_subquery(shared_with_member(member)))
+        .count(conn)
+        .await?;
+    Ok(n > 0)
 }
 
 /// Students in the groups `teacher` belongs to.

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod maintenance;
 pub mod pacing;
 pub mod projects;
+pub mod sharing;
 pub mod write;
 
 use crate::{config::Limits, db::Db, storage::BlobStore};

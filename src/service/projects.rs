@@ -36,6 +36,9 @@ pub fn page_size(first: Option<i32>) -> AppResult<u64> {
 pub struct ProjectFilter {
     pub mine: bool,
     pub owner: Option<UserId>,
+    pub shared_with_group: Option<crate::domain::GroupId>,
+    /// Copies of this project (`Project.remixes`).
+    pub remixed_from: Option<ProjectId>,
 }
 
 /// One page of a keyset-paginated listing, ordered by id.
@@ -245,6 +248,12 @@ pub async fn list(
     }
     if let Some(owner) = filter.owner {
         query = query.filter(project::Column::OwnerId.eq(owner.0));
+    }
+    if let Some(group) = filter.shared_with_group {
+        query = query.filter(super::sharing::shared_with_group(group));
+    }
+    if let Some(source) = filter.remixed_from {
+        query = query.filter(super::sharing::remixes_of(source));
     }
     if let Some(after) = after {
         query = query.filter(project::Column::Id.gt(after.0));

@@ -17,3 +17,4 @@ mod projects;
 mod proxy;
 mod reads;
 mod schema;
+mod sharing;
