@@ -36,6 +36,9 @@ pub enum AppError {
     MissingAssets(Vec<String>),
     #[error("{what} exceeds the limit of {limit} bytes")]
     PayloadTooLarge { what: &'static str, limit: u64 },
+    /// A per-user quota is full (code CONFLICT, reason QUOTA_EXCEEDED).
+    #[error("the quota of {limit} {what} is full")]
+    QuotaExceeded { what: &'static str, limit: u64 },
     /// Retryable trouble with the database or storage (busy, unreachable, disk full).
     #[error("{0}")]
     Unavailable(String),
@@ -74,9 +77,10 @@ impl AppError {
             AppError::NotFound(_) => Code::NotFound,
             AppError::BadUserInput { .. } => Code::BadUserInput,
             AppError::VersionConflict { .. } => Code::VersionConflict,
-            AppError::Conflict(_) | AppError::AlreadyApplied | AppError::IdempotencyKeyReused => {
-                Code::Conflict
-            }
+            AppError::Conflict(_)
+            | AppError::AlreadyApplied
+            | AppError::IdempotencyKeyReused
+            | AppError::QuotaExceeded { .. } => Code::Conflict,
             AppError::ChecksumMismatch(_) => Code::ChecksumMismatch,
             AppError::MissingAssets(_) => Code::MissingAssets,
             AppError::PayloadTooLarge { .. } => Code::PayloadTooLarge,
@@ -152,7 +156,7 @@ impl AppError {
             },
             Code::Conflict => match self {
                 AppError::Conflict(m) => m.clone(),
-                AppError::IdempotencyKeyReused => self.to_string(),
+                AppError::IdempotencyKeyReused | AppError::QuotaExceeded { .. } => self.to_string(),
                 _ => "the write conflicts with existing data".to_owned(),
             },
             Code::NotFound => match self {

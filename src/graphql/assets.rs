@@ -110,6 +110,22 @@ pub struct UploadAssetPayload {
     pub created: bool,
 }
 
+/// The staged file an `Upload` variable points at; each file can be used once.
+pub fn take_upload(
+    ctx: &Context<'_>,
+    file: &UploadRef,
+    field: &'static str,
+) -> Result<crate::storage::StagedUpload, AppError> {
+    ctx.data_opt::<std::sync::Arc<Uploads>>()
+        .and_then(|u| u.take(&file.0))
+        .ok_or_else(|| {
+            AppError::bad_input(
+                field,
+                "no file part for this upload (use a multipart request)",
+            )
+        })
+}
+
 #[derive(Default)]
 pub struct AssetsQuery;
 
@@ -156,16 +172,7 @@ impl AssetsMutation {
             })
             .transpose()
             .gql()?;
-        let upload = ctx
-            .data_opt::<std::sync::Arc<Uploads>>()
-            .and_then(|u| u.take(&input.file.0))
-            .ok_or_else(|| {
-                AppError::bad_input(
-                    "file",
-                    "no file part for this upload (use a multipart request)",
-                )
-            })
-            .gql()?;
+        let upload = take_upload(ctx, &input.file, "file").gql()?;
         let (asset, created) = service::assets::upload(
             services(ctx),
             viewer,

@@ -31,6 +31,10 @@ impl ErrorExtensions for AppError {
                 }
                 AppError::MissingAssets(missing) => ext.set("missing", missing.clone()),
                 AppError::IdempotencyKeyReused => ext.set("reason", "IDEMPOTENCY_KEY_REUSED"),
+                AppError::QuotaExceeded { limit, .. } => {
+                    ext.set("reason", "QUOTA_EXCEEDED");
+                    ext.set("limit", *limit);
+                }
                 AppError::PayloadTooLarge { limit, .. } => ext.set("limit", *limit),
                 _ => {}
             }

@@ -2,6 +2,7 @@
 //! they parse input into domain types, call a `service::` function and map its error.
 
 mod assets;
+mod backpack;
 mod documents;
 mod errors;
 mod identity;
@@ -26,12 +27,17 @@ pub use loaders::{Loaders, Prefetched};
 pub struct Query(
     projects::ProjectsQuery,
     assets::AssetsQuery,
+    backpack::BackpackQuery,
     identity::IdentityQuery,
 );
 
 /// The mutation root, merged the same way.
 #[derive(async_graphql::MergedObject, Default)]
-pub struct Mutation(projects::ProjectsMutation, assets::AssetsMutation);
+pub struct Mutation(
+    projects::ProjectsMutation,
+    assets::AssetsMutation,
+    backpack::BackpackMutation,
+);
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 

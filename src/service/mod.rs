@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod assets;
+pub mod backpack;
 pub mod coalesce;
 pub mod idempotency;
 pub mod identity;

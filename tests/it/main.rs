@@ -5,6 +5,7 @@ mod harness;
 
 mod access;
 mod assets;
+mod backpack;
 mod cli;
 mod commit_boundary;
 mod crash;
