@@ -278,3 +278,56 @@ async fn shares_copies_and_deletes_racing_leave_nothing_dangling(s: TestServer) 
     );
     assert_eq!(count_where(&s, "project_shares").await, 0);
 }
+
+/// The same races with their clients spread over two server processes on one PostgreSQL:
+/// the row locks are the database's, so the outcomes are the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_races_hold_across_two_processes() {
+    let Some(s) = TestServer::start(crate::harness::Backend::Postgres).await else {
+        return;
+    };
+    let other = s.sibling(&[]);
+    let owner = s.user("sam");
+    let mate = s.user("mia");
+    let owner_b = Client::new(other.graphql_url(), owner.token.clone());
+    let mate_b = Client::new(other.graphql_url(), mate.token.clone());
+    let g = groups(&s, &["a", "b", "c", "d"], &["sam", "mia"]);
+
+    let id = new_project(&owner, "template").await;
+    let shares = join_all((0..20).map(|i| {
+        let c = if i % 2 == 0 { &owner } else { &owner_b };
+        c.raw(SHARE, json!({ "id": id, "g": [g[i % 4], g[(i + 1) % 4]] }))
+    }))
+    .await;
+    for (_, b) in &shares {
+        assert!(b.get("errors").is_none(), "{b}");
+    }
+    assert_eq!(count_where(&s, "project_shares").await, 4);
+
+    let copies = join_all((0..10).map(|i| {
+        let c = if i % 2 == 0 { &mate } else { &mate_b };
+        c.raw(COPY, json!({ "id": id }))
+    }));
+    let deletes = join_all((0..6).map(|i| {
+        let c = if i % 2 == 0 { &owner } else { &owner_b };
+        c.raw(DELETE, json!({ "id": id }))
+    }));
+    let (copies, deletes) = tokio::join!(copies, deletes);
+    let won = deletes
+        .iter()
+        .filter(|(_, b)| b["data"]["deleteProject"] == id)
+        .count();
+    assert_eq!(won, 1);
+    for (_, b) in copies.iter().chain(deletes.iter()) {
+        assert!(
+            b.get("errors").is_none() || code(&b["errors"][0]) == "NOT_FOUND",
+            "{b}"
+        );
+    }
+    assert_eq!(count_where(&s, "project_shares").await, 0);
+    assert_eq!(
+        count_where(&s, "projects WHERE remixed_from IS NOT NULL").await,
+        0,
+        "copies that won keep no link to the deleted source"
+    );
+}
