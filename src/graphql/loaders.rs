@@ -101,6 +101,53 @@ pub struct SharesKey(pub i64);
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ProjectAssetsKey(pub i64);
 
+/// The first page (`first` + 1 rows, to tell whether there is more) of a project's remixes
+/// that `viewer` can see.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RemixesKey {
+    pub project: i64,
+    pub first: u64,
+    pub viewer: Option<crate::domain::Viewer>,
+}
+
+impl Loader<RemixesKey> for Batch {
+    type Value = Vec<project::Model>;
+    type Error = DbErr;
+
+    async fn load(
+        &self,
+        keys: &[RemixesKey],
+    ) -> Result<HashMap<RemixesKey, Vec<project::Model>>, DbErr> {
+        // One statement per (viewer, page size): in practice one for the whole request.
+        let mut groups: HashMap<(Option<crate::domain::Viewer>, u64), Vec<i64>> = HashMap::new();
+        for k in keys {
+            groups
+                .entry((k.viewer, k.first))
+                .or_default()
+                .push(k.project);
+        }
+        let mut out = HashMap::new();
+        for ((viewer, first), sources) in groups {
+            let mut found =
+                crate::service::sharing::first_remixes(&self.0, viewer, &sources, first + 1)
+                    .await
+                    .map_err(|e| DbErr::Custom(e.to_string()))?;
+            for project in sources {
+                let rows = found.remove(&project).unwrap_or_default();
+                out.insert(
+                    RemixesKey {
+                        project,
+                        first,
+                        viewer,
+                    },
+                    rows,
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Loader<UserKey> for Batch {
     type Value = user::Model;
     type Error = DbErr;

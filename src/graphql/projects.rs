@@ -14,7 +14,7 @@ use super::{
     errors::GqlResultExt,
     identity::{Group, User},
     loaders as l,
-    loaders::{ProjectAssetsKey, ProjectKey, SharesKey, UserKey, load},
+    loaders::{ProjectAssetsKey, ProjectKey, RemixesKey, SharesKey, UserKey, load},
     prefetched, require_viewer, services, viewer,
 };
 use crate::{
@@ -132,6 +132,25 @@ impl Project {
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<ProjectConnection> {
+        if after.is_none() {
+            // The first page of every project's remixes on a page: one statement in all.
+            let first = service::projects::page_size(first).gql()?;
+            let key = RemixesKey {
+                project: self.0.id,
+                first,
+                viewer: viewer(ctx),
+            };
+            let mut rows = load::<RemixesKey, _>(ctx, key)
+                .await
+                .gql()?
+                .unwrap_or_default();
+            let has_next = rows.len() as u64 > first;
+            rows.truncate(first as usize);
+            return Ok(project_connection(service::projects::ProjectPage {
+                rows,
+                has_next,
+            }));
+        }
         let filter = service::projects::ProjectFilter {
             remixed_from: Some(ProjectId(self.0.id)),
             ..Default::default()

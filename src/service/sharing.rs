@@ -208,3 +208,45 @@ pub fn shared_with_group(group: GroupId) -> sea_orm::Condition {
         .to_owned();
     sea_orm::Condition::all().add(project::Column::Id.in_subquery(ids))
 }
+
+/// The first `first` copies the viewer can see of each of `sources`, oldest first, in one
+/// statement for all of them (a page of projects asking for their remixes costs one query).
+pub async fn first_remixes(
+    svc: &Services,
+    viewer: Option<Viewer>,
+    sources: &[i64],
+    first: u64,
+) -> AppResult<std::collections::HashMap<i64, Vec<project::Model>>> {
+    use sea_orm::{
+        FromQueryResult, QueryTrait,
+        sea_query::{Asterisk, Expr, ExprTrait, Order, Query},
+    };
+    let mut out: std::collections::HashMap<i64, Vec<project::Model>> = Default::default();
+    let Some(viewer) = viewer else {
+        return Ok(out);
+    };
+    let ranked = project::Entity::find()
+        .filter(access::readable_projects(viewer))
+        .filter(project::Column::RemixedFrom.is_in(sources.iter().copied()))
+        .column_as(
+            Expr::cust("ROW_NUMBER() OVER (PARTITION BY remixed_from ORDER BY id)"),
+            "remix_rank",
+        )
+        .into_query();
+    let page = Query::select()
+        .column(Asterisk)
+        .from_subquery(ranked, "ranked")
+        .and_where(Expr::col("remix_rank").lte(first as i64))
+        .order_by("id", Order::Asc)
+        .to_owned();
+    let statement = svc.db.backend().build(&page);
+    for row in project::Model::find_by_statement(statement)
+        .all(svc.db.conn())
+        .await?
+    {
+        if let Some(source) = row.remixed_from {
+            out.entry(source).or_default().push(row);
+        }
+    }
+    Ok(out)
+}
