@@ -77,6 +77,20 @@ impl Group {
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<super::projects::ProjectConnection> {
+        if after.is_none() {
+            // The first page of every listed group's projects: one statement in all.
+            let first = service::projects::page_size(first).gql()?;
+            let key = super::loaders::GroupProjectsKey {
+                group: self.0.id,
+                first,
+                viewer: viewer(ctx),
+            };
+            let rows = super::loaders::load::<_, Vec<entity::project::Model>>(ctx, key)
+                .await
+                .gql()?
+                .unwrap_or_default();
+            return Ok(super::projects::first_page(rows, first));
+        }
         let filter = service::projects::ProjectFilter {
             shared_with_group: Some(crate::domain::GroupId(self.0.id)),
             ..Default::default()

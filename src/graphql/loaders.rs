@@ -148,6 +148,48 @@ impl Loader<RemixesKey> for Batch {
     }
 }
 
+/// The first page (`first` + 1 rows) of the projects shared with a group that `viewer` can
+/// see.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroupProjectsKey {
+    pub group: i64,
+    pub first: u64,
+    pub viewer: Option<crate::domain::Viewer>,
+}
+
+impl Loader<GroupProjectsKey> for Batch {
+    type Value = Vec<project::Model>;
+    type Error = DbErr;
+
+    async fn load(
+        &self,
+        keys: &[GroupProjectsKey],
+    ) -> Result<HashMap<GroupProjectsKey, Vec<project::Model>>, DbErr> {
+        let mut groups: HashMap<(Option<crate::domain::Viewer>, u64), Vec<i64>> = HashMap::new();
+        for k in keys {
+            groups.entry((k.viewer, k.first)).or_default().push(k.group);
+        }
+        let mut out = HashMap::new();
+        for ((viewer, first), ids) in groups {
+            let mut found = crate::service::sharing::first_shared(&self.0, viewer, &ids, first + 1)
+                .await
+                .map_err(|e| DbErr::Custom(e.to_string()))?;
+            for group in ids {
+                let rows = found.remove(&group).unwrap_or_default();
+                out.insert(
+                    GroupProjectsKey {
+                        group,
+                        first,
+                        viewer,
+                    },
+                    rows,
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Loader<UserKey> for Batch {
     type Value = user::Model;
     type Error = DbErr;

@@ -233,6 +233,13 @@ impl CursorType for IdCursor {
 
 pub type ProjectConnection = Connection<IdCursor, Project>;
 
+/// A first page from `first` + 1 loaded rows (the extra one says there is more).
+pub fn first_page(mut rows: Vec<project::Model>, first: u64) -> ProjectConnection {
+    let has_next = rows.len() as u64 > first;
+    rows.truncate(first as usize);
+    project_connection(service::projects::ProjectPage { rows, has_next })
+}
+
 pub fn project_connection(page: service::projects::ProjectPage) -> ProjectConnection {
     let mut conn = Connection::new(false, page.has_next);
     conn.edges.extend(

@@ -250,3 +250,61 @@ pub async fn first_remixes(
     }
     Ok(out)
 }
+
+/// A project and the group it is shared with, for [`first_shared`].
+#[derive(Debug, sea_orm::FromQueryResult)]
+struct SharedRow {
+    share_group: i64,
+    #[sea_orm(nested)]
+    project: project::Model,
+}
+
+/// The first `first` projects shared with each of `groups` that the viewer can see, oldest
+/// first, in one statement for all of them (`Group.projects` on a list of groups).
+pub async fn first_shared(
+    svc: &Services,
+    viewer: Option<Viewer>,
+    groups: &[i64],
+    first: u64,
+) -> AppResult<std::collections::HashMap<i64, Vec<project::Model>>> {
+    use sea_orm::{
+        FromQueryResult, JoinType, QueryTrait,
+        sea_query::{Asterisk, Expr, ExprTrait, Order, Query},
+    };
+    let mut out: std::collections::HashMap<i64, Vec<project::Model>> = Default::default();
+    let Some(viewer) = viewer else {
+        return Ok(out);
+    };
+    let ranked = project::Entity::find()
+        .join_rev(
+            JoinType::InnerJoin,
+            project_share::Entity::belongs_to(project::Entity)
+                .from(project_share::Column::ProjectId)
+                .to(project::Column::Id)
+                .into(),
+        )
+        .filter(access::readable_projects(viewer))
+        .filter(project_share::Column::GroupId.is_in(groups.iter().copied()))
+        .column_as(project_share::Column::GroupId, "share_group")
+        .column_as(
+            Expr::cust(
+                "ROW_NUMBER() OVER (PARTITION BY project_shares.group_id ORDER BY projects.id)",
+            ),
+            "share_rank",
+        )
+        .into_query();
+    let page = Query::select()
+        .column(Asterisk)
+        .from_subquery(ranked, "ranked")
+        .and_where(Expr::col("share_rank").lte(first as i64))
+        .order_by("id", Order::Asc)
+        .to_owned();
+    let statement = svc.db.backend().build(&page);
+    for row in SharedRow::find_by_statement(statement)
+        .all(svc.db.conn())
+        .await?
+    {
+        out.entry(row.share_group).or_default().push(row.project);
+    }
+    Ok(out)
+}

@@ -369,3 +369,41 @@ async fn remixes_of_a_page_cost_the_same_whatever_its_size(s: TestServer) {
     }
     assert_eq!(costs[0], costs[1], "cost grows with the page: {costs:?}");
 }
+
+both_backends!(projects_of_listed_groups_cost_one_statement);
+
+/// `Group.projects` on every group of the viewer: one statement for all of them, and each
+/// group lists exactly what is shared with it.
+async fn projects_of_listed_groups_cost_one_statement(s: TestServer) {
+    let alice = s.user("alice");
+    let g = groups(&s, &["g1", "g2", "g3", "g4", "g5", "g6"], &["alice"]);
+    for (i, group) in g.iter().enumerate() {
+        for n in 0..=i {
+            let id = new_project(&alice, &format!("{i}-{n}")).await;
+            alice.data(SHARE, json!({ "id": id, "g": [group] })).await;
+        }
+    }
+    let q = "{ viewer { groups { id projects(first: 3) { edges { node { id } } pageInfo { hasNextPage } } } } }";
+    let data = alice.data(q, json!({})).await;
+    for group in data["viewer"]["groups"].as_array().unwrap() {
+        let i = g.iter().position(|id| group["id"] == *id).unwrap();
+        let edges = group["projects"]["edges"].as_array().unwrap();
+        assert_eq!(edges.len(), (i + 1).min(3), "{group}");
+        assert_eq!(group["projects"]["pageInfo"]["hasNextPage"], i + 1 > 3);
+    }
+    // Two groups or six: the same cost (best of five runs, see the remixes test).
+    let one = "{ viewer { groups { id } } }";
+    let mut base = Vec::new();
+    let mut with = Vec::new();
+    for _ in 0..5 {
+        let before = s.metric("atelier_db_statements_total").await;
+        alice.data(one, json!({})).await;
+        let mid = s.metric("atelier_db_statements_total").await;
+        alice.data(q, json!({})).await;
+        let after = s.metric("atelier_db_statements_total").await;
+        base.push(mid - before);
+        with.push(after - mid);
+    }
+    let (base, with) = (base.iter().min().unwrap(), with.iter().min().unwrap());
+    assert_eq!(with - base, 1, "one statement for six groups' projects");
+}
