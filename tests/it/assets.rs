@@ -120,9 +120,7 @@ async fn same_bytes_different_type_are_different_keys(s: TestServer) {
 }
 
 async fn upload_errors_leave_nothing(_s: TestServer) {
-    let s = TestServer::start_with(_s.backend, &[("ATELIER_MAX_ASSET_BYTES", "65536")])
-        .await
-        .unwrap();
+    let s = TestServer::start_with(_s.backend, &[("ATELIER_MAX_ASSET_BYTES", "65536")]).await;
     drop(_s);
     let alice = s.user("alice");
     let mut too_big = svg(1);
@@ -347,8 +345,7 @@ async fn asset_download_behaves_like_a_cdn(s: TestServer) {
             Backend::Sqlite,
             &[("ATELIER_ASSET_ACCESS", "authenticated")],
         )
-        .await
-        .unwrap();
+        .await;
         let bob = private.user("bob");
         let up = bob.upload(bytes.clone(), "IMAGE_VECTOR").await;
         let url = format!(

@@ -23,6 +23,7 @@ both_backends!(
     crash_between_commit_and_publish_is_recovered,
     failed_staged_delete_is_cleaned_at_startup,
     fsck_reports_each_broken_invariant,
+    the_check_after_each_test_settles_staging_and_catches_broken_invariants,
     gc_removes_only_unreferenced_old_blobs,
     gc_racing_writers_never_loses_a_referenced_blob,
     disk_full_is_unavailable_and_leaves_nothing,
@@ -171,7 +172,9 @@ async fn failed_staged_delete_is_cleaned_at_startup(mut s: TestServer) {
     fsck_ok(&s);
 }
 
-async fn fsck_reports_each_broken_invariant(s: TestServer) {
+/// Breaks I1, I2, I3 and staging on purpose: opts out of the check on drop.
+async fn fsck_reports_each_broken_invariant(mut s: TestServer) {
+    s.skip_invariant_check();
     let alice = s.user("alice");
     let asset = alice.upload(svg(5), "IMAGE_VECTOR").await["asset"].clone();
     let md5 = asset["md5"].as_str().unwrap().to_owned();
@@ -259,6 +262,26 @@ async fn fsck_reports_each_broken_invariant(s: TestServer) {
             .any(|l| l.starts_with(&format!("I1 asset {}:", asset["id"].as_str().unwrap()))),
         "{out}"
     );
+}
+
+/// What every test ends with (`TestServer`'s drop): a stale staged file is settled by a
+/// restart's recovery and passes; a broken invariant, which no restart repairs, fails.
+async fn the_check_after_each_test_settles_staging_and_catches_broken_invariants(
+    mut s: TestServer,
+) {
+    let alice = s.user("alice");
+    alice.create_project("p", empty_project()).await;
+    std::fs::write(s.data_dir().join("staging").join("deadbeef.part"), b"x").unwrap();
+    s.check_invariants()
+        .expect("recovery settles a dead process's staged file");
+    assert!(s.staging_files().is_empty());
+    // I2: the project's content blob is gone.
+    for f in s.blob_files() {
+        std::fs::remove_file(f).unwrap();
+    }
+    let report = s.check_invariants().unwrap_err();
+    assert!(report.contains("I2 project"), "{report}");
+    s.skip_invariant_check();
 }
 
 async fn gc_removes_only_unreferenced_old_blobs(s: TestServer) {
@@ -394,7 +417,7 @@ async fn disk_full_is_unavailable_and_leaves_nothing(s: TestServer) {
     }
     let _guard = Unmount(mount.clone());
     let pg = match pg {
-        Some(()) => Some(PgDatabase::create().await.unwrap()),
+        Some(()) => Some(PgDatabase::create().await),
         None => None,
     };
     let data = mount.to_str().unwrap().to_owned();

@@ -37,9 +37,7 @@ async fn health_and_readiness(s: TestServer) {
 
 #[tokio::test]
 async fn graphiql_is_served_offline() {
-    let s = TestServer::start(crate::harness::Backend::Sqlite)
-        .await
-        .unwrap();
+    let s = TestServer::start(crate::harness::Backend::Sqlite).await;
     let page = reqwest::get(s.graphql_url()).await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(
@@ -69,9 +67,7 @@ async fn graphiql_is_served_offline() {
 
 #[tokio::test]
 async fn every_response_has_a_request_id() {
-    let s = TestServer::start(crate::harness::Backend::Sqlite)
-        .await
-        .unwrap();
+    let s = TestServer::start(crate::harness::Backend::Sqlite).await;
     let alice = s.user("alice");
     let resp = alice
         .request()

@@ -441,9 +441,7 @@ async fn listing_cost_does_not_grow_with_page_size(s: TestServer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_busy_is_waited_out_not_surfaced() {
     use sea_orm::{ConnectionTrait, TransactionTrait};
-    let s = TestServer::start(crate::harness::Backend::Sqlite)
-        .await
-        .unwrap();
+    let s = TestServer::start(crate::harness::Backend::Sqlite).await;
     let alice = s.user("alice");
     let id = alice.create_project("0", empty_project()).await["id"].clone();
     let db = s.db().await;
