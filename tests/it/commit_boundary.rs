@@ -93,7 +93,7 @@ async fn behind_proxy() -> (Proxy, TestServer) {
 )]
 async fn lost_commit_reply_keeps_the_bytes() {
     let (proxy, mut s) = behind_proxy().await;
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
 
     proxy.lose_next_commit_replies(1);
     let (_, created) = alice
@@ -163,7 +163,7 @@ async fn lost_commit_reply_keeps_the_bytes() {
 )]
 async fn lost_commit_leaves_nothing_visible() {
     let (proxy, s) = behind_proxy().await;
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     proxy.lose_next_commits(1);
     let e = alice
         .error(CREATE, json!({ "t": "never committed", "c": content(7) }))
@@ -188,7 +188,7 @@ async fn lost_commit_leaves_nothing_visible() {
 /// The client disconnects while its COMMIT is held (the request future is dropped after the
 /// commit): the staged file is kept, and the committed row's content reads back exactly.
 async fn client_gone_during_commit_keeps_the_bytes(mut s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     s.restart_with_failpoints("db::after_commit=1*return(1500)");
     let alice = Client::new(s.graphql_url(), alice.token.clone());
     let gone = alice
@@ -216,7 +216,7 @@ async fn client_gone_during_commit_keeps_the_bytes(mut s: TestServer) {
 /// table lock; SQLite: held by a failpoint, since B could not start while A holds SQLite's
 /// write lock). B's startup recovery must not touch A's staging directory.
 async fn second_process_on_the_same_data_dir_keeps_the_first_ones_writes(mut s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let lock = match s.backend {
         Backend::Postgres => {
             let txn = sea_orm::TransactionTrait::begin(&s.db().await)
@@ -274,7 +274,7 @@ struct Acked {
 /// new content); one process is restarted 5 times under load (alternately SIGTERM and
 /// SIGKILL). Every acknowledged write is there afterwards and fsck is clean.
 async fn rolling_restarts_lose_nothing_acknowledged(mut s: TestServer) {
-    let token = s.user("alice").token.unwrap();
+    let token = s.user("alice").await.token.unwrap();
     let mut b = s.sibling(&[("ATELIER_SHUTDOWN_GRACE_SECS", "2")]);
     let urls = Arc::new(Mutex::new([s.graphql_url(), b.graphql_url()]));
     let acked = Arc::new(Mutex::new(Acked::default()));

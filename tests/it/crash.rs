@@ -38,7 +38,7 @@ fn fsck_ok(s: &TestServer) {
 /// staging write, staging fsync, disk full while staging, and the database failing just
 /// before commit: a clean UNAVAILABLE, no row, no file, and the next request works.
 async fn failures_before_commit_leave_nothing(mut s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     for point in [
         "storage::stage_write=1*return",
         "storage::stage_fsync=1*return",
@@ -92,7 +92,7 @@ async fn failures_before_commit_leave_nothing(mut s: TestServer) {
 /// The rename into blobs/ fails after the commit: the write is durable (committed row, fsynced
 /// staged file) so it is acknowledged; the first reader publishes the staged file.
 async fn failed_publish_is_healed_by_readers(mut s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     s.restart_with_failpoints("storage::publish=1*return");
     let alice = Client::new(s.graphql_url(), alice.token.clone());
     let content = json!({ "targets": [], "healed": true });
@@ -109,7 +109,7 @@ async fn failed_publish_is_healed_by_readers(mut s: TestServer) {
 /// The process dies between commit and publish (no response reaches the client). After the
 /// restart the committed project is complete.
 async fn crash_between_commit_and_publish_is_recovered(mut s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     s.restart_with_failpoints("storage::after_commit=return(crash)");
     let alice = Client::new(s.graphql_url(), alice.token.clone());
     let content = json!({ "targets": [], "crash": "after commit" });
@@ -142,7 +142,7 @@ async fn crash_between_commit_and_publish_is_recovered(mut s: TestServer) {
 /// Removing a loser's staged file fails: the request still gets its own error, nothing is
 /// visible, and startup recovery removes the leftover.
 async fn failed_staged_delete_is_cleaned_at_startup(mut s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     s.restart_with_failpoints("storage::blob_delete=1*return");
     let alice = Client::new(s.graphql_url(), alice.token.clone());
     let missing = json!({ "targets": [{ "costumes": [{ "md5ext": "0123456789abcdef0123456789abcdef.svg" }] }] });
@@ -175,7 +175,7 @@ async fn failed_staged_delete_is_cleaned_at_startup(mut s: TestServer) {
 /// Breaks I1, I2, I3 and staging on purpose: opts out of the check on drop.
 async fn fsck_reports_each_broken_invariant(mut s: TestServer) {
     s.skip_invariant_check();
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let asset = alice.upload(svg(5), "IMAGE_VECTOR").await["asset"].clone();
     let md5 = asset["md5"].as_str().unwrap().to_owned();
     let with_asset = json!({ "targets": [{ "costumes": [{ "md5ext": format!("{md5}.svg") }] }] });
@@ -269,7 +269,7 @@ async fn fsck_reports_each_broken_invariant(mut s: TestServer) {
 async fn the_check_after_each_test_settles_staging_and_catches_broken_invariants(
     mut s: TestServer,
 ) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     alice.create_project("p", empty_project()).await;
     std::fs::write(s.data_dir().join("staging").join("deadbeef.part"), b"x").unwrap();
     s.check_invariants()
@@ -285,7 +285,7 @@ async fn the_check_after_each_test_settles_staging_and_catches_broken_invariants
 }
 
 async fn gc_removes_only_unreferenced_old_blobs(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     alice.upload(wav(3), "SOUND").await;
     let keep = alice
         .create_project("keep", json!({ "targets": [], "v": 1 }))
@@ -334,7 +334,7 @@ async fn gc_removes_only_unreferenced_old_blobs(s: TestServer) {
 
 /// gc runs again and again while writers keep re-referencing exactly the bytes it collects.
 async fn gc_racing_writers_never_loses_a_referenced_blob(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let contents: Vec<Value> = (0..4)
         .map(|i| json!({ "targets": [], "shared": i }))
         .collect();
@@ -423,7 +423,7 @@ async fn disk_full_is_unavailable_and_leaves_nothing(s: TestServer) {
     let data = mount.to_str().unwrap().to_owned();
     // Blobs and staging on the small disk (the SQLite database stays off it).
     let s = TestServer::start_on(backend, pg, &[("ATELIER_DATA_DIR", &data)]);
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let big = |n: u8| {
         let mut b = wav(n as usize);
         b.extend(std::iter::repeat_n(n, 2 * 1024 * 1024));
@@ -542,9 +542,10 @@ async fn kill_dash_nine_under_load_loses_nothing_acknowledged(mut s: TestServer)
     s.kill();
     s.bin = release_bin();
     s.start_again();
-    let tokens: Vec<_> = (0..8)
-        .map(|i| s.user(&format!("writer{i}")).token.unwrap())
-        .collect();
+    let mut tokens = Vec::new();
+    for i in 0..8 {
+        tokens.push(s.user(&format!("writer{i}")).await.token.unwrap());
+    }
     let mut state: Vec<Acked> = vec![Acked::default(); 8];
     for cycle in 0..20 {
         let clients = state.iter().cloned().enumerate().map(|(i, acked)| {

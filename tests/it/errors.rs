@@ -22,7 +22,7 @@ both_backends!(
 );
 
 async fn version_conflict_carries_versions(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let id = alice.create_project("v", empty_project()).await["id"].clone();
     alice
         .data(UPDATE, json!({ "id": id, "v": 1, "t": "v2" }))
@@ -46,7 +46,7 @@ async fn version_conflict_carries_versions(s: TestServer) {
 }
 
 async fn bad_input_names_the_field(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     for (content, what) in [
         (json!([1, 2]), "array"),
         (json!("text"), "string"),
@@ -96,7 +96,7 @@ async fn bad_input_names_the_field(s: TestServer) {
 }
 
 async fn oversized_content_is_rejected(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     // 11 MiB of JSON: over the 10 MiB content limit, under the request limit.
     let big = "a".repeat(11 * 1024 * 1024);
     let e = alice
@@ -131,7 +131,7 @@ async fn oversized_content_is_rejected(s: TestServer) {
 }
 
 async fn malformed_requests_are_client_errors(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let resp = alice
         .request()
         .header("content-type", "application/json")
@@ -159,7 +159,7 @@ async fn malformed_requests_are_client_errors(s: TestServer) {
 }
 
 async fn failed_mutations_leave_no_row_and_no_file(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let missing = json!({ "targets": [{ "name": "Sprite1", "costumes": [
         { "assetId": "0123456789abcdef0123456789abcdef", "dataFormat": "svg", "md5ext": "0123456789abcdef0123456789abcdef.svg" }
     ], "sounds": [ { "md5ext": "fedcba9876543210fedcba9876543210.wav" } ] }] });

@@ -432,24 +432,66 @@ impl TestServer {
         Client::new(self.graphql_url(), None)
     }
 
-    /// Runs `atelier token create` and returns a client for that user.
-    pub fn user(&self, name: &str) -> Client {
-        self.user_with_role(name, "student")
+    /// A client for the local user `name` (a student, created if absent) with a new token.
+    pub async fn user(&self, name: &str) -> Client {
+        self.user_with_role(name, "student").await
     }
 
-    pub fn user_with_role(&self, name: &str, role: &str) -> Client {
-        let out = self
-            .command()
-            .args(["token", "create", "--user", name, "--role", role])
-            .output()
-            .expect("token create");
-        assert!(
-            out.status.success(),
-            "token create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    pub async fn user_with_role(&self, name: &str, role: &str) -> Client {
+        let token = self.token_for(name, role).await;
         Client::new(self.graphql_url(), Some(token))
+    }
+
+    /// What `atelier token create --user NAME --role ROLE` does, written directly into the
+    /// database (no process per user; cli.rs tests the command itself): the local user (its
+    /// role set), and a new token of which only the SHA-256 (hex) is stored.
+    pub async fn token_for(&self, name: &str, role: &str) -> String {
+        use entity::{api_token, user};
+        use sea_orm::{
+            ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, sea_query::OnConflict,
+        };
+        use sha2::Digest;
+
+        let db = self.db().await;
+        let now = chrono::Utc::now();
+        user::Entity::insert(user::ActiveModel {
+            provider: Set("local".to_owned()),
+            subject: Set(name.to_owned()),
+            display_name: Set(name.to_owned()),
+            role: Set(role.to_owned()),
+            created_at: Set(now),
+            ..Default::default()
+        })
+        .on_conflict(
+            OnConflict::columns([user::Column::Provider, user::Column::Subject])
+                .update_column(user::Column::Role)
+                .to_owned(),
+        )
+        .exec_without_returning(&db)
+        .await
+        .expect("insert user");
+        let user_id = user::Entity::find()
+            .filter(user::Column::Provider.eq("local"))
+            .filter(user::Column::Subject.eq(name))
+            .one(&db)
+            .await
+            .expect("read user")
+            .expect("the user row")
+            .id;
+        let token = format!("atl_test_{}", uuid::Uuid::new_v4().simple());
+        api_token::Entity::insert(api_token::ActiveModel {
+            user_id: Set(user_id),
+            token_hash: Set(hex::encode(sha2::Sha256::digest(token.as_bytes()))),
+            name: Set("test".to_owned()),
+            created_at: Set(now),
+            expires_at: Set(None),
+            ..Default::default()
+        })
+        .exec_without_returning(&db)
+        .await
+        .expect("insert token");
+        let _ = db.close().await;
+        token
     }
 
     /// Opens a direct database connection (for exact row counts).

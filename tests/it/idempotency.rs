@@ -23,7 +23,7 @@ both_backends!(
 
 /// 50 concurrent identical requests with one key: one write, 50 equal answers.
 async fn concurrent_twins_write_once_and_answer_alike(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let keyed = alice.with_key("class-template-1");
     let answers = join_all((0..50).map(|_| {
         keyed.call(
@@ -50,7 +50,7 @@ async fn concurrent_twins_write_once_and_answer_alike(s: TestServer) {
 /// produced (no VERSION_CONFLICT against its own write), a create keeps its id, and an error
 /// answer is repeated with the same code.
 async fn a_repeat_answers_as_the_first_did(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let create = alice.with_key("create-1");
     let (_, replayed, first) = create
         .call(CREATE, json!({ "t": "Mine", "c": empty_project() }))
@@ -95,7 +95,7 @@ async fn a_repeat_answers_as_the_first_did(s: TestServer) {
 /// The same key with other variables, another query or another operation: CONFLICT with
 /// reason IDEMPOTENCY_KEY_REUSED, and nothing changes.
 async fn a_key_reused_for_another_request_is_a_conflict(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let keyed = alice.with_key("k");
     let (_, _, first) = keyed
         .call(CREATE, json!({ "t": "One", "c": empty_project() }))
@@ -126,8 +126,8 @@ async fn a_key_reused_for_another_request_is_a_conflict(s: TestServer) {
 
 /// Keys are per user: the same key from two users is two requests.
 async fn keys_of_different_users_never_collide(s: TestServer) {
-    let alice = s.user("alice");
-    let bob = s.user("bob");
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
     let vars = json!({ "t": "Same", "c": empty_project() });
     let (_, _, a) = alice.with_key("shared").call(CREATE, vars.clone()).await;
     let (_, replayed, b) = bob.with_key("shared").call(CREATE, vars).await;
@@ -142,7 +142,7 @@ async fn keys_of_different_users_never_collide(s: TestServer) {
 /// A multipart upload with a key: the repeat is answered from the record (the same
 /// `created: true`), and other bytes under the same key are refused.
 async fn uploads_are_idempotent_too(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let keyed = alice.with_key("upload-1");
     let (_, _, first) = keyed.upload(svg(1), "IMAGE_VECTOR").await;
     assert_eq!(first["data"]["uploadAsset"]["created"], true, "{first}");
@@ -169,7 +169,7 @@ async fn retry_after_a_lost_reply_applies_once() {
     let pg = PgDatabase::create().await;
     let proxy = Proxy::start().await;
     let s = proxy.server(pg, &[]);
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
 
     let keyed = alice.with_key("lost-reply");
     let vars = json!({ "t": "Saved once", "c": empty_project() });
@@ -217,7 +217,7 @@ async fn retry_after_a_lost_reply_applies_once() {
 async fn keys_hold_across_processes() {
     let s = TestServer::start(crate::harness::Backend::Postgres).await;
     let other = s.sibling(&[]);
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let alice_b = Client::new(other.graphql_url(), alice.token.clone());
     let vars = json!({ "t": "Across", "c": empty_project() });
     let answers = join_all((0..20).map(|i| {

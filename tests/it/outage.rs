@@ -62,7 +62,7 @@ async fn postgres_outage_fails_fast_and_recovers() {
     let name = pg.url.rsplit('/').next().unwrap().to_owned();
     let via_proxy = format!("postgres://postgres@127.0.0.1:{}/{name}", proxy.port);
     let s = TestServer::start_on(Backend::Postgres, Some(pg), &[("DATABASE_URL", &via_proxy)]);
-    let token = s.user("alice").token.unwrap();
+    let token = s.user("alice").await.token.unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -229,7 +229,7 @@ async fn postgres_statement_timeout_is_unavailable_after_one_attempt() {
         )],
     )
     .await;
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let id = alice
         .create_project("before", json!({ "targets": [], "v": 1 }))
         .await["id"]

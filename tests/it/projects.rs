@@ -27,7 +27,7 @@ both_backends!(
 );
 
 async fn crud_roundtrip(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let created = alice.create_project("First", empty_project()).await;
     assert_eq!(created["title"], "First");
     assert_eq!(created["version"], 1);
@@ -76,7 +76,7 @@ async fn crud_roundtrip(s: TestServer) {
 }
 
 async fn pagination_is_stable_under_inserts(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let mut expected = Vec::new();
     for i in 0..25 {
         expected.push(
@@ -140,7 +140,7 @@ async fn pagination_is_stable_under_inserts(s: TestServer) {
 }
 
 async fn page_size_is_capped(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let creates = (0..105).map(|i| {
         let alice = alice.clone();
         async move {
@@ -170,8 +170,8 @@ async fn page_size_is_capped(s: TestServer) {
 }
 
 async fn other_users_and_anonymous_see_nothing(s: TestServer) {
-    let alice = s.user("alice");
-    let bob = s.user("bob");
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
     let anon = s.anonymous();
     let id = alice.create_project("Secret", empty_project()).await["id"]
         .as_str()
@@ -242,8 +242,8 @@ async fn other_users_and_anonymous_see_nothing(s: TestServer) {
 }
 
 async fn admins_can_read_and_write_everything(s: TestServer) {
-    let alice = s.user("alice");
-    let admin = s.user_with_role("root", "admin");
+    let alice = s.user("alice").await;
+    let admin = s.user_with_role("root", "admin").await;
     let id = alice.create_project("Hers", empty_project()).await["id"]
         .as_str()
         .unwrap()
@@ -269,7 +269,7 @@ async fn admins_can_read_and_write_everything(s: TestServer) {
 
 /// 50 clients × 10 read-modify-write increments of a counter in the title.
 async fn lost_update_hunt(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let id = alice.create_project("0", empty_project()).await["id"]
         .as_str()
         .unwrap()
@@ -345,7 +345,7 @@ async fn lost_update_hunt(s: TestServer) {
 }
 
 async fn concurrent_deletes_exactly_one_wins(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     for round in 0..3 {
         let id = alice
             .create_project(&format!("doomed{round}"), empty_project())
@@ -377,7 +377,7 @@ async fn statements(s: &TestServer) -> u64 {
 
 /// DataLoaders: owner, assets and shares of a whole page cost a fixed number of statements.
 async fn listing_cost_does_not_grow_with_page_size(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let asset = alice.upload(crate::harness::svg(1), "IMAGE_VECTOR").await["asset"]["md5"]
         .as_str()
         .unwrap()
@@ -442,7 +442,7 @@ async fn listing_cost_does_not_grow_with_page_size(s: TestServer) {
 async fn sqlite_busy_is_waited_out_not_surfaced() {
     use sea_orm::{ConnectionTrait, TransactionTrait};
     let s = TestServer::start(crate::harness::Backend::Sqlite).await;
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let id = alice.create_project("0", empty_project()).await["id"].clone();
     let db = s.db().await;
     let holder = db.begin().await.unwrap();
