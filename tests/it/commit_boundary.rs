@@ -11,15 +11,12 @@ use std::{
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 
+use crate::api::{CREATE_PROJECT as CREATE, GET_PROJECT as GET, UPDATE_PROJECT as UPDATE};
 use crate::{
     both_backends,
     harness::{Backend, Client, PgDatabase, TestServer, code, md5_hex, svg},
     proxy::Proxy,
 };
-
-const CREATE: &str = "mutation($t: String!, $c: JSON!) { createProject(input: {title: $t, content: $c}) { id version } }";
-const UPDATE: &str = "mutation($id: ID!, $v: Int!, $c: JSON) { updateProject(input: {id: $id, expectedVersion: $v, content: $c}) { id version } }";
-const GET: &str = "query($id: ID!) { project(id: $id) { id version content } }";
 
 both_backends!(
     client_gone_during_commit_keeps_the_bytes,

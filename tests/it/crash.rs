@@ -6,16 +6,13 @@ use std::collections::HashMap;
 use futures::future::join_all;
 use serde_json::{Value, json};
 
+use crate::api::{CREATE_PROJECT as CREATE, GET_PROJECT as GET, UPDATE_PROJECT as UPDATE};
 use crate::{
     both_backends,
     harness::{
         Client, PgDatabase, TestServer, code, empty_project, md5_hex, release_bin, svg, wav,
     },
 };
-
-const CREATE: &str = "mutation($t: String!, $c: JSON!) { createProject(input: {title: $t, content: $c}) { id version } }";
-const GET: &str = "query($id: ID!) { project(id: $id) { id title version content } }";
-const UPDATE: &str = "mutation($id: ID!, $v: Int!, $t: String, $c: JSON) { updateProject(input: {id: $id, expectedVersion: $v, title: $t, content: $c}) { id version } }";
 
 both_backends!(
     failures_before_commit_leave_nothing,

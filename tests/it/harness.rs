@@ -704,7 +704,7 @@ pub fn code(err: &Value) -> &str {
     err["extensions"]["code"].as_str().unwrap_or("<none>")
 }
 
-pub const UPLOAD: &str = "mutation($f: Upload!, $t: AssetType!, $m: String) { uploadAsset(input: {file: $f, assetType: $t, md5: $m}) { created asset { id md5 assetType sha256 size contentType url } } }";
+pub use crate::api::UPLOAD_ASSET as UPLOAD;
 
 impl Client {
     /// The multipart form of an upload, per the GraphQL multipart request spec.

@@ -4,14 +4,12 @@
 use futures::future::join_all;
 use serde_json::json;
 
+use crate::api::{CREATE_PROJECT as CREATE, UPDATE_PROJECT as UPDATE};
 use crate::{
     both_backends,
     harness::{Client, PgDatabase, TestServer, code, empty_project, svg},
     proxy::Proxy,
 };
-
-const CREATE: &str = "mutation($t: String!, $c: JSON!) { createProject(input: {title: $t, content: $c}) { id title version } }";
-const UPDATE: &str = "mutation($id: ID!, $v: Int!, $t: String) { updateProject(input: {id: $id, expectedVersion: $v, title: $t}) { id title version } }";
 
 both_backends!(
     concurrent_twins_write_once_and_answer_alike,

@@ -220,7 +220,7 @@ async fn postgres_statement_timeout_is_unavailable_after_one_attempt() {
     use sea_orm::TransactionTrait;
 
     const TIMEOUT: Duration = Duration::from_millis(500);
-    const UPDATE: &str = "mutation($id: ID!, $v: Int!, $t: String, $c: JSON) { updateProject(input: {id: $id, expectedVersion: $v, title: $t, content: $c}) { version } }";
+    use crate::api::UPDATE_PROJECT as UPDATE;
     let s = TestServer::start_with(
         Backend::Postgres,
         &[(
