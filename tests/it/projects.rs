@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use futures::future::join_all;
 use serde_json::{Value, json};
 
+use crate::api::DELETE_PROJECT as DELETE;
 use crate::{
     both_backends,
     harness::{Client, TestServer, code, empty_project},
@@ -12,32 +13,44 @@ use crate::{
 
 const GET: &str = "query($id: ID!) { project(id: $id) { id title version content owner { id displayName } createdAt updatedAt } }";
 const UPDATE: &str = "mutation($id: ID!, $v: Int!, $t: String, $c: JSON) { updateProject(input: {id: $id, expectedVersion: $v, title: $t, content: $c}) { id title version content } }";
-const DELETE: &str =
-    "mutation($id: ID!, $v: Int) { deleteProject(input: {id: $id, expectedVersion: $v}) }";
 const LIST: &str = "query($first: Int, $after: String, $filter: ProjectFilter) { projects(first: $first, after: $after, filter: $filter) { edges { cursor node { id title } } pageInfo { hasNextPage endCursor } } }";
 
 both_backends!(
-    crud_roundtrip,
+    a_created_project_reads_back_exactly,
+    an_update_bumps_the_version_and_keeps_what_it_does_not_name,
+    a_deleted_project_is_gone,
     pagination_is_stable_under_inserts,
     page_size_is_capped,
     other_users_and_anonymous_see_nothing,
     admins_can_read_and_write_everything,
-    lost_update_hunt,
+    concurrent_read_modify_write_loses_no_update,
     concurrent_deletes_exactly_one_wins,
 );
 
-async fn crud_roundtrip(s: TestServer) {
+/// A created project is version 1, owned by its creator, and reads back exactly.
+async fn a_created_project_reads_back_exactly(s: TestServer) {
     let alice = s.user("alice").await;
-    let created = alice.create_project("First", empty_project()).await;
-    assert_eq!(created["title"], "First");
-    assert_eq!(created["version"], 1);
-    let id = created["id"].as_str().unwrap().to_owned();
+    let created = alice
+        .try_create_project("First", empty_project())
+        .await
+        .unwrap();
+    assert_eq!((created.title.as_str(), created.version), ("First", 1));
 
-    let got = alice.data(GET, json!({ "id": id })).await["project"].clone();
+    let got = alice.data(GET, json!({ "id": created.id })).await["project"].clone();
     assert_eq!(got["content"], empty_project());
     assert_eq!(got["owner"]["displayName"], "alice");
     assert_eq!(got["createdAt"], got["updatedAt"]);
+}
 
+/// Each update bumps the version by one and changes only what it names; every content
+/// version is published, nothing stays in staging.
+async fn an_update_bumps_the_version_and_keeps_what_it_does_not_name(s: TestServer) {
+    let alice = s.user("alice").await;
+    let id = alice
+        .try_create_project("First", empty_project())
+        .await
+        .unwrap()
+        .id;
     let content =
         json!({ "targets": [{ "name": "Stage", "isStage": true, "costumes": [], "sounds": [] }] });
     let updated = alice
@@ -61,18 +74,28 @@ async fn crud_roundtrip(s: TestServer) {
 
     let got = alice.data(GET, json!({ "id": id })).await["project"].clone();
     assert_eq!(got["version"], 3);
+    assert_eq!(got["title"], "Third");
     assert_ne!(got["createdAt"], got["updatedAt"]);
-
-    let deleted = alice.data(DELETE, json!({ "id": id, "v": 3 })).await;
-    assert_eq!(deleted["deleteProject"], id);
-    assert_eq!(
-        alice.data(GET, json!({ "id": id })).await["project"],
-        Value::Null
-    );
-    assert_eq!(s.count("projects").await, 0);
     // Both contents were published; nothing is left in staging.
     assert_eq!(s.blob_files().len(), 2);
     assert!(s.staging_files().is_empty());
+}
+
+/// A delete at the current version removes the row: the project reads as null.
+async fn a_deleted_project_is_gone(s: TestServer) {
+    let alice = s.user("alice").await;
+    let id = alice
+        .try_create_project("Doomed", empty_project())
+        .await
+        .unwrap()
+        .id;
+    alice
+        .update_project(&id, 1, Some("v2"), None)
+        .await
+        .unwrap();
+    assert_eq!(alice.delete_project(&id, Some(2)).await.unwrap(), id);
+    assert_eq!(alice.get_project(&id).await.unwrap(), None);
+    assert_eq!(s.count("projects").await, 0);
 }
 
 async fn pagination_is_stable_under_inserts(s: TestServer) {
@@ -267,8 +290,9 @@ async fn admins_can_read_and_write_everything(s: TestServer) {
     assert_eq!(s.count("projects").await, 0);
 }
 
-/// 50 clients × 10 read-modify-write increments of a counter in the title.
-async fn lost_update_hunt(s: TestServer) {
+/// I6: 50 clients × 10 read-modify-write increments of a counter in the title, each with
+/// the version it read: all 500 land, the version rises by exactly 500, no update is lost.
+async fn concurrent_read_modify_write_loses_no_update(s: TestServer) {
     let alice = s.user("alice").await;
     let id = alice.create_project("0", empty_project()).await["id"]
         .as_str()
@@ -328,7 +352,7 @@ async fn lost_update_hunt(s: TestServer) {
     let acked: u32 = results.iter().map(|r| r.0).sum();
     let conflicts: u32 = results.iter().map(|r| r.1).sum();
     eprintln!(
-        "lost_update_hunt[{:?}]: 500 increments, {conflicts} VERSION_CONFLICT retries",
+        "concurrent_read_modify_write_loses_no_update[{:?}]: 500 increments, {conflicts} VERSION_CONFLICT retries",
         s.backend
     );
     assert_eq!(acked, 500);
