@@ -76,6 +76,6 @@ async fn migrations_sqlite() {
     ignore = "set TEST_DATABASE_URL to run the PostgreSQL variant"
 )]
 async fn migrations_postgres() {
-    let pg = PgDatabase::create().await;
+    let pg = PgDatabase::create_empty().await;
     up_down_up(Database::connect(&pg.url).await.unwrap()).await;
 }
