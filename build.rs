@@ -6,9 +6,13 @@
 //! passed. With `CI=true` and no `TEST_DATABASE_URL` they are not ignored: they run and fail,
 //! so CI can never go green without PostgreSQL. Cargo re-runs this script (and rebuilds the
 //! tests) whenever either variable changes.
+//!
+//! It also sets `cfg(atelier_root_tests)` when building as root (tests that mount a tmpfs),
+//! and `ATELIER_MIGRATIONS_HASH`, which names the PostgreSQL template database.
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(atelier_pg_tests)");
+    println!("cargo::rustc-check-cfg=cfg(atelier_root_tests)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=TEST_DATABASE_URL");
     println!("cargo::rerun-if-env-changed=CI");
@@ -33,5 +37,16 @@ fn main() {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     if set("TEST_DATABASE_URL") || ci {
         println!("cargo::rustc-cfg=atelier_pg_tests");
+    }
+    // Tests that mount a filesystem (a real full disk) run as root only; elsewhere they are
+    // reported ignored.
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    });
+    if root {
+        println!("cargo::rustc-cfg=atelier_root_tests");
     }
 }

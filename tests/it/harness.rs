@@ -662,12 +662,21 @@ impl TestServer {
     }
 
     pub fn blob_files(&self) -> Vec<PathBuf> {
-        walk(&self.data_dir().join("blobs"))
+        walk(&self.storage_dir().join("blobs"))
     }
 
     /// Files left in staging.
     pub fn staging_files(&self) -> Vec<PathBuf> {
-        walk(&self.data_dir().join("staging"))
+        walk(&self.storage_dir().join("staging"))
+    }
+
+    /// Where blobs and staging are: the data dir, unless a test moved `ATELIER_DATA_DIR`.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.extra_env
+            .iter()
+            .find(|(k, _)| k == "ATELIER_DATA_DIR")
+            .map(|(_, v)| PathBuf::from(v))
+            .unwrap_or_else(|| self.data_dir())
     }
 }
 
