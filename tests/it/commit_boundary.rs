@@ -29,11 +29,6 @@ fn content(n: usize) -> Value {
     json!({ "targets": [{ "isStage": true, "name": format!("Stage {n}") }], "meta": { "semver": "3.0.0" } })
 }
 
-fn fsck_ok(s: &TestServer) {
-    let (ok, out) = s.cli(&["fsck"]);
-    assert!(ok, "fsck found violations:\n{out}");
-}
-
 /// Files in staging whose name ends with `suffix`.
 fn staged_with(s: &TestServer, suffix: &str) -> usize {
     s.staging_files()
@@ -139,11 +134,11 @@ async fn lost_commit_reply_keeps_the_bytes() {
     assert_eq!(got.status(), 200);
     assert_eq!(got.bytes().await.unwrap().as_ref(), bytes.as_slice());
 
-    fsck_ok(&s);
+    s.fsck_ok();
     // The sweep publishes whatever a reader did not need yet; nothing stays pending.
     wait_until("staging is empty", async || s.staging_files().is_empty()).await;
     s.stop();
-    fsck_ok(&s);
+    s.fsck_ok();
     s.start_again();
     assert!(s.staging_files().is_empty());
     let alice = Client::new(s.graphql_url(), alice.token.clone());
@@ -173,13 +168,13 @@ async fn lost_commit_leaves_nothing_visible() {
         1,
         "kept until the database decides"
     );
-    fsck_ok(&s);
+    s.fsck_ok();
     wait_until("the pending file is settled", async || {
         s.staging_files().is_empty()
     })
     .await;
     assert!(s.blob_files().is_empty(), "{:?}", s.blob_files());
-    fsck_ok(&s);
+    s.fsck_ok();
 }
 
 /// The client disconnects while its COMMIT is held (the request future is dropped after the
@@ -201,12 +196,12 @@ async fn client_gone_during_commit_keeps_the_bytes(mut s: TestServer) {
     .await;
     assert_eq!(s.count("projects").await, 1);
     let id = only_project_id(&s).await.to_string();
-    fsck_ok(&s);
+    s.fsck_ok();
     let read = alice.data(GET, json!({ "id": id })).await;
     assert_eq!(read["project"]["content"], content(3));
     assert!(s.staging_files().is_empty(), "the reader published it");
     s.stop();
-    fsck_ok(&s);
+    s.fsck_ok();
 }
 
 /// Process B starts on A's data dir while A's write is staged and waiting (PostgreSQL: on a
@@ -254,10 +249,10 @@ async fn second_process_on_the_same_data_dir_keeps_the_first_ones_writes(mut s: 
         let read = c.data(GET, json!({ "id": id })).await;
         assert_eq!(read["project"]["content"], content(5));
     }
-    fsck_ok(&s);
+    s.fsck_ok();
     drop(b);
     s.stop();
-    fsck_ok(&s);
+    s.fsck_ok();
 }
 
 #[derive(Default)]
@@ -358,6 +353,6 @@ async fn rolling_restarts_lose_nothing_acknowledged(mut s: TestServer) {
     // B's last run may have died with files in flight: S's startup recovery settles them.
     b.kill();
     s.restart();
-    fsck_ok(&s);
+    s.fsck_ok();
     assert!(s.staging_files().is_empty(), "{:?}", s.staging_files());
 }

@@ -27,11 +27,6 @@ both_backends!(
     kill_dash_nine_under_load_loses_nothing_acknowledged,
 );
 
-fn fsck_ok(s: &TestServer) {
-    let (ok, out) = s.cli(&["fsck"]);
-    assert!(ok, "fsck found violations:\n{out}");
-}
-
 /// staging write, staging fsync, disk full while staging, and the database failing just
 /// before commit: a clean UNAVAILABLE, no row, no file, and the next request works.
 async fn failures_before_commit_leave_nothing(mut s: TestServer) {
@@ -100,7 +95,7 @@ async fn failed_publish_is_healed_by_readers(mut s: TestServer) {
     assert_eq!(got["project"]["content"], content);
     assert_eq!(s.blob_files().len(), 1);
     assert!(s.staging_files().is_empty());
-    fsck_ok(&s);
+    s.fsck_ok();
 }
 
 /// The process dies between commit and publish (no response reaches the client). After the
@@ -133,7 +128,7 @@ async fn crash_between_commit_and_publish_is_recovered(mut s: TestServer) {
         )
         .await;
     assert_eq!(list["projects"]["edges"][0]["node"]["content"], content);
-    fsck_ok(&s);
+    s.fsck_ok();
 }
 
 /// Removing a loser's staged file fails: the request still gets its own error, nothing is
@@ -166,7 +161,7 @@ async fn failed_staged_delete_is_cleaned_at_startup(mut s: TestServer) {
     s.start_again();
     assert!(s.staging_files().is_empty());
     assert!(s.blob_files().is_empty());
-    fsck_ok(&s);
+    s.fsck_ok();
 }
 
 /// Breaks I1, I2, I3 and staging on purpose: opts out of the check on drop.
@@ -326,7 +321,7 @@ async fn gc_removes_only_unreferenced_old_blobs(s: TestServer) {
     assert!(s.staging_files().is_empty());
     let p = alice.data(GET, json!({ "id": keep })).await;
     assert_eq!(p["project"]["content"]["v"], 2);
-    fsck_ok(&s);
+    s.fsck_ok();
 }
 
 /// gc runs again and again while writers keep re-referencing exactly the bytes it collects.
@@ -382,7 +377,7 @@ async fn gc_racing_writers_never_loses_a_referenced_blob(s: TestServer) {
                 "round {round}: project {id} lost its content"
             );
         }
-        fsck_ok(&s);
+        s.fsck_ok();
     }
 }
 
@@ -587,7 +582,7 @@ async fn kill_dash_nine_under_load_loses_nothing_acknowledged(mut s: TestServer)
             "cycle {cycle}: staging not empty after restart: {:?}",
             s.staging_files()
         );
-        fsck_ok(&s);
+        s.fsck_ok();
         // Every acknowledged write is there, with the acknowledged bytes and version.
         for (i, acked) in state.iter().enumerate() {
             let c = Client::new(s.graphql_url(), Some(tokens[i].clone()));

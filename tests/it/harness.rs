@@ -448,6 +448,12 @@ impl TestServer {
         )
     }
 
+    /// `atelier fsck` on the live data finds nothing broken.
+    pub fn fsck_ok(&self) {
+        let (ok, out) = self.cli(&["fsck"]);
+        assert!(ok, "fsck found violations:\n{out}");
+    }
+
     /// SIGKILL, no cleanup.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
