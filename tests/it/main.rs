@@ -1,6 +1,7 @@
 //! Integration tests: one binary, the real server over HTTP, every scenario on SQLite and
 //! PostgreSQL.
 
+mod api;
 mod harness;
 
 mod access;
