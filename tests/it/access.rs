@@ -75,11 +75,11 @@ async fn check(who: &str, c: &Client, id: &str, may: May) {
 }
 
 async fn every_cell_of_the_project_matrix(s: TestServer) {
-    let owner = s.user("sam");
-    let teacher = s.user_with_role("tess", "teacher");
-    let classmate = s.user("cleo");
-    let other_teacher = s.user_with_role("otto", "teacher");
-    let admin = s.user_with_role("ada", "admin");
+    let owner = s.user("sam").await;
+    let teacher = s.user_with_role("tess", "teacher").await;
+    let classmate = s.user("cleo").await;
+    let other_teacher = s.user_with_role("otto", "teacher").await;
+    let admin = s.user_with_role("ada", "admin").await;
     let class = s.cli(&["group", "create", "7B"]).1.trim().to_owned();
     let other = s.cli(&["group", "create", "7C"]).1.trim().to_owned();
     for (group, member) in [

@@ -57,8 +57,8 @@ async fn fetch(s: &TestServer, c: &Client, url: &str) -> (u16, String, Vec<u8>) 
 }
 
 async fn saved_items_are_private_to_their_owner(s: TestServer) {
-    let alice = s.user("alice");
-    let bob = s.user("bob");
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
     let body = svg(7);
     let saved = save(&alice, "Cat", "COSTUME", "image/svg+xml", body.clone()).await;
     let item = &saved["data"]["saveBackpackItem"];
@@ -118,7 +118,7 @@ async fn saved_items_are_private_to_their_owner(s: TestServer) {
 }
 
 async fn a_failed_save_leaves_no_row_and_no_file(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     // Wrong mime for the bytes, bytes that are not the kind, a bad thumbnail.
     let e = save(&alice, "Cat", "COSTUME", "image/png", svg(1)).await;
     assert_eq!(code(&e["errors"][0]), "BAD_USER_INPUT", "{e}");
@@ -133,11 +133,8 @@ async fn a_failed_save_leaves_no_row_and_no_file(s: TestServer) {
 /// 50 concurrent saves against a quota of 10 items: exactly 10 are saved, the others answer
 /// CONFLICT/QUOTA_EXCEEDED, and no file of a refused save stays behind.
 async fn quota_holds_under_concurrent_saves(backend: Backend) {
-    let Some(s) = TestServer::start_with(backend, &[("ATELIER_BACKPACK_MAX_ITEMS", "10")]).await
-    else {
-        return;
-    };
-    let alice = s.user("alice");
+    let s = TestServer::start_with(backend, &[("ATELIER_BACKPACK_MAX_ITEMS", "10")]).await;
+    let alice = s.user("alice").await;
     let answers =
         join_all((0..50).map(|i| save(&alice, "Cat", "COSTUME", "image/svg+xml", svg(100 + i))))
             .await;
@@ -165,6 +162,10 @@ async fn quota_holds_under_concurrent_saves_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(atelier_pg_tests),
+    ignore = "set TEST_DATABASE_URL to run the PostgreSQL variant"
+)]
 async fn quota_holds_under_concurrent_saves_postgres() {
     quota_holds_under_concurrent_saves(Backend::Postgres).await;
 }
