@@ -1,5 +1,5 @@
-//! The command line: `serve`, `migrate`, `schema`, `token create`, `group create`,
-//! `group add-member`. Results for scripts go to stdout; logs go to stderr.
+//! The command line: `serve`, `migrate`, `schema`, `fsck`, `gc`, `token create`,
+//! `group create`, `group add-member`. Results for scripts go to stdout; logs go to stderr.
 
 use std::time::Duration;
 
@@ -208,6 +208,8 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
             max_content_bytes: cfg.max_content_bytes,
             max_asset_bytes: cfg.max_asset_bytes,
             asset_access: cfg.asset_access,
+            backpack_max_items: cfg.backpack_max_items,
+            backpack_max_bytes: cfg.backpack_max_bytes,
         },
     )
     .await?;

@@ -134,6 +134,14 @@ pub struct ServeConfig {
     #[arg(long, env = "ATELIER_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 
+    /// Most items one user's backpack may hold.
+    #[arg(long, env = "ATELIER_BACKPACK_MAX_ITEMS", default_value_t = 200)]
+    pub backpack_max_items: u64,
+
+    /// Most bytes (bodies and thumbnails) one user's backpack may hold.
+    #[arg(long, env = "ATELIER_BACKPACK_MAX_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub backpack_max_bytes: u64,
+
     /// Seconds between sweeps of staged files no request owns (commits whose reply was lost,
     /// processes that died) and of expired idempotency keys.
     #[arg(long, env = "ATELIER_SWEEP_INTERVAL_SECS", default_value_t = 30)]
@@ -162,6 +170,9 @@ pub struct Limits {
     pub max_content_bytes: u64,
     pub max_asset_bytes: u64,
     pub asset_access: AssetAccess,
+    /// Per-user backpack quota: items, and bytes of bodies and thumbnails.
+    pub backpack_max_items: u64,
+    pub backpack_max_bytes: u64,
 }
 
 impl Default for Limits {
@@ -170,6 +181,8 @@ impl Default for Limits {
             max_content_bytes: 10 * 1024 * 1024,
             max_asset_bytes: 10 * 1024 * 1024,
             asset_access: AssetAccess::Public,
+            backpack_max_items: 200,
+            backpack_max_bytes: 100 * 1024 * 1024,
         }
     }
 }

@@ -37,7 +37,7 @@ id_type!(GroupId, "group");
 id_type!(AssetId, "asset");
 
 /// A user's role; stored lower-case.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
     Student,
     Teacher,
@@ -78,7 +78,7 @@ impl std::str::FromStr for Role {
 }
 
 /// The signed-in user a request acts for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Viewer {
     pub id: UserId,
     pub role: Role,

@@ -1,7 +1,6 @@
 //! The one error type of Atelier. Every variant maps to a stable `extensions.code`
 //! (DESIGN.md §6); database errors are classified once, here.
 
-use async_graphql::ErrorExtensions;
 use sea_orm::{DbErr, RuntimeErr, SqlErr};
 
 pub type AppResult<T> = Result<T, AppError>;
@@ -37,6 +36,9 @@ pub enum AppError {
     MissingAssets(Vec<String>),
     #[error("{what} exceeds the limit of {limit} bytes")]
     PayloadTooLarge { what: &'static str, limit: u64 },
+    /// A per-user quota is full (code CONFLICT, reason QUOTA_EXCEEDED).
+    #[error("the quota of {limit} {what} is full")]
+    QuotaExceeded { what: &'static str, limit: u64 },
     /// Retryable trouble with the database or storage (busy, unreachable, disk full).
     #[error("{0}")]
     Unavailable(String),
@@ -52,7 +54,7 @@ pub enum AppError {
     #[error("the mutation was already applied under this Idempotency-Key")]
     AlreadyApplied,
     #[error(transparent)]
-    Db(#[from] DbErr),
+    Db(DbErr),
 }
 
 impl AppError {
@@ -68,27 +70,29 @@ impl AppError {
     }
 
     /// The stable code clients match on (`extensions.code`).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            AppError::Unauthenticated => "UNAUTHENTICATED",
-            AppError::Forbidden(_) => "FORBIDDEN",
-            AppError::NotFound(_) => "NOT_FOUND",
-            AppError::BadUserInput { .. } => "BAD_USER_INPUT",
-            AppError::VersionConflict { .. } => "VERSION_CONFLICT",
-            AppError::Conflict(_) | AppError::AlreadyApplied | AppError::IdempotencyKeyReused => {
-                "CONFLICT"
-            }
-            AppError::ChecksumMismatch(_) => "CHECKSUM_MISMATCH",
-            AppError::MissingAssets(_) => "MISSING_ASSETS",
-            AppError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
-            AppError::Unavailable(_) | AppError::OutcomeUnknown(_) => "UNAVAILABLE",
-            AppError::Internal(_) => "INTERNAL",
+            AppError::Unauthenticated => Code::Unauthenticated,
+            AppError::Forbidden(_) => Code::Forbidden,
+            AppError::NotFound(_) => Code::NotFound,
+            AppError::BadUserInput { .. } => Code::BadUserInput,
+            AppError::VersionConflict { .. } => Code::VersionConflict,
+            AppError::Conflict(_)
+            | AppError::AlreadyApplied
+            | AppError::IdempotencyKeyReused
+            | AppError::QuotaExceeded { .. } => Code::Conflict,
+            AppError::ChecksumMismatch(_) => Code::ChecksumMismatch,
+            AppError::MissingAssets(_) => Code::MissingAssets,
+            AppError::PayloadTooLarge { .. } => Code::PayloadTooLarge,
+            AppError::Unavailable(_) | AppError::OutcomeUnknown(_) => Code::Unavailable,
+            AppError::Internal(_) => Code::Internal,
             AppError::Db(e) => match classify_db(e) {
                 DbErrorKind::Transient
                 | DbErrorKind::Unreachable
-                | DbErrorKind::ResourceExhausted => "UNAVAILABLE",
-                DbErrorKind::UniqueViolation => "CONFLICT",
-                DbErrorKind::Other => "INTERNAL",
+                | DbErrorKind::ResourceExhausted => Code::Unavailable,
+                DbErrorKind::UniqueViolation => Code::Conflict,
+                DbErrorKind::ForeignKeyViolation => Code::NotFound,
+                DbErrorKind::Other => Code::Internal,
             },
         }
     }
@@ -132,16 +136,16 @@ impl AppError {
         match self {
             AppError::Unavailable(m) => AppError::Unavailable(m.clone()),
             AppError::OutcomeUnknown(m) => AppError::OutcomeUnknown(m.clone()),
-            _ if self.code() == "UNAVAILABLE" => AppError::Unavailable(self.public_message()),
+            _ if self.code() == Code::Unavailable => AppError::Unavailable(self.public_message()),
             _ => AppError::Internal(self.to_string()),
         }
     }
 
     /// The message a client sees. Internal details stay in the log.
-    fn public_message(&self) -> String {
+    pub fn public_message(&self) -> String {
         match self.code() {
-            "INTERNAL" => "internal error".to_owned(),
-            "UNAVAILABLE" => match self {
+            Code::Internal => "internal error".to_owned(),
+            Code::Unavailable => match self {
                 AppError::Unavailable(m) | AppError::OutcomeUnknown(m) => m.clone(),
                 AppError::Db(e) if classify_db(e) == DbErrorKind::ResourceExhausted => {
                     "the database did not finish the request in time or is out of resources; \
@@ -150,10 +154,14 @@ impl AppError {
                 }
                 _ => "the database is busy or unreachable; retry shortly".to_owned(),
             },
-            "CONFLICT" => match self {
+            Code::Conflict => match self {
                 AppError::Conflict(m) => m.clone(),
-                AppError::IdempotencyKeyReused => self.to_string(),
+                AppError::IdempotencyKeyReused | AppError::QuotaExceeded { .. } => self.to_string(),
                 _ => "the write conflicts with existing data".to_owned(),
+            },
+            Code::NotFound => match self {
+                AppError::Db(_) => "a row this write refers to no longer exists".to_owned(),
+                _ => self.to_string(),
             },
             _ => self.to_string(),
         }
@@ -172,49 +180,58 @@ impl From<std::io::Error> for AppError {
     }
 }
 
-impl ErrorExtensions for AppError {
-    fn extend(&self) -> async_graphql::Error {
-        let code = self.code();
-        match code {
-            "INTERNAL" => tracing::error!(error = %self, error.debug = ?self, "internal error"),
-            "UNAVAILABLE" => tracing::warn!(error = %self, "request failed: unavailable"),
-            _ => tracing::debug!(error = %self, error.code = code, "request rejected"),
+/// The stable error codes of the API (`extensions.code`). Clients match on these strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    Unauthenticated,
+    Forbidden,
+    NotFound,
+    BadUserInput,
+    VersionConflict,
+    Conflict,
+    ChecksumMismatch,
+    MissingAssets,
+    PayloadTooLarge,
+    Unavailable,
+    Internal,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Unauthenticated => "UNAUTHENTICATED",
+            Code::Forbidden => "FORBIDDEN",
+            Code::NotFound => "NOT_FOUND",
+            Code::BadUserInput => "BAD_USER_INPUT",
+            Code::VersionConflict => "VERSION_CONFLICT",
+            Code::Conflict => "CONFLICT",
+            Code::ChecksumMismatch => "CHECKSUM_MISMATCH",
+            Code::MissingAssets => "MISSING_ASSETS",
+            Code::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::Internal => "INTERNAL",
         }
-        async_graphql::Error::new(self.public_message()).extend_with(|_, ext| {
-            ext.set("code", code);
-            match self {
-                AppError::BadUserInput {
-                    field: Some(field), ..
-                } => ext.set("field", *field),
-                AppError::VersionConflict {
-                    expected,
-                    current,
-                    retry_after,
-                } => {
-                    ext.set("expectedVersion", *expected);
-                    ext.set("currentVersion", *current);
-                    if let Some(wait) = retry_after {
-                        ext.set("retryAfterMs", wait.as_micros().div_ceil(1000) as u64);
-                    }
-                }
-                AppError::MissingAssets(missing) => ext.set("missing", missing.clone()),
-                AppError::IdempotencyKeyReused => ext.set("reason", "IDEMPOTENCY_KEY_REUSED"),
-                AppError::PayloadTooLarge { limit, .. } => ext.set("limit", *limit),
-                _ => {}
-            }
-        })
+    }
+
+    /// The HTTP status of an error answered before a GraphQL operation runs (errors during
+    /// execution travel in a 200 response, as GraphQL over HTTP does).
+    pub fn http_status(self) -> u16 {
+        match self {
+            Code::Unauthenticated => 401,
+            Code::Forbidden => 403,
+            Code::NotFound => 404,
+            Code::BadUserInput | Code::ChecksumMismatch | Code::MissingAssets => 400,
+            Code::VersionConflict | Code::Conflict => 409,
+            Code::PayloadTooLarge => 413,
+            Code::Unavailable => 503,
+            Code::Internal => 500,
+        }
     }
 }
 
-/// Resolver-boundary conversion that keeps the extensions (a bare `?` would drop them through
-/// async-graphql's blanket `From<Display>`).
-pub trait GqlResultExt<T> {
-    fn gql(self) -> async_graphql::Result<T>;
-}
-
-impl<T> GqlResultExt<T> for AppResult<T> {
-    fn gql(self) -> async_graphql::Result<T> {
-        self.map_err(|e| e.extend())
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -230,13 +247,62 @@ pub enum DbErrorKind {
     /// client's wait: answer `UNAVAILABLE` at once, never retry.
     ResourceExhausted,
     UniqueViolation,
+    /// A row this write refers to is gone (or, on delete, is still referred to).
+    ForeignKeyViolation,
     Other,
+}
+
+impl From<DbErr> for AppError {
+    fn from(e: DbErr) -> Self {
+        on_constraint(e)
+    }
+}
+
+/// Foreign keys by the name PostgreSQL gives them, and the parent whose absence they report.
+/// (SQLite does not name the constraint: its violations answer the generic parent.)
+const FOREIGN_KEYS: &[(&str, &str)] = &[
+    ("projects_owner_id_fkey", "user"),
+    ("projects_remixed_from_fkey", "project"),
+    ("project_assets_project_id_fkey", "project"),
+    ("project_assets_asset_id_fkey", "asset"),
+    ("project_shares_project_id_fkey", "project"),
+    ("project_shares_group_id_fkey", "group"),
+    ("group_members_group_id_fkey", "group"),
+    ("group_members_user_id_fkey", "user"),
+    ("api_tokens_user_id_fkey", "user"),
+    ("sessions_user_id_fkey", "user"),
+    ("backpack_items_owner_id_fkey", "user"),
+    ("idempotency_keys_user_id_fkey", "user"),
+    ("idempotency_effects_user_id_fkey", "user"),
+];
+
+/// Named constraints to domain answers, in one place: a foreign key that fails because its
+/// parent vanished (a concurrent delete) is the parent's `NOT_FOUND`, not `INTERNAL`; one that
+/// fails because a row is still referred to is a `CONFLICT`. Unique violations stay database
+/// errors (code `CONFLICT`); the services turn the expected ones into their winner's row.
+fn on_constraint(e: DbErr) -> AppError {
+    let Some(SqlErr::ForeignKeyConstraintViolation(message)) = e.sql_err() else {
+        return AppError::Db(e);
+    };
+    if message.contains("update or delete on") {
+        return AppError::Conflict("it is still in use".to_owned());
+    }
+    let parent = FOREIGN_KEYS
+        .iter()
+        .find(|(name, _)| message.contains(name))
+        .map_or("referenced row", |(_, parent)| *parent);
+    tracing::debug!(error = %message, parent, "foreign_key_parent_vanished");
+    AppError::NotFound(parent)
 }
 
 /// Classifies a database error once, for retries and for the client-facing code.
 pub fn classify_db(e: &DbErr) -> DbErrorKind {
-    if let Some(SqlErr::UniqueConstraintViolation(_)) = e.sql_err() {
-        return DbErrorKind::UniqueViolation;
+    match e.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => return DbErrorKind::UniqueViolation,
+        Some(SqlErr::ForeignKeyConstraintViolation(_)) => {
+            return DbErrorKind::ForeignKeyViolation;
+        }
+        _ => {}
     }
     match e {
         DbErr::ConnectionAcquire(_) => DbErrorKind::Unreachable,
@@ -282,6 +348,41 @@ fn classify_sqlx(e: &sea_orm::sqlx::Error) -> DbErrorKind {
 #[cfg(test)]
 mod tests {
     use std::borrow::Cow;
+
+    #[tokio::test]
+    async fn a_vanished_parent_is_not_found_and_a_referenced_one_a_conflict() {
+        use sea_orm::{ConnectionTrait, Database};
+        let db = Database::connect("sqlite::memory:").await.unwrap();
+        for sql in [
+            "PRAGMA foreign_keys = ON",
+            "CREATE TABLE parents (id INTEGER PRIMARY KEY)",
+            "CREATE TABLE children (id INTEGER PRIMARY KEY, parent_id INTEGER NOT NULL REFERENCES parents(id))",
+            "INSERT INTO parents (id) VALUES (1)",
+            "INSERT INTO children (id, parent_id) VALUES (1, 1)",
+        ] {
+            db.execute_unprepared(sql).await.unwrap();
+        }
+        let orphan: AppError = db
+            .execute_unprepared("INSERT INTO children (id, parent_id) VALUES (2, 99)")
+            .await
+            .unwrap_err()
+            .into();
+        assert_eq!(orphan.code(), super::Code::NotFound, "{orphan:?}");
+        let still_used: AppError = db
+            .execute_unprepared("DELETE FROM parents WHERE id = 1")
+            .await
+            .unwrap_err()
+            .into();
+        // SQLite does not say which way a foreign key failed: NOT_FOUND either way there;
+        // PostgreSQL's "update or delete on" message makes it a CONFLICT.
+        assert!(
+            matches!(
+                still_used.code(),
+                super::Code::NotFound | super::Code::Conflict
+            ),
+            "{still_used:?}"
+        );
+    }
 
     use sea_orm::{DbErr, RuntimeErr, sqlx};
 
@@ -335,7 +436,7 @@ mod tests {
             let e = exec_err(code);
             let AppError::Db(db) = &e else { unreachable!() };
             assert_eq!(classify_db(db), DbErrorKind::ResourceExhausted, "{code}");
-            assert_eq!(e.code(), "UNAVAILABLE", "{code}");
+            assert_eq!(e.code(), super::Code::Unavailable, "{code}");
             assert!(!e.is_retryable_conflict(), "{code} must not be retried");
             assert!(!e.is_connection_lost(), "{code} is not a lost connection");
         }
@@ -345,13 +446,13 @@ mod tests {
     fn lost_connections_and_conflicts_stay_retryable() {
         for code in ["57P01", "57P02", "57P03", "08000", "08003", "08006"] {
             let e = exec_err(code);
-            assert_eq!(e.code(), "UNAVAILABLE", "{code}");
+            assert_eq!(e.code(), super::Code::Unavailable, "{code}");
             assert!(e.is_connection_lost(), "{code}");
             assert!(!e.is_retryable_conflict(), "{code}");
         }
         for code in ["40001", "40P01", "5", "261", "517", "6", "262"] {
             let e = exec_err(code);
-            assert_eq!(e.code(), "UNAVAILABLE", "{code}");
+            assert_eq!(e.code(), super::Code::Unavailable, "{code}");
             assert!(e.is_retryable_conflict(), "{code}");
             assert!(!e.is_connection_lost(), "{code}");
         }

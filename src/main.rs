@@ -11,7 +11,7 @@ async fn main() -> std::process::ExitCode {
     match atelier::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, code = e.code(), "command failed");
+            tracing::error!(error = %e, code = %e.code(), "command failed");
             eprintln!("error: {e}");
             std::process::ExitCode::FAILURE
         }

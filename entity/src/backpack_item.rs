@@ -1,7 +1,7 @@
 //! A reusable piece (sprite, costume, sound, script) in a user's backpack.
 use sea_orm::entity::prelude::*;
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "backpack_items")]
 pub struct Model {
     #[sea_orm(primary_key)]
@@ -12,6 +12,10 @@ pub struct Model {
     pub body_key: String,
     pub thumbnail_key: Option<String>,
     pub created_at: DateTimeUtc,
+    /// Media type of the body, as checked against its bytes.
+    pub mime: String,
+    /// Bytes of body and thumbnail together (what the quota counts).
+    pub size: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

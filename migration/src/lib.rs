@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_initial;
 mod m20261126_000001_idempotency;
+mod m20261126_000002_backpack;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_initial::Migration),
             Box::new(m20261126_000001_idempotency::Migration),
+            Box::new(m20261126_000002_backpack::Migration),
         ]
     }
 }

@@ -139,8 +139,7 @@ impl Db {
     /// is lost is never run again: it answers [`AppError::OutcomeUnknown`].
     pub async fn write<T, F>(&self, f: F) -> AppResult<T>
     where
-        T: Send,
-        F: for<'c> Fn(&'c DatabaseTransaction) -> BoxFuture<'c, AppResult<T>> + Send + Sync,
+        F: for<'c> Fn(&'c DatabaseTransaction) -> BoxFuture<'c, AppResult<T>>,
     {
         self.write_observed(&CommitState::default(), f).await
     }
@@ -151,90 +150,73 @@ impl Db {
     /// files for this transaction must then keep them for the database to decide.
     pub async fn write_observed<T, F>(&self, commit: &CommitState, f: F) -> AppResult<T>
     where
-        T: Send,
-        F: for<'c> Fn(&'c DatabaseTransaction) -> BoxFuture<'c, AppResult<T>> + Send + Sync,
+        F: for<'c> Fn(&'c DatabaseTransaction) -> BoxFuture<'c, AppResult<T>>,
     {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            self.metrics.record_write_attempt(attempt > 1);
-            match self.write_once(&f, commit).await {
-                Err(Failed::Unknown(e)) => {
-                    tracing::warn!(attempt, error = %e, "commit_outcome_unknown");
-                    return Err(AppError::OutcomeUnknown(
-                        "the database connection was lost while committing: the write may or \
-                         may not have happened; retry with the same Idempotency-Key"
-                            .to_owned(),
-                    ));
-                }
-                // A dead pooled connection (or several, after a database restart), before
-                // anything was committed: run it again on the next connection.
-                Err(Failed::BeforeCommit(e))
-                    if e.is_connection_lost() && attempt < MAX_ATTEMPTS =>
-                {
-                    tracing::info!(attempt, error = %e, "transaction_retry_after_connection_loss");
-                    // No backoff: the next attempt draws another connection, or fails at once
-                    // when none can be made (the database is down: the client hears so fast).
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                Err(Failed::BeforeCommit(e) | Failed::Commit(e))
-                    if e.is_retryable_conflict() && attempt < MAX_ATTEMPTS =>
-                {
-                    tracing::debug!(attempt, error = %e, "transaction_retry");
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(Failed::BeforeCommit(e) | Failed::Commit(e)) if e.is_retryable_conflict() => {
-                    tracing::warn!(attempt, error = %e, "transaction_retries_exhausted");
-                    return Err(AppError::Unavailable(
-                        "the database is too busy; retry shortly".to_owned(),
-                    ));
-                }
-                Err(Failed::BeforeCommit(e) | Failed::Commit(e)) => return Err(e),
-                Ok(v) => return Ok(v),
-            }
-        }
+        self.retrying(|| self.transaction_once(&f, commit)).await
     }
 
-    /// Runs `f`, whose one write statement commits by itself (no transaction), retrying it
-    /// like `write` when it did not happen (SQLite busy). A connection lost meanwhile is not
-    /// retried: the statement may have committed.
+    /// Runs `f`, whose one write statement commits by itself (no BEGIN/COMMIT round trips).
+    /// Unlike a transaction, a statement whose connection died is never run again: it may have
+    /// committed.
     pub async fn write_one<T, F>(&self, f: F) -> AppResult<T>
     where
-        T: Send,
-        F: for<'c> Fn(&'c DatabaseConnection) -> BoxFuture<'c, AppResult<T>> + Send + Sync,
+        F: for<'c> Fn(&'c DatabaseConnection) -> BoxFuture<'c, AppResult<T>>,
+    {
+        self.retrying(|| self.statement_once(&f)).await
+    }
+
+    async fn statement_once<T, F>(&self, f: &F) -> Result<T, Failed>
+    where
+        F: for<'c> Fn(&'c DatabaseConnection) -> BoxFuture<'c, AppResult<T>>,
+    {
+        let _permit = self.write_permit().await.map_err(Failed::Final)?;
+        // The statement was sent: a lost connection may have committed it.
+        f(&self.conn).await.map_err(|e| {
+            if let AppError::Db(db) = &e {
+                note_acquire_timeout(db);
+            }
+            Failed::sort(e, Failed::Unknown)
+        })
+    }
+
+    /// The one retry policy of every write (see [`Failed`]).
+    async fn retrying<T, A>(&self, attempt_once: impl Fn() -> A) -> AppResult<T>
+    where
+        A: std::future::Future<Output = Result<T, Failed>>,
     {
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.metrics.record_write_attempt(attempt > 1);
-            let result = {
-                let _permit = self.write_permit().await?;
-                f(&self.conn).await
-            };
-            if let Err(AppError::Db(e)) = &result {
-                note_acquire_timeout(e);
-            }
-            match result {
-                // The statement was sent and its connection died: it may have committed.
-                Err(e) if e.is_connection_lost() => {
-                    tracing::warn!(attempt, error = %e, "statement_outcome_unknown");
+            match attempt_once().await {
+                Ok(v) => return Ok(v),
+                Err(Failed::Unknown(e)) => {
+                    tracing::warn!(attempt, error = %e, "write_outcome_unknown");
                     return Err(AppError::OutcomeUnknown(
                         "the database connection was lost during the write: it may or may not \
                          have happened; retry with the same Idempotency-Key"
                             .to_owned(),
                     ));
                 }
-                Err(e) if e.is_retryable_conflict() && attempt < MAX_ATTEMPTS => {
-                    tracing::debug!(attempt, error = %e, "statement_retry");
+                // A dead pooled connection (or several, after a database restart), before
+                // anything was committed. No backoff: the next attempt draws another
+                // connection, or fails at once when none can be made (the database is down:
+                // the client hears so fast).
+                Err(Failed::NotDone(e)) if attempt < MAX_ATTEMPTS => {
+                    tracing::info!(attempt, error = %e, "write_retry_after_connection_loss");
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err(Failed::Conflict(e)) if attempt < MAX_ATTEMPTS => {
+                    tracing::debug!(attempt, error = %e, "write_retry");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                Err(e) if e.is_retryable_conflict() => {
-                    tracing::warn!(attempt, error = %e, "statement_retries_exhausted");
+                Err(Failed::Conflict(e)) => {
+                    tracing::warn!(attempt, error = %e, "write_retries_exhausted");
                     return Err(AppError::Unavailable(
                         "the database is too busy; retry shortly".to_owned(),
                     ));
                 }
-                other => return other,
+                Err(Failed::NotDone(e) | Failed::Final(e)) => return Err(e),
             }
         }
     }
@@ -247,12 +229,13 @@ impl Db {
         }
     }
 
-    async fn write_once<T, F>(&self, f: &F, commit: &CommitState) -> Result<T, Failed>
+    async fn transaction_once<T, F>(&self, f: &F, commit: &CommitState) -> Result<T, Failed>
     where
         F: for<'c> Fn(&'c DatabaseTransaction) -> BoxFuture<'c, AppResult<T>>,
     {
-        let before = Failed::BeforeCommit;
-        let _permit = self.write_permit().await.map_err(before)?;
+        // Before COMMIT nothing happened: a lost connection may be retried.
+        let before = |e: AppError| Failed::sort(e, Failed::NotDone);
+        let _permit = self.write_permit().await.map_err(Failed::Final)?;
         let txn = self
             .conn
             .begin_with_options(TransactionOptions {
@@ -271,7 +254,7 @@ impl Db {
         let value = f(&txn).await.map_err(before)?;
         fail::fail_point!("db::before_commit", |arg| {
             let e = crate::storage::injected("db::before_commit", arg);
-            Err(before(AppError::Unavailable(format!(
+            Err(Failed::Final(AppError::Unavailable(format!(
                 "the database is unavailable ({e}); retry"
             ))))
         });
@@ -283,7 +266,7 @@ impl Db {
                 return Err(Failed::Unknown(e));
             }
             commit.set(false);
-            return Err(Failed::Commit(e));
+            return Err(Failed::sort(e, Failed::Final));
         }
         // Tests hold a committed write here (`return(ms)`) while its client goes away.
         let pause: Option<u64> = (|| {
@@ -313,14 +296,32 @@ impl Db {
     }
 }
 
-/// Where a write transaction failed: only failures before COMMIT are safe to run again after
-/// losing the connection.
+/// How one attempt of a write failed, which decides what the retry policy does: the
+/// difference between a transaction and a single autocommit statement is only in how their
+/// errors are sorted into these.
 enum Failed {
-    BeforeCommit(AppError),
-    /// The database answered COMMIT with an error: it rolled back.
-    Commit(AppError),
-    /// COMMIT's reply was lost: it may have committed.
+    /// It provably did not happen and its connection died: run it again on another one.
+    NotDone(AppError),
+    /// A transient conflict (busy, serialization failure, deadlock) the database rolled back:
+    /// run it again after a backoff.
+    Conflict(AppError),
+    /// It may have happened (COMMIT sent, or a statement's connection died): never again.
     Unknown(AppError),
+    /// Anything else: the answer.
+    Final(AppError),
+}
+
+impl Failed {
+    /// Sorts an error of one attempt; `lost` says what a lost connection means at that point.
+    fn sort(e: AppError, lost: fn(AppError) -> Failed) -> Failed {
+        if e.is_connection_lost() {
+            lost(e)
+        } else if e.is_retryable_conflict() {
+            Failed::Conflict(e)
+        } else {
+            Failed::Final(e)
+        }
+    }
 }
 
 /// Whether a write transaction's COMMIT may have happened (see [`Db::write_observed`]).
@@ -351,6 +352,37 @@ fn note_acquire_timeout(e: &DbErr) {
 fn backoff(attempt: u32) -> Duration {
     let base = 5u64 << attempt.min(6);
     Duration::from_millis(base + rand::random_range(0..=base))
+}
+
+/// Get-or-create without duplicates (DESIGN §4 rule 3): inserts `row` unless a row with the
+/// same `unique` key exists (`INSERT … ON CONFLICT DO NOTHING`), then reads the one that
+/// stands, `winner`. Every racer gets the same row; `created` tells the one whose insert won.
+pub async fn get_or_create<A, C, I>(
+    conn: &C,
+    row: A,
+    unique: I,
+    winner: sea_orm::Select<A::Entity>,
+) -> AppResult<(<A::Entity as sea_orm::EntityTrait>::Model, bool)>
+where
+    A: sea_orm::ActiveModelTrait + Send,
+    C: ConnectionTrait,
+    I: IntoIterator<Item = <A::Entity as sea_orm::EntityTrait>::Column>,
+{
+    use sea_orm::{EntityName, EntityTrait};
+    let table = A::Entity::default().table_name();
+    let inserted = A::Entity::insert(row)
+        .on_conflict_do_nothing_on(unique)
+        .exec_without_returning(conn)
+        .await?;
+    let created = matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0);
+    if !created {
+        tracing::debug!(table = %table, "get_or_create_lost_race");
+    }
+    let model = winner
+        .one(conn)
+        .await?
+        .ok_or_else(|| AppError::internal(format!("{table} row vanished after get-or-create")))?;
+    Ok((model, created))
 }
 
 /// Runs the migrations on a connected database.

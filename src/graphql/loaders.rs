@@ -101,6 +101,95 @@ pub struct SharesKey(pub i64);
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ProjectAssetsKey(pub i64);
 
+/// The first page (`first` + 1 rows, to tell whether there is more) of a project's remixes
+/// that `viewer` can see.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RemixesKey {
+    pub project: i64,
+    pub first: u64,
+    pub viewer: Option<crate::domain::Viewer>,
+}
+
+impl Loader<RemixesKey> for Batch {
+    type Value = Vec<project::Model>;
+    type Error = DbErr;
+
+    async fn load(
+        &self,
+        keys: &[RemixesKey],
+    ) -> Result<HashMap<RemixesKey, Vec<project::Model>>, DbErr> {
+        // One statement per (viewer, page size): in practice one for the whole request.
+        let mut groups: HashMap<(Option<crate::domain::Viewer>, u64), Vec<i64>> = HashMap::new();
+        for k in keys {
+            groups
+                .entry((k.viewer, k.first))
+                .or_default()
+                .push(k.project);
+        }
+        let mut out = HashMap::new();
+        for ((viewer, first), sources) in groups {
+            let mut found =
+                crate::service::sharing::first_remixes(&self.0, viewer, &sources, first + 1)
+                    .await
+                    .map_err(|e| DbErr::Custom(e.to_string()))?;
+            for project in sources {
+                let rows = found.remove(&project).unwrap_or_default();
+                out.insert(
+                    RemixesKey {
+                        project,
+                        first,
+                        viewer,
+                    },
+                    rows,
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The first page (`first` + 1 rows) of the projects shared with a group that `viewer` can
+/// see.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroupProjectsKey {
+    pub group: i64,
+    pub first: u64,
+    pub viewer: Option<crate::domain::Viewer>,
+}
+
+impl Loader<GroupProjectsKey> for Batch {
+    type Value = Vec<project::Model>;
+    type Error = DbErr;
+
+    async fn load(
+        &self,
+        keys: &[GroupProjectsKey],
+    ) -> Result<HashMap<GroupProjectsKey, Vec<project::Model>>, DbErr> {
+        let mut groups: HashMap<(Option<crate::domain::Viewer>, u64), Vec<i64>> = HashMap::new();
+        for k in keys {
+            groups.entry((k.viewer, k.first)).or_default().push(k.group);
+        }
+        let mut out = HashMap::new();
+        for ((viewer, first), ids) in groups {
+            let mut found = crate::service::sharing::first_shared(&self.0, viewer, &ids, first + 1)
+                .await
+                .map_err(|e| DbErr::Custom(e.to_string()))?;
+            for group in ids {
+                let rows = found.remove(&group).unwrap_or_default();
+                out.insert(
+                    GroupProjectsKey {
+                        group,
+                        first,
+                        viewer,
+                    },
+                    rows,
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Loader<UserKey> for Batch {
     type Value = user::Model;
     type Error = DbErr;
@@ -206,4 +295,21 @@ impl Loader<AssetKey> for Batch {
             .filter(|(k, _)| keys.contains(k))
             .collect())
     }
+}
+
+/// One relation of one row: from the page's prefetch when the listing loaded it, else through
+/// the request's dataloader.
+pub async fn load<K, V>(
+    ctx: &async_graphql::Context<'_>,
+    key: K,
+) -> crate::error::AppResult<Option<V>>
+where
+    K: Send + Sync + std::hash::Hash + Eq + Clone + 'static,
+    Batch: Loader<K, Value = V, Error = DbErr>,
+    V: Send + Sync + Clone + 'static,
+{
+    if let Some(answer) = super::prefetched(ctx).get::<K, V>(&key) {
+        return Ok(answer);
+    }
+    Ok(super::loaders(ctx).load_one(key).await?)
 }

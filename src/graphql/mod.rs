@@ -1,11 +1,13 @@
 //! The GraphQL transport: types, resolvers, dataloaders and error mapping. Resolvers are thin:
 //! they parse input into domain types, call a `service::` function and map its error.
 
+mod assets;
+mod backpack;
 mod documents;
+mod errors;
+mod identity;
 mod loaders;
-mod mutation;
-mod query;
-mod types;
+mod projects;
 
 use std::sync::Arc;
 
@@ -18,15 +20,30 @@ use async_graphql::{
 use crate::{domain::Viewer, error::AppError, service::Services};
 
 pub use documents::{DOCUMENT_CACHE_ENTRIES, DocumentCache};
+pub use errors::GqlResultExt;
 pub use loaders::{Loaders, Prefetched};
-pub use mutation::MutationRoot;
-pub use query::QueryRoot;
+/// The query root: one resolver file per aggregate, merged.
+#[derive(async_graphql::MergedObject, Default)]
+pub struct Query(
+    projects::ProjectsQuery,
+    assets::AssetsQuery,
+    backpack::BackpackQuery,
+    identity::IdentityQuery,
+);
 
-pub type AppSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+/// The mutation root, merged the same way.
+#[derive(async_graphql::MergedObject, Default)]
+pub struct Mutation(
+    projects::ProjectsMutation,
+    assets::AssetsMutation,
+    backpack::BackpackMutation,
+);
+
+pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 
 /// Builds the schema; `Services` is shared by every request.
 pub fn build_schema(services: Services) -> AppSchema {
-    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .data(services)
         .limit_depth(16)
         .limit_complexity(10_000)
@@ -35,7 +52,7 @@ pub fn build_schema(services: Services) -> AppSchema {
 
 /// The SDL, as checked in at `schema.graphql`.
 pub fn sdl() -> String {
-    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .finish()
         .sdl()
 }
@@ -47,8 +64,9 @@ pub fn with_request_data(
     viewer: Option<Viewer>,
     request: async_graphql::Request,
 ) -> async_graphql::Request {
-    // The delay lets a whole page of rows enqueue its keys before the batch fires (1 ms, the
-    // default, split pages of 100 into several batches).
+    // Listings prefetch each relation for the whole page (see `projects::prefetch_page`), so
+    // the loader only batches what is left: relations of rows that did not come from a page
+    // (a single `project(id)`, `remixedFrom`). The short delay lets those enqueue together.
     let loader = DataLoader::new(
         loaders::Batch(services.clone()),
         TokioSpawner::current(),

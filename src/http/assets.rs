@@ -43,11 +43,13 @@ pub async fn get(
     let Some(format) = DataFormat::from_extension(ext) else {
         return plain(StatusCode::NOT_FOUND, "no such asset");
     };
-    if state.services.limits.asset_access == AssetAccess::Authenticated {
-        match authenticate(&state, &headers).await {
-            Ok(Some(_)) => {}
-            _ => return plain(StatusCode::UNAUTHORIZED, "sign in to fetch assets"),
-        }
+    // Only the `authenticated` policy needs to know who is asking.
+    let viewer = match state.services.limits.asset_access {
+        AssetAccess::Public => None,
+        AssetAccess::Authenticated => authenticate(&state, &headers).await.ok().flatten(),
+    };
+    if service::access::require_asset_reader(state.services.limits.asset_access, viewer).is_err() {
+        return plain(StatusCode::UNAUTHORIZED, "sign in to fetch assets");
     }
     let asset = match service::assets::find_by_md5ext(&state.services, &md5, format).await {
         Ok(Some(a)) => a,

@@ -12,7 +12,7 @@ use axum::{
 use super::AppState;
 use crate::{
     domain::Viewer,
-    error::AppError,
+    error::{AppError, Code},
     graphql::{IdempotencyScope, with_request_data},
     service::{
         self,
@@ -26,14 +26,14 @@ use crate::{
 pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let viewer = match authenticate(&state, &headers).await {
         Ok(v) => v,
-        Err(e) => return error_response(status_for(&e), &e),
+        Err(e) => return error_response(&e),
     };
     let key = match headers.get("idempotency-key").map(|v| {
         v.to_str()
             .map_err(|_| AppError::bad_input("Idempotency-Key", "Idempotency-Key must be ASCII"))
             .and_then(idempotency::parse_key)
     }) {
-        Some(Err(e)) => return error_response(StatusCode::BAD_REQUEST, &e),
+        Some(Err(e)) => return error_response(&e),
         Some(Ok(k)) => Some(k),
         None => None,
     };
@@ -45,11 +45,11 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
         // Every upload needs a viewer: refuse before a byte of the body is read, so that an
         // anonymous client cannot make us stage up to MAX_FILES × the asset limit to disk.
         if viewer.is_none() {
-            return error_response(StatusCode::UNAUTHORIZED, &AppError::Unauthenticated);
+            return error_response(&AppError::Unauthenticated);
         }
         match super::upload::receive(&state, boundary, body).await {
             Ok((batch, uploads)) => (batch, Some(uploads)),
-            Err(e) => return error_response(status_for(&e), &e),
+            Err(e) => return error_response(&e),
         }
     } else {
         let bytes = match axum::body::to_bytes(body, state.max_request_bytes).await {
@@ -59,7 +59,7 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
                     what: "request body",
                     limit: state.max_request_bytes as u64,
                 };
-                return error_response(StatusCode::PAYLOAD_TOO_LARGE, &e);
+                return error_response(&e);
             }
         };
         match serde_json::from_slice::<BatchRequest>(&bytes) {
@@ -69,7 +69,7 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
                     message: format!("the body is not a GraphQL request: {e}"),
                     field: None,
                 };
-                return error_response(StatusCode::BAD_REQUEST, &e);
+                return error_response(&e);
             }
         }
     };
@@ -81,7 +81,7 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
     }
     let fingerprint = fingerprint(&batch, uploads.as_deref());
     match idempotency::begin(&state.services, user.id, &key, &fingerprint).await {
-        Err(e) => error_response(status_for(&e), &e),
+        Err(e) => error_response(&e),
         Ok(Begin::Replay { status, body }) => {
             let mut resp = respond(Executed {
                 status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
@@ -160,7 +160,7 @@ async fn execute(
             e.extensions
                 .as_ref()
                 .and_then(|ext| ext.get("code"))
-                .is_some_and(|c| *c == async_graphql::Value::from("UNAVAILABLE"))
+                .is_some_and(|c| *c == async_graphql::Value::from(Code::Unavailable.as_str()))
         })
     });
     match serde_json::to_vec(&response) {
@@ -266,17 +266,12 @@ pub(super) async fn authenticate(
 }
 
 pub(super) fn status_for(e: &AppError) -> StatusCode {
-    match e.code() {
-        "UNAUTHENTICATED" => StatusCode::UNAUTHORIZED,
-        "PAYLOAD_TOO_LARGE" => StatusCode::PAYLOAD_TOO_LARGE,
-        "UNAVAILABLE" => StatusCode::SERVICE_UNAVAILABLE,
-        "INTERNAL" => StatusCode::INTERNAL_SERVER_ERROR,
-        _ => StatusCode::BAD_REQUEST,
-    }
+    StatusCode::from_u16(e.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-/// A GraphQL-shaped error body for failures before execution.
-pub(super) fn error_response(status: StatusCode, e: &AppError) -> Response {
+/// A GraphQL-shaped error body for failures before execution, with the code's HTTP status.
+pub(super) fn error_response(e: &AppError) -> Response {
+    let status = status_for(e);
     let err = e.extend();
     let server_error = ServerError {
         message: err.message,

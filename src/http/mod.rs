@@ -2,6 +2,7 @@
 //! and serving with graceful shutdown.
 
 mod assets;
+mod backpack;
 mod graphiql;
 mod graphql;
 mod health;
@@ -44,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/graphql", get(graphiql::page).post(graphql::post))
         .route("/graphiql/{file}", get(graphiql::asset))
         .route("/assets/{name}", get(assets::get))
+        .route("/backpack/{id}/{part}", get(backpack::get))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

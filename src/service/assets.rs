@@ -3,9 +3,7 @@
 //! winner's row and exactly one of them `created`.
 
 use entity::asset;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, TryInsertResult,
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
 use crate::{
     domain::{AssetKind, DataFormat, Md5, Viewer},
@@ -124,25 +122,26 @@ pub async fn upload(
     let (asset, created) = super::write::commit(svc, vec![blob], effect, |txn| {
         let (md5, sha256) = (md5.clone(), sha256.clone());
         Box::pin(async move {
-            let inserted = asset::Entity::insert(asset::ActiveModel {
-                md5: Set(md5.clone()),
-                asset_type: Set(kind.as_str().to_owned()),
-                sha256: Set(sha256.clone()),
-                size: Set(size),
-                content_type: Set(format.content_type.to_owned()),
-                data_format: Set(format.extension.to_owned()),
-                blob_key: Set(sha256.clone()),
-                created_by: Set(Some(viewer.id.0)),
-                created_at: Set(now()),
-                ..Default::default()
-            })
-            .on_conflict_do_nothing_on([asset::Column::Md5, asset::Column::AssetType])
-            .exec_without_returning(txn)
+            let (winner, created) = crate::db::get_or_create(
+                txn,
+                asset::ActiveModel {
+                    md5: Set(md5.clone()),
+                    asset_type: Set(kind.as_str().to_owned()),
+                    sha256: Set(sha256.clone()),
+                    size: Set(size),
+                    content_type: Set(format.content_type.to_owned()),
+                    data_format: Set(format.extension.to_owned()),
+                    blob_key: Set(sha256.clone()),
+                    created_by: Set(Some(viewer.id.0)),
+                    created_at: Set(now()),
+                    ..Default::default()
+                },
+                [asset::Column::Md5, asset::Column::AssetType],
+                asset::Entity::find()
+                    .filter(asset::Column::Md5.eq(md5.as_str()))
+                    .filter(asset::Column::AssetType.eq(kind.as_str())),
+            )
             .await?;
-            let created = matches!(inserted, TryInsertResult::Inserted(n) if n > 0);
-            let winner = find(txn, &md5, kind)
-                .await?
-                .ok_or_else(|| AppError::internal("asset vanished after insert"))?;
             if winner.sha256 != sha256 {
                 // An md5 collision: same key, different bytes. Never alias them.
                 return Err(AppError::Conflict(format!(

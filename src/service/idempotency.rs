@@ -239,6 +239,7 @@ impl Drop for Claim {
     }
 }
 
+/// Records the answer; only the holder of the key may.
 async fn complete(
     svc: &Services,
     user: i64,
@@ -247,35 +248,43 @@ async fn complete(
     status: u16,
     body: &str,
 ) -> AppResult<()> {
-    svc.db
-        .write_one(|conn| {
-            let update = idempotency_key::Entity::update_many()
-                .col_expr(idempotency_key::Column::State, Expr::value("complete"))
-                .col_expr(idempotency_key::Column::Status, Expr::value(status as i32))
-                .col_expr(
-                    idempotency_key::Column::Response,
-                    Expr::value(body.to_owned()),
-                )
-                .col_expr(
-                    idempotency_key::Column::Holder,
-                    Expr::value(Option::<String>::None),
-                )
-                .filter(idempotency_key::Column::UserId.eq(user))
-                .filter(idempotency_key::Column::IdemKey.eq(key.to_owned()))
-                .filter(idempotency_key::Column::Holder.eq(holder.to_owned()));
-            Box::pin(async move {
-                update.exec(conn).await?;
-                Ok(())
-            })
-        })
-        .await
+    held_by(svc, user, key, holder, |update| {
+        update
+            .col_expr(idempotency_key::Column::State, Expr::value("complete"))
+            .col_expr(idempotency_key::Column::Status, Expr::value(status as i32))
+            .col_expr(
+                idempotency_key::Column::Response,
+                Expr::value(body.to_owned()),
+            )
+            .col_expr(
+                idempotency_key::Column::Holder,
+                Expr::value(Option::<String>::None),
+            )
+    })
+    .await
 }
 
+/// Ends the lease at once, so a retry may take the key over.
 async fn release(svc: &Services, user: i64, key: &str, holder: &str) -> AppResult<()> {
+    held_by(svc, user, key, holder, |update| {
+        update.col_expr(idempotency_key::Column::LeaseUntil, Expr::value(now()))
+    })
+    .await
+}
+
+/// Updates the key's row if `holder` still holds it.
+async fn held_by(
+    svc: &Services,
+    user: i64,
+    key: &str,
+    holder: &str,
+    set: impl Fn(
+        sea_orm::UpdateMany<idempotency_key::Entity>,
+    ) -> sea_orm::UpdateMany<idempotency_key::Entity>,
+) -> AppResult<()> {
     svc.db
         .write_one(|conn| {
-            let update = idempotency_key::Entity::update_many()
-                .col_expr(idempotency_key::Column::LeaseUntil, Expr::value(now()))
+            let update = set(idempotency_key::Entity::update_many())
                 .filter(idempotency_key::Column::UserId.eq(user))
                 .filter(idempotency_key::Column::IdemKey.eq(key.to_owned()))
                 .filter(idempotency_key::Column::Holder.eq(holder.to_owned()));

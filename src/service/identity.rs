@@ -5,7 +5,6 @@ use base64::Engine;
 use entity::{api_token, group, group_member, user};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
-    TryInsertResult,
 };
 use sha2::{Digest, Sha256};
 
@@ -90,30 +89,22 @@ pub async fn get_or_create_user<C: ConnectionTrait>(
     display_name: &str,
     role: Option<Role>,
 ) -> AppResult<user::Model> {
-    let inserted = user::Entity::insert(user::ActiveModel {
-        provider: Set(provider.to_owned()),
-        subject: Set(subject.to_owned()),
-        display_name: Set(display_name.to_owned()),
-        role: Set(role.unwrap_or(Role::Student).as_str().to_owned()),
-        created_at: Set(now()),
-        ..Default::default()
-    })
-    .on_conflict_do_nothing_on([user::Column::Provider, user::Column::Subject])
-    .exec(conn)
+    let (existing, _) = crate::db::get_or_create(
+        conn,
+        user::ActiveModel {
+            provider: Set(provider.to_owned()),
+            subject: Set(subject.to_owned()),
+            display_name: Set(display_name.to_owned()),
+            role: Set(role.unwrap_or(Role::Student).as_str().to_owned()),
+            created_at: Set(now()),
+            ..Default::default()
+        },
+        [user::Column::Provider, user::Column::Subject],
+        user::Entity::find()
+            .filter(user::Column::Provider.eq(provider))
+            .filter(user::Column::Subject.eq(subject)),
+    )
     .await?;
-    if let TryInsertResult::Conflicted = inserted {
-        tracing::debug!(
-            user.provider = provider,
-            user.subject = subject,
-            "user_get_or_create_lost_race"
-        );
-    }
-    let existing = user::Entity::find()
-        .filter(user::Column::Provider.eq(provider))
-        .filter(user::Column::Subject.eq(subject))
-        .one(conn)
-        .await?
-        .ok_or_else(|| AppError::internal("user vanished after get-or-create"))?;
     match role {
         Some(role) if existing.role != role.as_str() => {
             let mut active: user::ActiveModel = existing.into();
@@ -176,29 +167,22 @@ pub async fn get_or_create_group<C: ConnectionTrait>(
     external_id: &str,
     name: &str,
 ) -> AppResult<group::Model> {
-    let inserted = group::Entity::insert(group::ActiveModel {
-        provider: Set(provider.to_owned()),
-        external_id: Set(external_id.to_owned()),
-        name: Set(name.to_owned()),
-        created_at: Set(now()),
-        ..Default::default()
-    })
-    .on_conflict_do_nothing_on([group::Column::Provider, group::Column::ExternalId])
-    .exec(conn)
+    let (group, _) = crate::db::get_or_create(
+        conn,
+        group::ActiveModel {
+            provider: Set(provider.to_owned()),
+            external_id: Set(external_id.to_owned()),
+            name: Set(name.to_owned()),
+            created_at: Set(now()),
+            ..Default::default()
+        },
+        [group::Column::Provider, group::Column::ExternalId],
+        group::Entity::find()
+            .filter(group::Column::Provider.eq(provider))
+            .filter(group::Column::ExternalId.eq(external_id)),
+    )
     .await?;
-    if let TryInsertResult::Conflicted = inserted {
-        tracing::debug!(
-            group.provider = provider,
-            group.external_id = external_id,
-            "group_get_or_create_lost_race"
-        );
-    }
-    group::Entity::find()
-        .filter(group::Column::Provider.eq(provider))
-        .filter(group::Column::ExternalId.eq(external_id))
-        .one(conn)
-        .await?
-        .ok_or_else(|| AppError::internal("group vanished after get-or-create"))
+    Ok(group)
 }
 
 /// `atelier group create NAME`: the local group of that name, created if absent.
@@ -253,6 +237,11 @@ pub async fn add_local_member(svc: &Services, group: GroupId, user_name: &str) -
             })
         })
         .await
+}
+
+/// A user by id.
+pub async fn user(svc: &Services, id: UserId) -> AppResult<Option<user::Model>> {
+    Ok(user::Entity::find_by_id(id.0).one(svc.db.conn()).await?)
 }
 
 /// The groups a user belongs to, by name.

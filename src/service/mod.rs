@@ -1,13 +1,16 @@
 //! The service layer: one module per aggregate. Every transaction, lock and version check
 //! lives here; callers (GraphQL, CLI) only parse input and map errors.
 
+pub mod access;
 pub mod assets;
+pub mod backpack;
 pub mod coalesce;
 pub mod idempotency;
 pub mod identity;
 pub mod maintenance;
 pub mod pacing;
 pub mod projects;
+pub mod sharing;
 pub mod write;
 
 use crate::{config::Limits, db::Db, storage::BlobStore};

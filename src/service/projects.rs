@@ -15,18 +15,30 @@ use sea_orm::{
 use crate::{
     domain::{AssetRef, ProjectContent, ProjectId, Title, UserId, Viewer},
     error::{AppError, AppResult},
-    service::{Services, now, write::Effect},
+    service::{Services, access, now, write::Effect},
 };
 
 /// Largest page a client may ask for.
 pub const MAX_PAGE: u64 = 100;
 pub const DEFAULT_PAGE: u64 = 20;
 
+/// The page size a client asked for: `DEFAULT_PAGE` when absent, at most `MAX_PAGE`.
+pub fn page_size(first: Option<i32>) -> AppResult<u64> {
+    match first {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if n < 0 => Err(AppError::bad_input("first", "first must not be negative")),
+        Some(n) => Ok(Ord::min(n as u64, MAX_PAGE)),
+    }
+}
+
 /// Which projects a listing wants (all filters combine with AND, inside what the viewer sees).
 #[derive(Clone, Debug, Default)]
 pub struct ProjectFilter {
     pub mine: bool,
     pub owner: Option<UserId>,
+    pub shared_with_group: Option<crate::domain::GroupId>,
+    /// Copies of this project (`Project.remixes`).
+    pub remixed_from: Option<ProjectId>,
 }
 
 /// One page of a keyset-paginated listing, ordered by id.
@@ -34,16 +46,6 @@ pub struct ProjectFilter {
 pub struct ProjectPage {
     pub rows: Vec<project::Model>,
     pub has_next: bool,
-}
-
-/// Whether `viewer` may see `project`. Sharing will widen this.
-pub fn can_read(viewer: Option<Viewer>, project: &project::Model) -> bool {
-    viewer.is_some_and(|v| v.is_admin() || v.id.0 == project.owner_id)
-}
-
-/// Whether `viewer` may change `project`: its owner, or an admin.
-fn can_write(viewer: Viewer, project: &project::Model) -> bool {
-    viewer.is_admin() || viewer.id.0 == project.owner_id
 }
 
 /// Creates a project owned by the viewer.
@@ -184,13 +186,10 @@ pub async fn delete(
                 .lock_exclusive()
                 .one(txn)
                 .await?
-                .filter(|p| can_read(Some(viewer), p))
                 .ok_or(AppError::NotFound("project"))?;
-            if !can_write(viewer, &current) {
-                return Err(AppError::Forbidden(
-                    "only the owner can delete this project".into(),
-                ));
-            }
+            access::project(txn, Some(viewer), &current)
+                .await?
+                .require_write("delete")?;
             if let Some(expected) = expected
                 && expected != current.version
             {
@@ -219,11 +218,11 @@ pub async fn get(
     if viewer.is_none() {
         return Ok(None);
     }
-    Ok(svc
-        .project_reads
-        .get(&svc.db, id.0)
-        .await?
-        .filter(|p| can_read(viewer, p)))
+    // One statement may serve several viewers' reads: the rule is applied per reader, here.
+    match svc.project_reads.get(&svc.db, id.0).await? {
+        Some(p) if access::project(svc.db.conn(), viewer, &p).await?.can_read() => Ok(Some(p)),
+        _ => Ok(None),
+    }
 }
 
 /// Lists what the viewer can see, by ascending id after the cursor id. Ids only grow, so a
@@ -241,15 +240,20 @@ pub async fn list(
             has_next: false,
         });
     };
-    let mut query = project::Entity::find().order_by_asc(project::Column::Id);
-    if !viewer.is_admin() {
-        query = query.filter(project::Column::OwnerId.eq(viewer.id.0));
-    }
+    let mut query = project::Entity::find()
+        .filter(access::readable_projects(viewer))
+        .order_by_asc(project::Column::Id);
     if filter.mine {
         query = query.filter(project::Column::OwnerId.eq(viewer.id.0));
     }
     if let Some(owner) = filter.owner {
         query = query.filter(project::Column::OwnerId.eq(owner.0));
+    }
+    if let Some(group) = filter.shared_with_group {
+        query = query.filter(super::sharing::shared_with_group(group));
+    }
+    if let Some(source) = filter.remixed_from {
+        query = query.filter(super::sharing::remixes_of(source));
     }
     if let Some(after) = after {
         query = query.filter(project::Column::Id.gt(after.0));
@@ -333,7 +337,6 @@ async fn hold_for_tests() {
     }
 }
 
-/// Why a compare-and-set update matched no row, in the order a client needs it.
 /// Bumps the version of a project the viewer may write if it is still at `expected`: one
 /// statement on the happy path; only a miss reads the row to say why (absent, not the
 /// viewer's, or a newer version).
@@ -353,9 +356,7 @@ async fn compare_and_set<C: ConnectionTrait>(
         .col_expr(project::Column::UpdatedAt, Expr::value(now()))
         .filter(project::Column::Id.eq(id.0))
         .filter(project::Column::Version.eq(expected));
-    if !viewer.is_admin() {
-        update = update.filter(project::Column::OwnerId.eq(viewer.id.0));
-    }
+    update = update.filter(access::writable_projects(viewer));
     if let Some(title) = title {
         update = update.col_expr(project::Column::Title, Expr::value(title));
     }
@@ -370,6 +371,8 @@ async fn compare_and_set<C: ConnectionTrait>(
     }
 }
 
+/// Why a compare-and-set update matched no row, in the order a client needs it: invisible
+/// (NOT_FOUND), visible but not the viewer's to change (FORBIDDEN), or a newer version.
 async fn why_not_written<C: ConnectionTrait>(
     conn: &C,
     viewer: Viewer,
@@ -377,18 +380,19 @@ async fn why_not_written<C: ConnectionTrait>(
     expected: i32,
 ) -> AppError {
     let current = match project::Entity::find_by_id(id.0).one(conn).await {
-        Ok(row) => row.filter(|p| can_read(Some(viewer), p)),
+        Ok(Some(row)) => row,
+        Ok(None) => return AppError::NotFound("project"),
         Err(e) => return e.into(),
     };
-    match current {
-        None => AppError::NotFound("project"),
-        Some(p) if !can_write(viewer, &p) => {
-            AppError::Forbidden("only the owner can change this project".into())
-        }
-        Some(p) => AppError::VersionConflict {
-            expected,
-            current: p.version,
-            retry_after: None,
+    match access::project(conn, Some(viewer), &current).await {
+        Err(e) => e,
+        Ok(a) => match a.require_write("change") {
+            Err(e) => e,
+            Ok(()) => AppError::VersionConflict {
+                expected,
+                current: current.version,
+                retry_after: None,
+            },
         },
     }
 }

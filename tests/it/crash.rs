@@ -6,16 +6,14 @@ use std::collections::HashMap;
 use futures::future::join_all;
 use serde_json::{Value, json};
 
+use crate::api::{CREATE_PROJECT as CREATE, GET_PROJECT as GET, UPDATE_PROJECT as UPDATE};
 use crate::{
     both_backends,
     harness::{
-        Client, PgDatabase, TestServer, code, empty_project, md5_hex, release_bin, svg, wav,
+        Backend, Client, PgDatabase, TestServer, code, empty_project, md5_hex, release_bin, svg,
+        wav,
     },
 };
-
-const CREATE: &str = "mutation($t: String!, $c: JSON!) { createProject(input: {title: $t, content: $c}) { id version } }";
-const GET: &str = "query($id: ID!) { project(id: $id) { id title version content } }";
-const UPDATE: &str = "mutation($id: ID!, $v: Int!, $t: String, $c: JSON) { updateProject(input: {id: $id, expectedVersion: $v, title: $t, content: $c}) { id version } }";
 
 both_backends!(
     failures_before_commit_leave_nothing,
@@ -23,21 +21,16 @@ both_backends!(
     crash_between_commit_and_publish_is_recovered,
     failed_staged_delete_is_cleaned_at_startup,
     fsck_reports_each_broken_invariant,
+    the_check_after_each_test_settles_staging_and_catches_broken_invariants,
     gc_removes_only_unreferenced_old_blobs,
     gc_racing_writers_never_loses_a_referenced_blob,
-    disk_full_is_unavailable_and_leaves_nothing,
     kill_dash_nine_under_load_loses_nothing_acknowledged,
 );
-
-fn fsck_ok(s: &TestServer) {
-    let (ok, out) = s.cli(&["fsck"]);
-    assert!(ok, "fsck found violations:\n{out}");
-}
 
 /// staging write, staging fsync, disk full while staging, and the database failing just
 /// before commit: a clean UNAVAILABLE, no row, no file, and the next request works.
 async fn failures_before_commit_leave_nothing(mut s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     for point in [
         "storage::stage_write=1*return",
         "storage::stage_fsync=1*return",
@@ -91,7 +84,7 @@ async fn failures_before_commit_leave_nothing(mut s: TestServer) {
 /// The rename into blobs/ fails after the commit: the write is durable (committed row, fsynced
 /// staged file) so it is acknowledged; the first reader publishes the staged file.
 async fn failed_publish_is_healed_by_readers(mut s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     s.restart_with_failpoints("storage::publish=1*return");
     let alice = Client::new(s.graphql_url(), alice.token.clone());
     let content = json!({ "targets": [], "healed": true });
@@ -102,13 +95,13 @@ async fn failed_publish_is_healed_by_readers(mut s: TestServer) {
     assert_eq!(got["project"]["content"], content);
     assert_eq!(s.blob_files().len(), 1);
     assert!(s.staging_files().is_empty());
-    fsck_ok(&s);
+    s.fsck_ok();
 }
 
 /// The process dies between commit and publish (no response reaches the client). After the
 /// restart the committed project is complete.
 async fn crash_between_commit_and_publish_is_recovered(mut s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     s.restart_with_failpoints("storage::after_commit=return(crash)");
     let alice = Client::new(s.graphql_url(), alice.token.clone());
     let content = json!({ "targets": [], "crash": "after commit" });
@@ -135,13 +128,13 @@ async fn crash_between_commit_and_publish_is_recovered(mut s: TestServer) {
         )
         .await;
     assert_eq!(list["projects"]["edges"][0]["node"]["content"], content);
-    fsck_ok(&s);
+    s.fsck_ok();
 }
 
 /// Removing a loser's staged file fails: the request still gets its own error, nothing is
 /// visible, and startup recovery removes the leftover.
 async fn failed_staged_delete_is_cleaned_at_startup(mut s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     s.restart_with_failpoints("storage::blob_delete=1*return");
     let alice = Client::new(s.graphql_url(), alice.token.clone());
     let missing = json!({ "targets": [{ "costumes": [{ "md5ext": "0123456789abcdef0123456789abcdef.svg" }] }] });
@@ -168,11 +161,13 @@ async fn failed_staged_delete_is_cleaned_at_startup(mut s: TestServer) {
     s.start_again();
     assert!(s.staging_files().is_empty());
     assert!(s.blob_files().is_empty());
-    fsck_ok(&s);
+    s.fsck_ok();
 }
 
-async fn fsck_reports_each_broken_invariant(s: TestServer) {
-    let alice = s.user("alice");
+/// Breaks I1, I2, I3 and staging on purpose: opts out of the check on drop.
+async fn fsck_reports_each_broken_invariant(mut s: TestServer) {
+    s.skip_invariant_check();
+    let alice = s.user("alice").await;
     let asset = alice.upload(svg(5), "IMAGE_VECTOR").await["asset"].clone();
     let md5 = asset["md5"].as_str().unwrap().to_owned();
     let with_asset = json!({ "targets": [{ "costumes": [{ "md5ext": format!("{md5}.svg") }] }] });
@@ -261,8 +256,28 @@ async fn fsck_reports_each_broken_invariant(s: TestServer) {
     );
 }
 
+/// What every test ends with (`TestServer`'s drop): a stale staged file is settled by a
+/// restart's recovery and passes; a broken invariant, which no restart repairs, fails.
+async fn the_check_after_each_test_settles_staging_and_catches_broken_invariants(
+    mut s: TestServer,
+) {
+    let alice = s.user("alice").await;
+    alice.create_project("p", empty_project()).await;
+    std::fs::write(s.data_dir().join("staging").join("deadbeef.part"), b"x").unwrap();
+    s.check_invariants()
+        .expect("recovery settles a dead process's staged file");
+    assert!(s.staging_files().is_empty());
+    // I2: the project's content blob is gone.
+    for f in s.blob_files() {
+        std::fs::remove_file(f).unwrap();
+    }
+    let report = s.check_invariants().unwrap_err();
+    assert!(report.contains("I2 project"), "{report}");
+    s.skip_invariant_check();
+}
+
 async fn gc_removes_only_unreferenced_old_blobs(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     alice.upload(wav(3), "SOUND").await;
     let keep = alice
         .create_project("keep", json!({ "targets": [], "v": 1 }))
@@ -306,12 +321,12 @@ async fn gc_removes_only_unreferenced_old_blobs(s: TestServer) {
     assert!(s.staging_files().is_empty());
     let p = alice.data(GET, json!({ "id": keep })).await;
     assert_eq!(p["project"]["content"]["v"], 2);
-    fsck_ok(&s);
+    s.fsck_ok();
 }
 
 /// gc runs again and again while writers keep re-referencing exactly the bytes it collects.
 async fn gc_racing_writers_never_loses_a_referenced_blob(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let contents: Vec<Value> = (0..4)
         .map(|i| json!({ "targets": [], "shared": i }))
         .collect();
@@ -362,15 +377,39 @@ async fn gc_racing_writers_never_loses_a_referenced_blob(s: TestServer) {
                 "round {round}: project {id} lost its content"
             );
         }
-        fsck_ok(&s);
+        s.fsck_ok();
     }
 }
 
 /// A real full disk: a small tmpfs as the data dir (root only).
-async fn disk_full_is_unavailable_and_leaves_nothing(s: TestServer) {
-    let backend = s.backend;
-    let pg = s.pg.as_ref().map(|_| ());
-    drop(s);
+/// Mounting needs root: without it (see `build.rs`) the test is reported ignored, never passed.
+mod disk_full_is_unavailable_and_leaves_nothing {
+    use crate::harness::Backend;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(
+        not(atelier_root_tests),
+        ignore = "needs root to mount a tmpfs: run the tests as root"
+    )]
+    async fn sqlite() {
+        super::disk_full_is_unavailable_and_leaves_nothing(Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(
+        not(atelier_pg_tests),
+        ignore = "set TEST_DATABASE_URL to run the PostgreSQL variant"
+    )]
+    #[cfg_attr(
+        all(atelier_pg_tests, not(atelier_root_tests)),
+        ignore = "needs root to mount a tmpfs: run the tests as root"
+    )]
+    async fn postgres() {
+        super::disk_full_is_unavailable_and_leaves_nothing(Backend::Postgres).await;
+    }
+}
+
+async fn disk_full_is_unavailable_and_leaves_nothing(backend: Backend) {
     let root = tempfile::tempdir().unwrap();
     let mount = root.path().join("data");
     std::fs::create_dir_all(&mount).unwrap();
@@ -379,10 +418,7 @@ async fn disk_full_is_unavailable_and_leaves_nothing(s: TestServer) {
         .arg(&mount)
         .status()
         .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("!!! SKIPPED disk-full test on {backend:?}: cannot mount a tmpfs (needs root)");
-        return;
-    }
+    assert!(mounted, "running as root, yet `mount -t tmpfs` failed");
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
@@ -393,14 +429,14 @@ async fn disk_full_is_unavailable_and_leaves_nothing(s: TestServer) {
         }
     }
     let _guard = Unmount(mount.clone());
-    let pg = match pg {
-        Some(()) => Some(PgDatabase::create().await.unwrap()),
-        None => None,
+    let pg = match backend {
+        Backend::Postgres => Some(PgDatabase::create().await),
+        Backend::Sqlite => None,
     };
     let data = mount.to_str().unwrap().to_owned();
     // Blobs and staging on the small disk (the SQLite database stays off it).
     let s = TestServer::start_on(backend, pg, &[("ATELIER_DATA_DIR", &data)]);
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let big = |n: u8| {
         let mut b = wav(n as usize);
         b.extend(std::iter::repeat_n(n, 2 * 1024 * 1024));
@@ -519,9 +555,10 @@ async fn kill_dash_nine_under_load_loses_nothing_acknowledged(mut s: TestServer)
     s.kill();
     s.bin = release_bin();
     s.start_again();
-    let tokens: Vec<_> = (0..8)
-        .map(|i| s.user(&format!("writer{i}")).token.unwrap())
-        .collect();
+    let mut tokens = Vec::new();
+    for i in 0..8 {
+        tokens.push(s.user(&format!("writer{i}")).await.token.unwrap());
+    }
     let mut state: Vec<Acked> = vec![Acked::default(); 8];
     for cycle in 0..20 {
         let clients = state.iter().cloned().enumerate().map(|(i, acked)| {
@@ -545,7 +582,7 @@ async fn kill_dash_nine_under_load_loses_nothing_acknowledged(mut s: TestServer)
             "cycle {cycle}: staging not empty after restart: {:?}",
             s.staging_files()
         );
-        fsck_ok(&s);
+        s.fsck_ok();
         // Every acknowledged write is there, with the acknowledged bytes and version.
         for (i, acked) in state.iter().enumerate() {
             let c = Client::new(s.graphql_url(), Some(tokens[i].clone()));

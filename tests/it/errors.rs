@@ -3,15 +3,11 @@
 
 use serde_json::json;
 
+use crate::api::{CREATE_PROJECT as CREATE, UPDATE_PROJECT as UPDATE};
 use crate::{
     both_backends,
     harness::{TestServer, code, empty_project},
 };
-
-const CREATE: &str = "mutation($t: String!, $c: JSON!) { createProject(input: {title: $t, content: $c}) { id version } }";
-const UPDATE: &str = "mutation($id: ID!, $v: Int!, $t: String, $c: JSON) { updateProject(input: {id: $id, expectedVersion: $v, title: $t, content: $c}) { id version } }";
-const DELETE: &str =
-    "mutation($id: ID!, $v: Int) { deleteProject(input: {id: $id, expectedVersion: $v}) }";
 
 both_backends!(
     version_conflict_carries_versions,
@@ -22,31 +18,34 @@ both_backends!(
 );
 
 async fn version_conflict_carries_versions(s: TestServer) {
-    let alice = s.user("alice");
-    let id = alice.create_project("v", empty_project()).await["id"].clone();
-    alice
-        .data(UPDATE, json!({ "id": id, "v": 1, "t": "v2" }))
-        .await;
+    let alice = s.user("alice").await;
+    let id = alice
+        .try_create_project("v", empty_project())
+        .await
+        .unwrap()
+        .id;
+    let v2 = alice
+        .update_project(&id, 1, Some("v2"), None)
+        .await
+        .unwrap();
+    assert_eq!(v2.version, 2);
     let e = alice
-        .error(UPDATE, json!({ "id": id, "v": 1, "t": "stale" }))
-        .await;
-    assert_eq!(code(&e), "VERSION_CONFLICT");
-    assert_eq!(e["extensions"]["expectedVersion"], 1);
-    assert_eq!(e["extensions"]["currentVersion"], 2);
-    let e = alice.error(DELETE, json!({ "id": id, "v": 1 })).await;
-    assert_eq!(code(&e), "VERSION_CONFLICT");
-    assert_eq!(e["extensions"]["currentVersion"], 2);
-    let p = alice
-        .data(
-            "query($id: ID!) { project(id: $id) { title version } }",
-            json!({ "id": id }),
-        )
-        .await;
-    assert_eq!(p["project"], json!({ "title": "v2", "version": 2 }));
+        .update_project(&id, 1, Some("stale"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "VERSION_CONFLICT");
+    assert_eq!(e.error()["extensions"]["expectedVersion"], 1);
+    assert_eq!(e.error()["extensions"]["currentVersion"], 2);
+    let e = alice.delete_project(&id, Some(1)).await.unwrap_err();
+    assert_eq!(e.code(), "VERSION_CONFLICT");
+    assert_eq!(e.error()["extensions"]["currentVersion"], 2);
+    let p = alice.get_project(&id).await.unwrap().expect("visible");
+    assert_eq!((p.title.as_str(), p.version), ("v2", 2));
+    assert_eq!(p.content, Some(empty_project()));
 }
 
 async fn bad_input_names_the_field(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     for (content, what) in [
         (json!([1, 2]), "array"),
         (json!("text"), "string"),
@@ -96,7 +95,7 @@ async fn bad_input_names_the_field(s: TestServer) {
 }
 
 async fn oversized_content_is_rejected(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     // 11 MiB of JSON: over the 10 MiB content limit, under the request limit.
     let big = "a".repeat(11 * 1024 * 1024);
     let e = alice
@@ -131,7 +130,7 @@ async fn oversized_content_is_rejected(s: TestServer) {
 }
 
 async fn malformed_requests_are_client_errors(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let resp = alice
         .request()
         .header("content-type", "application/json")
@@ -159,7 +158,7 @@ async fn malformed_requests_are_client_errors(s: TestServer) {
 }
 
 async fn failed_mutations_leave_no_row_and_no_file(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let missing = json!({ "targets": [{ "name": "Sprite1", "costumes": [
         { "assetId": "0123456789abcdef0123456789abcdef", "dataFormat": "svg", "md5ext": "0123456789abcdef0123456789abcdef.svg" }
     ], "sounds": [ { "md5ext": "fedcba9876543210fedcba9876543210.wav" } ] }] });

@@ -1,5 +1,13 @@
 //! Test harness: starts the real `atelier` binary on a random port against a fresh data dir,
 //! and for PostgreSQL a fresh database (created from `TEST_DATABASE_URL`, dropped afterwards).
+//!
+//! Every test proves the storage invariants: dropping a [`TestServer`] stops it cleanly, runs
+//! `atelier fsck` on its data and asserts that I1–I3 hold and that no staging file is left
+//! once a restart's recovery ran (I4, I7). Tests that break the data on purpose opt out with
+//! [`TestServer::skip_invariant_check`].
+//!
+//! PostgreSQL tests are marked `#[ignore]` unless the build saw `TEST_DATABASE_URL` (or
+//! `CI=true`): see `build.rs`. A test that did not run is reported as `ignored`, never `ok`.
 
 #![allow(dead_code)] // helpers used by some scenarios only
 
@@ -45,14 +53,14 @@ macro_rules! both_backends {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn sqlite() {
                 let server = $crate::harness::TestServer::start($crate::harness::Backend::Sqlite).await;
-                super::$name(server.expect("sqlite always runs")).await;
+                super::$name(server).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[cfg_attr(not(atelier_pg_tests), ignore = "set TEST_DATABASE_URL to run the PostgreSQL variant")]
             async fn postgres() {
-                if let Some(server) = $crate::harness::TestServer::start($crate::harness::Backend::Postgres).await {
-                    super::$name(server).await;
-                }
+                let server = $crate::harness::TestServer::start($crate::harness::Backend::Postgres).await;
+                super::$name(server).await;
             }
         }
     )*};
@@ -65,39 +73,171 @@ pub struct PgDatabase {
     name: String,
 }
 
+/// The migrated database every PostgreSQL test database is cloned from. Its name carries a
+/// hash of `migration/src` (computed by `build.rs`), so a changed migration gets a new one.
+const TEMPLATE: &str = concat!("atelier_test_tpl_", env!("ATELIER_MIGRATIONS_HASH"));
+/// The advisory lock under which one process at a time builds the template.
+const TEMPLATE_LOCK: i64 = 0x6174_656c_6965_7201;
+
+static TEMPLATE_READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+/// `admin_url` with another database name.
+fn database_url_for(admin_url: &str, name: &str) -> String {
+    match admin_url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("TEST_DATABASE_URL must end in /<database>"),
+    }
+}
+
+/// Runs a statement that PostgreSQL refuses while another session is still connected to a
+/// database it names (55006, e.g. a migrator's backend that is still exiting): retried.
+async fn execute_when_free(admin: &DatabaseConnection, sql: &str) {
+    for attempt in 0.. {
+        match admin.execute_unprepared(sql).await {
+            Ok(_) => return,
+            Err(e) if attempt < 100 && e.to_string().contains("being accessed by other users") => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
+}
+
+/// Builds the template once per migration set: the first test (of any process) that needs it
+/// migrates a scratch database under an advisory lock and renames it into place, so every
+/// other test sees either no template or a complete one.
+async fn ensure_template(admin_url: &str) {
+    TEMPLATE_READY
+        .get_or_init(|| async {
+            let mut options = sea_orm::ConnectOptions::new(admin_url.to_owned());
+            // One session: the advisory lock belongs to it.
+            options
+                .max_connections(1)
+                .min_connections(1)
+                .sqlx_logging(false);
+            let admin = Database::connect(options)
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL at TEST_DATABASE_URL is unreachable: {e}"));
+            admin
+                .execute_unprepared(&format!("SELECT pg_advisory_lock({TEMPLATE_LOCK})"))
+                .await
+                .expect("take the template lock");
+            let exists = admin
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Postgres,
+                    format!("SELECT 1 AS x FROM pg_database WHERE datname = '{TEMPLATE}'"),
+                ))
+                .await
+                .expect("look for the template")
+                .is_some();
+            if !exists {
+                let building = format!("{TEMPLATE}_building");
+                // Left over by a run that died while building: nobody else holds the lock.
+                admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
+                    .await
+                    .expect("drop a half-built template");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {building}"))
+                    .await
+                    .expect("create the template");
+                let db = Database::connect(database_url_for(admin_url, &building))
+                    .await
+                    .expect("connect to the template");
+                {
+                    use migration::MigratorTrait;
+                    migration::Migrator::up(&db, None)
+                        .await
+                        .expect("migrate the template");
+                }
+                let _ = db.close().await;
+                execute_when_free(
+                    &admin,
+                    &format!("ALTER DATABASE {building} RENAME TO {TEMPLATE}"),
+                )
+                .await;
+                // Templates of earlier migration sets (best effort: one may be in use).
+                let old = admin
+                    .query_all_raw(sea_orm::Statement::from_string(
+                        sea_orm::DbBackend::Postgres,
+                        format!(
+                            "SELECT datname::text AS name FROM pg_database \
+                             WHERE datname LIKE 'atelier\\_test\\_tpl\\_%' AND datname <> '{TEMPLATE}'"
+                        ),
+                    ))
+                    .await
+                    .unwrap_or_default();
+                for row in old {
+                    if let Ok(name) = row.try_get::<String>("", "name") {
+                        let _ = admin
+                            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
+                            .await;
+                    }
+                }
+            }
+            admin
+                .execute_unprepared(&format!("SELECT pg_advisory_unlock({TEMPLATE_LOCK})"))
+                .await
+                .expect("release the template lock");
+            let _ = admin.close().await;
+        })
+        .await;
+}
+
 impl PgDatabase {
-    /// Creates a database, or returns None (loudly) when PostgreSQL tests are not configured.
-    /// With `CI=true` a missing or unreachable PostgreSQL fails the test instead.
-    pub async fn create() -> Option<PgDatabase> {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        let Ok(admin_url) = std::env::var("TEST_DATABASE_URL") else {
-            assert!(
-                !ci,
-                "CI=true but TEST_DATABASE_URL is not set: PostgreSQL tests must run in CI"
-            );
-            eprintln!(
-                "!!! SKIPPED PostgreSQL variant: set TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres to run it"
-            );
-            return None;
-        };
+    /// Creates a migrated database, cloned from the template (migrated once per run).
+    /// Only PostgreSQL tests call this, and they are `#[ignore]`d unless the build saw
+    /// `TEST_DATABASE_URL` (see `build.rs`): a missing or unreachable PostgreSQL here fails
+    /// the test, it never passes without running.
+    pub async fn create() -> PgDatabase {
+        Self::create_from(true).await
+    }
+
+    /// Creates an empty database (for the migrations themselves).
+    pub async fn create_empty() -> PgDatabase {
+        Self::create_from(false).await
+    }
+
+    async fn create_from(migrated: bool) -> PgDatabase {
+        let admin_url = std::env::var("TEST_DATABASE_URL")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| {
+                panic!(
+                    "TEST_DATABASE_URL is not set, so this PostgreSQL test cannot run{}: set \
+                     TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres",
+                    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                        " (CI=true: PostgreSQL tests must run in CI)"
+                    } else {
+                        ""
+                    }
+                )
+            });
+        if migrated {
+            ensure_template(&admin_url).await;
+        }
         let name = format!("atelier_test_{}", uuid::Uuid::new_v4().simple());
         let admin = Database::connect(&admin_url)
             .await
             .unwrap_or_else(|e| panic!("PostgreSQL at TEST_DATABASE_URL is unreachable: {e}"));
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create test database");
+        if migrated {
+            execute_when_free(
+                &admin,
+                &format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"),
+            )
+            .await;
+        } else {
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .expect("create test database");
+        }
         let _ = admin.close().await;
-        let url = match admin_url.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{name}"),
-            None => panic!("TEST_DATABASE_URL must end in /<database>"),
-        };
-        Some(PgDatabase {
-            url,
+        PgDatabase {
+            url: database_url_for(&admin_url, &name),
             admin_url,
             name,
-        })
+        }
     }
 }
 
@@ -133,20 +273,22 @@ pub struct TestServer {
     extra_env: Vec<(String, String)>,
     /// The binary to run (the test build unless a test picks the release build).
     pub bin: String,
+    /// Whether dropping this server checks the invariants on its data (see [`Self::check_invariants`]).
+    check_on_drop: bool,
 }
 
 impl TestServer {
-    pub async fn start(backend: Backend) -> Option<TestServer> {
+    pub async fn start(backend: Backend) -> TestServer {
         Self::start_with(backend, &[]).await
     }
 
     /// Starts with extra environment (e.g. limits).
-    pub async fn start_with(backend: Backend, env: &[(&str, &str)]) -> Option<TestServer> {
+    pub async fn start_with(backend: Backend, env: &[(&str, &str)]) -> TestServer {
         let pg = match backend {
             Backend::Sqlite => None,
-            Backend::Postgres => Some(PgDatabase::create().await?),
+            Backend::Postgres => Some(PgDatabase::create().await),
         };
-        Some(Self::start_on(backend, pg, env))
+        Self::start_on(backend, pg, env)
     }
 
     /// Starts on a given database (PostgreSQL tests that need the name before the start).
@@ -162,9 +304,15 @@ impl TestServer {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             bin: BIN.to_owned(),
+            check_on_drop: true,
         };
         server.spawn();
         server
+    }
+
+    /// This test leaves broken data on purpose: dropping the server does not run fsck.
+    pub fn skip_invariant_check(&mut self) {
+        self.check_on_drop = false;
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -244,7 +392,8 @@ impl TestServer {
         self.child = Some(child);
     }
 
-    /// A second `atelier serve` process on this server's data dir and database.
+    /// A second `atelier serve` process on this server's data dir and database. The first
+    /// server checks the invariants of the shared data when it is dropped; the sibling does not.
     pub fn sibling(&self, env: &[(&str, &str)]) -> TestServer {
         let (dir, url) = (self.data_dir().display().to_string(), self.database_url());
         let mut all = vec![
@@ -252,7 +401,9 @@ impl TestServer {
             ("DATABASE_URL", url.as_str()),
         ];
         all.extend_from_slice(env);
-        TestServer::start_on(self.backend, None, &all)
+        let mut sibling = TestServer::start_on(self.backend, None, &all);
+        sibling.check_on_drop = false;
+        sibling
     }
 
     /// Restarts the server on the same data (new port).
@@ -297,6 +448,12 @@ impl TestServer {
         )
     }
 
+    /// `atelier fsck` on the live data finds nothing broken.
+    pub fn fsck_ok(&self) {
+        let (ok, out) = self.cli(&["fsck"]);
+        assert!(ok, "fsck found violations:\n{out}");
+    }
+
     /// SIGKILL, no cleanup.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -311,6 +468,85 @@ impl TestServer {
             signal(&child, "TERM");
             let _ = child.wait();
         }
+    }
+
+    /// SIGTERM, and SIGKILL if the process has not exited after `grace`.
+    fn stop_within(&mut self, grace: Duration) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "TERM");
+            let started = std::time::Instant::now();
+            while matches!(child.try_wait(), Ok(None)) {
+                if started.elapsed() > grace {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// The invariants every test leaves behind, checked with the server stopped: `atelier
+    /// fsck` finds I1–I3 intact, and no staging file remains after a restart's recovery (I7;
+    /// with I4 this means no failed write left a file behind). A cleanly stopped server may
+    /// leave a `.pending` file (a commit whose outcome it could not learn, docs/storage.md):
+    /// fsck reports it as `STAGING` until the next start settles it, so then recovery runs
+    /// once (a start and a clean stop) and everything is checked again.
+    pub fn check_invariants(&mut self) -> Result<(), String> {
+        self.stop_within(Duration::from_secs(20));
+        // Directly on the database (a test may have routed the server through a proxy) and
+        // without fault injection.
+        let direct = |s: &TestServer, cmd: &mut Command| {
+            cmd.env_remove("FAILPOINTS");
+            if let Some(pg) = &s.pg {
+                cmd.env("DATABASE_URL", &pg.url);
+            }
+        };
+        // (exit ok, violation lines, everything it printed)
+        let fsck = |s: &TestServer| {
+            let mut cmd = s.command();
+            direct(s, &mut cmd);
+            let out = cmd.arg("fsck").output().expect("run atelier fsck");
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let lines: Vec<String> = stdout
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+                .collect();
+            let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+            (out.status.success(), lines, all)
+        };
+        let (ok, lines, out) = fsck(self);
+        if ok && self.staging_files().is_empty() {
+            return Ok(());
+        }
+        let broken: Vec<&String> = lines
+            .iter()
+            .filter(|l| !l.starts_with("STAGING "))
+            .collect();
+        if !broken.is_empty() || (!ok && lines.is_empty()) {
+            return Err(format!(
+                "after the test, `atelier fsck` finds broken invariants:\n{out}"
+            ));
+        }
+        // Only staged files are left: what the next start's recovery must settle.
+        let (saved_env, saved_child) = (self.extra_env.clone(), self.child.take());
+        self.remove_env("FAILPOINTS");
+        if let Some(pg) = &self.pg {
+            let url = pg.url.clone();
+            self.set_env("DATABASE_URL", &url);
+        }
+        self.spawn();
+        self.stop_within(Duration::from_secs(20));
+        (self.extra_env, self.child) = (saved_env, saved_child);
+        let (ok, _, after) = fsck(self);
+        let left = self.staging_files();
+        if !ok || !left.is_empty() {
+            return Err(format!(
+                "after the test and a restart's recovery, fsck says:\n{after}\nstaging files left: {left:?}\n(before the recovery fsck said:\n{out})"
+            ));
+        }
+        Ok(())
     }
 
     pub fn child_mut(&mut self) -> &mut Child {
@@ -330,24 +566,66 @@ impl TestServer {
         Client::new(self.graphql_url(), None)
     }
 
-    /// Runs `atelier token create` and returns a client for that user.
-    pub fn user(&self, name: &str) -> Client {
-        self.user_with_role(name, "student")
+    /// A client for the local user `name` (a student, created if absent) with a new token.
+    pub async fn user(&self, name: &str) -> Client {
+        self.user_with_role(name, "student").await
     }
 
-    pub fn user_with_role(&self, name: &str, role: &str) -> Client {
-        let out = self
-            .command()
-            .args(["token", "create", "--user", name, "--role", role])
-            .output()
-            .expect("token create");
-        assert!(
-            out.status.success(),
-            "token create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    pub async fn user_with_role(&self, name: &str, role: &str) -> Client {
+        let token = self.token_for(name, role).await;
         Client::new(self.graphql_url(), Some(token))
+    }
+
+    /// What `atelier token create --user NAME --role ROLE` does, written directly into the
+    /// database (no process per user; cli.rs tests the command itself): the local user (its
+    /// role set), and a new token of which only the SHA-256 (hex) is stored.
+    pub async fn token_for(&self, name: &str, role: &str) -> String {
+        use entity::{api_token, user};
+        use sea_orm::{
+            ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, sea_query::OnConflict,
+        };
+        use sha2::Digest;
+
+        let db = self.db().await;
+        let now = chrono::Utc::now();
+        user::Entity::insert(user::ActiveModel {
+            provider: Set("local".to_owned()),
+            subject: Set(name.to_owned()),
+            display_name: Set(name.to_owned()),
+            role: Set(role.to_owned()),
+            created_at: Set(now),
+            ..Default::default()
+        })
+        .on_conflict(
+            OnConflict::columns([user::Column::Provider, user::Column::Subject])
+                .update_column(user::Column::Role)
+                .to_owned(),
+        )
+        .exec_without_returning(&db)
+        .await
+        .expect("insert user");
+        let user_id = user::Entity::find()
+            .filter(user::Column::Provider.eq("local"))
+            .filter(user::Column::Subject.eq(name))
+            .one(&db)
+            .await
+            .expect("read user")
+            .expect("the user row")
+            .id;
+        let token = format!("atl_test_{}", uuid::Uuid::new_v4().simple());
+        api_token::Entity::insert(api_token::ActiveModel {
+            user_id: Set(user_id),
+            token_hash: Set(hex::encode(sha2::Sha256::digest(token.as_bytes()))),
+            name: Set("test".to_owned()),
+            created_at: Set(now),
+            expires_at: Set(None),
+            ..Default::default()
+        })
+        .exec_without_returning(&db)
+        .await
+        .expect("insert token");
+        let _ = db.close().await;
+        token
     }
 
     /// Opens a direct database connection (for exact row counts).
@@ -390,18 +668,36 @@ impl TestServer {
     }
 
     pub fn blob_files(&self) -> Vec<PathBuf> {
-        walk(&self.data_dir().join("blobs"))
+        walk(&self.storage_dir().join("blobs"))
     }
 
     /// Files left in staging.
     pub fn staging_files(&self) -> Vec<PathBuf> {
-        walk(&self.data_dir().join("staging"))
+        walk(&self.storage_dir().join("staging"))
+    }
+
+    /// Where blobs and staging are: the data dir, unless a test moved `ATELIER_DATA_DIR`.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.extra_env
+            .iter()
+            .find(|(k, _)| k == "ATELIER_DATA_DIR")
+            .map(|(_, v)| PathBuf::from(v))
+            .unwrap_or_else(|| self.data_dir())
     }
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        self.kill();
+        // A test that already failed is not checked (a panic inside a panic aborts).
+        if !self.check_on_drop || std::thread::panicking() {
+            self.kill();
+            return;
+        }
+        if let Err(report) = self.check_invariants() {
+            panic!(
+                "{report}\n(a test that breaks the data on purpose calls `skip_invariant_check()`)"
+            );
+        }
     }
 }
 
@@ -551,7 +847,7 @@ pub fn code(err: &Value) -> &str {
     err["extensions"]["code"].as_str().unwrap_or("<none>")
 }
 
-pub const UPLOAD: &str = "mutation($f: Upload!, $t: AssetType!, $m: String) { uploadAsset(input: {file: $f, assetType: $t, md5: $m}) { created asset { id md5 assetType sha256 size contentType url } } }";
+pub use crate::api::UPLOAD_ASSET as UPLOAD;
 
 impl Client {
     /// The multipart form of an upload, per the GraphQL multipart request spec.

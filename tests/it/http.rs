@@ -37,9 +37,7 @@ async fn health_and_readiness(s: TestServer) {
 
 #[tokio::test]
 async fn graphiql_is_served_offline() {
-    let s = TestServer::start(crate::harness::Backend::Sqlite)
-        .await
-        .unwrap();
+    let s = TestServer::start(crate::harness::Backend::Sqlite).await;
     let page = reqwest::get(s.graphql_url()).await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(
@@ -69,10 +67,8 @@ async fn graphiql_is_served_offline() {
 
 #[tokio::test]
 async fn every_response_has_a_request_id() {
-    let s = TestServer::start(crate::harness::Backend::Sqlite)
-        .await
-        .unwrap();
-    let alice = s.user("alice");
+    let s = TestServer::start(crate::harness::Backend::Sqlite).await;
+    let alice = s.user("alice").await;
     let resp = alice
         .request()
         .json(&json!({ "query": "{ viewer { id } }" }))
@@ -102,7 +98,7 @@ async fn every_response_has_a_request_id() {
 /// SIGTERM while a request body is still arriving: the request completes, new connections are
 /// refused, the process exits cleanly.
 async fn graceful_shutdown_finishes_in_flight_requests(mut s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let body = serde_json::to_vec(&json!({
         "query": "mutation($c: JSON!) { createProject(input: {title: \"slow\", content: $c}) { id version } }",
         "variables": { "c": empty_project() },
@@ -169,7 +165,7 @@ async fn graceful_shutdown_finishes_in_flight_requests(mut s: TestServer) {
 async fn parsed_queries_are_reused_and_still_validated(s: TestServer) {
     const PARSED: &str = "atelier_graphql_documents_parsed_total";
     const REUSED: &str = "atelier_graphql_documents_reused_total";
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let a = alice.create_project("a", empty_project()).await;
     let b = alice.create_project("b", empty_project()).await;
     let q = "query($id: ID!) { project(id: $id) { id title } }";

@@ -1,9 +1,12 @@
 //! Integration tests: one binary, the real server over HTTP, every scenario on SQLite and
 //! PostgreSQL.
 
+mod api;
 mod harness;
 
+mod access;
 mod assets;
+mod backpack;
 mod cli;
 mod commit_boundary;
 mod crash;
@@ -17,3 +20,4 @@ mod projects;
 mod proxy;
 mod reads;
 mod schema;
+mod sharing;

@@ -71,9 +71,11 @@ async fn migrations_sqlite() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(atelier_pg_tests),
+    ignore = "set TEST_DATABASE_URL to run the PostgreSQL variant"
+)]
 async fn migrations_postgres() {
-    let Some(pg) = PgDatabase::create().await else {
-        return;
-    };
+    let pg = PgDatabase::create_empty().await;
     up_down_up(Database::connect(&pg.url).await.unwrap()).await;
 }

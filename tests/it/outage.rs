@@ -52,15 +52,17 @@ async fn timed_call(c: &Client, request: serde_json::Value) -> (u16, serde_json:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(atelier_pg_tests),
+    ignore = "set TEST_DATABASE_URL to run the PostgreSQL variant"
+)]
 async fn postgres_outage_fails_fast_and_recovers() {
-    let Some(pg) = PgDatabase::create().await else {
-        return;
-    };
+    let pg = PgDatabase::create().await;
     let proxy = Proxy::start().await;
     let name = pg.url.rsplit('/').next().unwrap().to_owned();
     let via_proxy = format!("postgres://postgres@127.0.0.1:{}/{name}", proxy.port);
     let s = TestServer::start_on(Backend::Postgres, Some(pg), &[("DATABASE_URL", &via_proxy)]);
-    let token = s.user("alice").token.unwrap();
+    let token = s.user("alice").await.token.unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -210,23 +212,24 @@ async fn postgres_outage_fails_fast_and_recovers() {
 /// after that one timeout: nothing about it is a lost connection, and running it again would
 /// only wait out the timeout again (up to 10 times). The project stays as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(atelier_pg_tests),
+    ignore = "set TEST_DATABASE_URL to run the PostgreSQL variant"
+)]
 async fn postgres_statement_timeout_is_unavailable_after_one_attempt() {
     use sea_orm::TransactionTrait;
 
     const TIMEOUT: Duration = Duration::from_millis(500);
-    const UPDATE: &str = "mutation($id: ID!, $v: Int!, $t: String, $c: JSON) { updateProject(input: {id: $id, expectedVersion: $v, title: $t, content: $c}) { version } }";
-    let Some(s) = TestServer::start_with(
+    use crate::api::UPDATE_PROJECT as UPDATE;
+    let s = TestServer::start_with(
         Backend::Postgres,
         &[(
             "ATELIER_DB_STATEMENT_TIMEOUT_MS",
             &TIMEOUT.as_millis().to_string(),
         )],
     )
-    .await
-    else {
-        return;
-    };
-    let alice = s.user("alice");
+    .await;
+    let alice = s.user("alice").await;
     let id = alice
         .create_project("before", json!({ "targets": [], "v": 1 }))
         .await["id"]

@@ -78,7 +78,7 @@ async fn pool_is_exported(s: TestServer) {
         Backend::Sqlite => 8.0,    // fixed
         Backend::Postgres => 32.0, // ATELIER_DB_MAX_CONNECTIONS' default
     };
-    let user = s.user("pool-owner");
+    let user = s.user("pool-owner").await;
     let before = scrape(&s).await;
     assert_eq!(get(&before, MAX), max);
     for i in 0..5 {
@@ -112,9 +112,10 @@ async fn pool_is_exported(s: TestServer) {
 /// goes, all of them succeed; the gauges showed the pool full meanwhile, and the histogram
 /// counted the waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(atelier_pg_tests), ignore = "set TEST_DATABASE_URL to run it")]
 async fn pool_pressure_postgres() {
     const REQUESTS: usize = 40;
-    let Some(s) = TestServer::start_with(
+    let s = TestServer::start_with(
         Backend::Postgres,
         &[
             ("ATELIER_DB_MAX_CONNECTIONS", "2"),
@@ -122,11 +123,8 @@ async fn pool_pressure_postgres() {
             ("ATELIER_DB_ACQUIRE_TIMEOUT_MS", "60000"),
         ],
     )
-    .await
-    else {
-        return;
-    };
-    let user = s.user("pool-writer");
+    .await;
+    let user = s.user("pool-writer").await;
     user.create_project("warm-up", empty_project()).await;
     let before = scrape(&s).await;
     assert_eq!(get(&before, MAX), 2.0);
@@ -186,20 +184,18 @@ async fn pool_pressure_postgres() {
 /// short acquire timeout, the writes queued behind it give up: they answer UNAVAILABLE and
 /// are counted as acquire timeouts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(atelier_pg_tests), ignore = "set TEST_DATABASE_URL to run it")]
 async fn pool_acquire_timeouts_postgres() {
     const REQUESTS: usize = 5;
-    let Some(s) = TestServer::start_with(
+    let s = TestServer::start_with(
         Backend::Postgres,
         &[
             ("ATELIER_DB_MAX_CONNECTIONS", "1"),
             ("ATELIER_DB_ACQUIRE_TIMEOUT_MS", "200"),
         ],
     )
-    .await
-    else {
-        return;
-    };
-    let user = s.user("pool-timeout");
+    .await;
+    let user = s.user("pool-timeout").await;
     user.create_project("warm-up", empty_project()).await;
     let before = scrape(&s).await;
     assert_eq!(get(&before, TIMEOUTS), 0.0);

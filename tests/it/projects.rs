@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use futures::future::join_all;
 use serde_json::{Value, json};
 
+use crate::api::DELETE_PROJECT as DELETE;
 use crate::{
     both_backends,
     harness::{Client, TestServer, code, empty_project},
@@ -12,32 +13,44 @@ use crate::{
 
 const GET: &str = "query($id: ID!) { project(id: $id) { id title version content owner { id displayName } createdAt updatedAt } }";
 const UPDATE: &str = "mutation($id: ID!, $v: Int!, $t: String, $c: JSON) { updateProject(input: {id: $id, expectedVersion: $v, title: $t, content: $c}) { id title version content } }";
-const DELETE: &str =
-    "mutation($id: ID!, $v: Int) { deleteProject(input: {id: $id, expectedVersion: $v}) }";
 const LIST: &str = "query($first: Int, $after: String, $filter: ProjectFilter) { projects(first: $first, after: $after, filter: $filter) { edges { cursor node { id title } } pageInfo { hasNextPage endCursor } } }";
 
 both_backends!(
-    crud_roundtrip,
+    a_created_project_reads_back_exactly,
+    an_update_bumps_the_version_and_keeps_what_it_does_not_name,
+    a_deleted_project_is_gone,
     pagination_is_stable_under_inserts,
     page_size_is_capped,
     other_users_and_anonymous_see_nothing,
     admins_can_read_and_write_everything,
-    lost_update_hunt,
+    concurrent_read_modify_write_loses_no_update,
     concurrent_deletes_exactly_one_wins,
 );
 
-async fn crud_roundtrip(s: TestServer) {
-    let alice = s.user("alice");
-    let created = alice.create_project("First", empty_project()).await;
-    assert_eq!(created["title"], "First");
-    assert_eq!(created["version"], 1);
-    let id = created["id"].as_str().unwrap().to_owned();
+/// A created project is version 1, owned by its creator, and reads back exactly.
+async fn a_created_project_reads_back_exactly(s: TestServer) {
+    let alice = s.user("alice").await;
+    let created = alice
+        .try_create_project("First", empty_project())
+        .await
+        .unwrap();
+    assert_eq!((created.title.as_str(), created.version), ("First", 1));
 
-    let got = alice.data(GET, json!({ "id": id })).await["project"].clone();
+    let got = alice.data(GET, json!({ "id": created.id })).await["project"].clone();
     assert_eq!(got["content"], empty_project());
     assert_eq!(got["owner"]["displayName"], "alice");
     assert_eq!(got["createdAt"], got["updatedAt"]);
+}
 
+/// Each update bumps the version by one and changes only what it names; every content
+/// version is published, nothing stays in staging.
+async fn an_update_bumps_the_version_and_keeps_what_it_does_not_name(s: TestServer) {
+    let alice = s.user("alice").await;
+    let id = alice
+        .try_create_project("First", empty_project())
+        .await
+        .unwrap()
+        .id;
     let content =
         json!({ "targets": [{ "name": "Stage", "isStage": true, "costumes": [], "sounds": [] }] });
     let updated = alice
@@ -61,22 +74,32 @@ async fn crud_roundtrip(s: TestServer) {
 
     let got = alice.data(GET, json!({ "id": id })).await["project"].clone();
     assert_eq!(got["version"], 3);
+    assert_eq!(got["title"], "Third");
     assert_ne!(got["createdAt"], got["updatedAt"]);
-
-    let deleted = alice.data(DELETE, json!({ "id": id, "v": 3 })).await;
-    assert_eq!(deleted["deleteProject"], id);
-    assert_eq!(
-        alice.data(GET, json!({ "id": id })).await["project"],
-        Value::Null
-    );
-    assert_eq!(s.count("projects").await, 0);
     // Both contents were published; nothing is left in staging.
     assert_eq!(s.blob_files().len(), 2);
     assert!(s.staging_files().is_empty());
 }
 
+/// A delete at the current version removes the row: the project reads as null.
+async fn a_deleted_project_is_gone(s: TestServer) {
+    let alice = s.user("alice").await;
+    let id = alice
+        .try_create_project("Doomed", empty_project())
+        .await
+        .unwrap()
+        .id;
+    alice
+        .update_project(&id, 1, Some("v2"), None)
+        .await
+        .unwrap();
+    assert_eq!(alice.delete_project(&id, Some(2)).await.unwrap(), id);
+    assert_eq!(alice.get_project(&id).await.unwrap(), None);
+    assert_eq!(s.count("projects").await, 0);
+}
+
 async fn pagination_is_stable_under_inserts(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let mut expected = Vec::new();
     for i in 0..25 {
         expected.push(
@@ -140,7 +163,7 @@ async fn pagination_is_stable_under_inserts(s: TestServer) {
 }
 
 async fn page_size_is_capped(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let creates = (0..105).map(|i| {
         let alice = alice.clone();
         async move {
@@ -170,8 +193,8 @@ async fn page_size_is_capped(s: TestServer) {
 }
 
 async fn other_users_and_anonymous_see_nothing(s: TestServer) {
-    let alice = s.user("alice");
-    let bob = s.user("bob");
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
     let anon = s.anonymous();
     let id = alice.create_project("Secret", empty_project()).await["id"]
         .as_str()
@@ -242,8 +265,8 @@ async fn other_users_and_anonymous_see_nothing(s: TestServer) {
 }
 
 async fn admins_can_read_and_write_everything(s: TestServer) {
-    let alice = s.user("alice");
-    let admin = s.user_with_role("root", "admin");
+    let alice = s.user("alice").await;
+    let admin = s.user_with_role("root", "admin").await;
     let id = alice.create_project("Hers", empty_project()).await["id"]
         .as_str()
         .unwrap()
@@ -267,9 +290,10 @@ async fn admins_can_read_and_write_everything(s: TestServer) {
     assert_eq!(s.count("projects").await, 0);
 }
 
-/// 50 clients × 10 read-modify-write increments of a counter in the title.
-async fn lost_update_hunt(s: TestServer) {
-    let alice = s.user("alice");
+/// I6: 50 clients × 10 read-modify-write increments of a counter in the title, each with
+/// the version it read: all 500 land, the version rises by exactly 500, no update is lost.
+async fn concurrent_read_modify_write_loses_no_update(s: TestServer) {
+    let alice = s.user("alice").await;
     let id = alice.create_project("0", empty_project()).await["id"]
         .as_str()
         .unwrap()
@@ -328,7 +352,7 @@ async fn lost_update_hunt(s: TestServer) {
     let acked: u32 = results.iter().map(|r| r.0).sum();
     let conflicts: u32 = results.iter().map(|r| r.1).sum();
     eprintln!(
-        "lost_update_hunt[{:?}]: 500 increments, {conflicts} VERSION_CONFLICT retries",
+        "concurrent_read_modify_write_loses_no_update[{:?}]: 500 increments, {conflicts} VERSION_CONFLICT retries",
         s.backend
     );
     assert_eq!(acked, 500);
@@ -345,7 +369,7 @@ async fn lost_update_hunt(s: TestServer) {
 }
 
 async fn concurrent_deletes_exactly_one_wins(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     for round in 0..3 {
         let id = alice
             .create_project(&format!("doomed{round}"), empty_project())
@@ -377,7 +401,7 @@ async fn statements(s: &TestServer) -> u64 {
 
 /// DataLoaders: owner, assets and shares of a whole page cost a fixed number of statements.
 async fn listing_cost_does_not_grow_with_page_size(s: TestServer) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let asset = alice.upload(crate::harness::svg(1), "IMAGE_VECTOR").await["asset"]["md5"]
         .as_str()
         .unwrap()
@@ -441,10 +465,8 @@ async fn listing_cost_does_not_grow_with_page_size(s: TestServer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_busy_is_waited_out_not_surfaced() {
     use sea_orm::{ConnectionTrait, TransactionTrait};
-    let s = TestServer::start(crate::harness::Backend::Sqlite)
-        .await
-        .unwrap();
-    let alice = s.user("alice");
+    let s = TestServer::start(crate::harness::Backend::Sqlite).await;
+    let alice = s.user("alice").await;
     let id = alice.create_project("0", empty_project()).await["id"].clone();
     let db = s.db().await;
     let holder = db.begin().await.unwrap();

@@ -35,7 +35,7 @@ fn reconnect(s: &TestServer, c: &Client) -> Client {
 
 /// alice and the id of her project titled "kept".
 async fn alice_with_one_project(s: &TestServer) -> (Client, String) {
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let id = alice.create_project("kept", empty_project()).await["id"]
         .as_str()
         .unwrap()
@@ -53,8 +53,8 @@ async fn read(c: &Client, id: &str) -> Value {
 async fn readers_waiting_on_one_batch_share_a_statement_and_get_their_own_answers(
     mut s: TestServer,
 ) {
-    let (alice, bob) = (s.user("alice"), s.user("bob"));
-    let admin = s.user_with_role("root", "admin");
+    let (alice, bob) = (s.user("alice").await, s.user("bob").await);
+    let admin = s.user_with_role("root", "admin").await;
     let mut owned = Vec::new();
     for (owner, c) in [("alice", &alice), ("bob", &bob)] {
         for n in 0..8 {
@@ -125,15 +125,16 @@ async fn readers_waiting_on_one_batch_share_a_statement_and_get_their_own_answer
 /// keep batches in flight: a coalesced read never answers with a row older than a write
 /// acknowledged before the read was sent.
 async fn coalesced_reads_see_every_acknowledged_write(s: TestServer) {
-    let writers: Vec<(Client, String)> = join_all((0..16).map(|w| {
-        let c = s.user(&format!("writer{w}"));
-        async move {
-            let id = c.create_project("0", empty_project()).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            (c, id)
-        }
+    let mut clients = Vec::new();
+    for w in 0..16 {
+        clients.push(s.user(&format!("writer{w}")).await);
+    }
+    let writers: Vec<(Client, String)> = join_all(clients.into_iter().map(|c| async move {
+        let id = c.create_project("0", empty_project()).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (c, id)
     }))
     .await;
     let ids: Vec<String> = writers.iter().map(|(_, id)| id.clone()).collect();
@@ -143,7 +144,7 @@ async fn coalesced_reads_see_every_acknowledged_write(s: TestServer) {
     );
 
     let stop = Arc::new(AtomicBool::new(false));
-    let admin = s.user_with_role("root", "admin");
+    let admin = s.user_with_role("root", "admin").await;
     let background: Vec<_> = (0..16)
         .map(|r| {
             let (c, ids, stop) = (admin.clone(), ids.clone(), stop.clone());
@@ -284,7 +285,7 @@ async fn wait_for_holds(s: &TestServer, n: usize) {
 async fn a_reader_whose_content_was_superseded_and_collected_rereads_the_row(mut s: TestServer) {
     const CONTENT: &str = "query($id: ID!) { project(id: $id) { title content } }";
     const SET_CONTENT: &str = "mutation($id: ID!, $v: Int!, $c: JSON) { updateProject(input: {id: $id, expectedVersion: $v, content: $c}) { version } }";
-    let alice = s.user("alice");
+    let alice = s.user("alice").await;
     let (old, new) = (
         json!({ "targets": [], "v": "old" }),
         json!({ "targets": [], "v": "new" }),

@@ -1,0 +1,55 @@
+//! How an [`AppError`] reaches a GraphQL client: its message and `extensions` (DESIGN §6).
+
+use async_graphql::ErrorExtensions;
+
+use crate::error::{AppError, AppResult, Code};
+
+impl ErrorExtensions for AppError {
+    fn extend(&self) -> async_graphql::Error {
+        let code = self.code();
+        match code {
+            Code::Internal => tracing::error!(error = %self, error.debug = ?self, "internal error"),
+            Code::Unavailable => tracing::warn!(error = %self, "request failed: unavailable"),
+            _ => tracing::debug!(error = %self, error.code = %code, "request rejected"),
+        }
+        async_graphql::Error::new(self.public_message()).extend_with(|_, ext| {
+            ext.set("code", code.as_str());
+            match self {
+                AppError::BadUserInput {
+                    field: Some(field), ..
+                } => ext.set("field", *field),
+                AppError::VersionConflict {
+                    expected,
+                    current,
+                    retry_after,
+                } => {
+                    ext.set("expectedVersion", *expected);
+                    ext.set("currentVersion", *current);
+                    if let Some(wait) = retry_after {
+                        ext.set("retryAfterMs", wait.as_micros().div_ceil(1000) as u64);
+                    }
+                }
+                AppError::MissingAssets(missing) => ext.set("missing", missing.clone()),
+                AppError::IdempotencyKeyReused => ext.set("reason", "IDEMPOTENCY_KEY_REUSED"),
+                AppError::QuotaExceeded { limit, .. } => {
+                    ext.set("reason", "QUOTA_EXCEEDED");
+                    ext.set("limit", *limit);
+                }
+                AppError::PayloadTooLarge { limit, .. } => ext.set("limit", *limit),
+                _ => {}
+            }
+        })
+    }
+}
+
+/// Resolver-boundary conversion that keeps the extensions (a bare `?` would drop them through
+/// async-graphql's blanket `From<Display>`).
+pub trait GqlResultExt<T> {
+    fn gql(self) -> async_graphql::Result<T>;
+}
+
+impl<T> GqlResultExt<T> for AppResult<T> {
+    fn gql(self) -> async_graphql::Result<T> {
+        self.map_err(|e| e.extend())
+    }
+}

@@ -1,0 +1,310 @@
+//! Sharing projects with groups, and copying ("remixing") what one may read. Each locks the
+//! project row first (PostgreSQL `FOR UPDATE` / `FOR SHARE`; SQLite: the write transaction's
+//! lock), so a share, a copy and a delete of one project happen one after another: a share row
+//! or a copy never points at a deleted project, and a copy takes title, content and asset
+//! links from one single version.
+
+use entity::{project, project_asset, project_share};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QuerySelect,
+};
+
+use crate::{
+    domain::{GroupId, ProjectId, Title, Viewer},
+    error::{AppError, AppResult},
+    service::{Services, access, now, write::Effect},
+};
+
+/// Largest number of groups one share or unshare may name.
+pub const MAX_GROUPS: usize = 100;
+
+/// Shares a project with groups (owner or admin; each group must exist and, unless the caller
+/// is an admin, count the caller as a member). All or nothing; sharing twice adds nothing.
+/// Does not change the project's version.
+pub async fn share(
+    svc: &Services,
+    viewer: Viewer,
+    id: ProjectId,
+    groups: Vec<GroupId>,
+    effect: Option<&Effect>,
+) -> AppResult<project::Model> {
+    let groups = checked(groups)?;
+    let project = super::write::commit(svc, Vec::new(), effect, |txn| {
+        let groups = groups.clone();
+        Box::pin(async move {
+            let project = locked_for_change(txn, viewer, id, "share").await?;
+            for g in &groups {
+                access::require_group_member(txn, viewer, g.0).await?;
+            }
+            let at = now();
+            project_share::Entity::insert_many(groups.iter().map(|g| project_share::ActiveModel {
+                project_id: Set(id.0),
+                group_id: Set(g.0),
+                shared_by: Set(viewer.id.0),
+                created_at: Set(at),
+            }))
+            .on_conflict_do_nothing_on([
+                project_share::Column::ProjectId,
+                project_share::Column::GroupId,
+            ])
+            .exec_without_returning(txn)
+            .await?;
+            Ok(project)
+        })
+    })
+    .await?;
+    tracing::info!(project.id = %id, groups = ?groups, "project_shared");
+    Ok(project)
+}
+
+/// Stops sharing a project with groups (same rules as [`share`]); unsharing what is not
+/// shared is not an error.
+pub async fn unshare(
+    svc: &Services,
+    viewer: Viewer,
+    id: ProjectId,
+    groups: Vec<GroupId>,
+    effect: Option<&Effect>,
+) -> AppResult<project::Model> {
+    let groups = checked(groups)?;
+    let project = super::write::commit(svc, Vec::new(), effect, |txn| {
+        let groups = groups.clone();
+        Box::pin(async move {
+            let project = locked_for_change(txn, viewer, id, "unshare").await?;
+            for g in &groups {
+                access::require_group_member(txn, viewer, g.0).await?;
+            }
+            project_share::Entity::delete_many()
+                .filter(project_share::Column::ProjectId.eq(id.0))
+                .filter(project_share::Column::GroupId.is_in(groups.iter().map(|g| g.0)))
+                .exec(txn)
+                .await?;
+            Ok(project)
+        })
+    })
+    .await?;
+    tracing::info!(project.id = %id, groups = ?groups, "project_unshared");
+    Ok(project)
+}
+
+/// Copies a project the viewer may read into a new one the viewer owns, at version 1, with
+/// `remixed_from` pointing at the source. The content blob and the assets are shared by key:
+/// no bytes are written.
+pub async fn copy(
+    svc: &Services,
+    viewer: Viewer,
+    id: ProjectId,
+    title: Option<Title>,
+    effect: Option<&Effect>,
+) -> AppResult<project::Model> {
+    let title = title.map(Title::into_inner);
+    let copy = super::write::commit(svc, Vec::new(), effect, |txn| {
+        let title = title.clone();
+        Box::pin(async move {
+            // FOR SHARE: the source cannot change or go away until the copy is written, so
+            // title, content and links all come from this one version.
+            let source = project::Entity::find_by_id(id.0)
+                .lock_shared()
+                .one(txn)
+                .await?
+                .ok_or(AppError::NotFound("project"))?;
+            if !access::project(txn, Some(viewer), &source)
+                .await?
+                .can_read()
+            {
+                return Err(AppError::NotFound("project"));
+            }
+            let at = now();
+            let copy = project::ActiveModel {
+                owner_id: Set(viewer.id.0),
+                title: Set(title.unwrap_or_else(|| source.title.clone())),
+                content_key: Set(source.content_key.clone()),
+                content_size: Set(source.content_size),
+                remixed_from: Set(Some(source.id)),
+                version: Set(1),
+                created_at: Set(at),
+                updated_at: Set(at),
+                ..Default::default()
+            }
+            .insert(txn)
+            .await?;
+            copy_links(txn, source.id, copy.id).await?;
+            Ok(copy)
+        })
+    })
+    .await?;
+    tracing::info!(project.id = copy.id, project.remixed_from = %id, user.id = %viewer.id, "project_copied");
+    Ok(copy)
+}
+
+fn checked(mut groups: Vec<GroupId>) -> AppResult<Vec<GroupId>> {
+    groups.sort_unstable_by_key(|g| g.0);
+    groups.dedup();
+    if groups.is_empty() {
+        return Err(AppError::bad_input("groupIds", "name at least one group"));
+    }
+    if groups.len() > MAX_GROUPS {
+        return Err(AppError::bad_input(
+            "groupIds",
+            format!("at most {MAX_GROUPS} groups at once"),
+        ));
+    }
+    Ok(groups)
+}
+
+/// The project row, locked against concurrent shares, copies and deletes, if the viewer may
+/// change it.
+async fn locked_for_change<C: ConnectionTrait>(
+    conn: &C,
+    viewer: Viewer,
+    id: ProjectId,
+    action: &str,
+) -> AppResult<project::Model> {
+    let project = project::Entity::find_by_id(id.0)
+        .lock_exclusive()
+        .one(conn)
+        .await?
+        .ok_or(AppError::NotFound("project"))?;
+    access::project(conn, Some(viewer), &project)
+        .await?
+        .require_write(action)?;
+    Ok(project)
+}
+
+/// The source's asset links, copied in one statement.
+async fn copy_links<C: ConnectionTrait>(conn: &C, from: i64, to: i64) -> AppResult<()> {
+    use sea_orm::sea_query::{Expr, Query};
+    let select = Query::select()
+        .expr(Expr::val(to))
+        .column(project_asset::Column::AssetId)
+        .from(project_asset::Entity)
+        .and_where(project_asset::Column::ProjectId.eq(from))
+        .to_owned();
+    let insert = Query::insert()
+        .into_table(project_asset::Entity)
+        .columns([
+            project_asset::Column::ProjectId,
+            project_asset::Column::AssetId,
+        ])
+        .select_from(select)
+        .map_err(AppError::internal)?
+        .to_owned();
+    conn.execute(&insert).await?;
+    Ok(())
+}
+
+/// Ids of the projects that are copies of `source`, for `Project.remixes`.
+pub fn remixes_of(source: ProjectId) -> sea_orm::Condition {
+    sea_orm::Condition::all().add(project::Column::RemixedFrom.eq(source.0))
+}
+
+/// The projects shared with `group`, for listings filtered by group.
+pub fn shared_with_group(group: GroupId) -> sea_orm::Condition {
+    let ids = sea_orm::sea_query::Query::select()
+        .column(project_share::Column::ProjectId)
+        .from(project_share::Entity)
+        .and_where(project_share::Column::GroupId.eq(group.0))
+        .to_owned();
+    sea_orm::Condition::all().add(project::Column::Id.in_subquery(ids))
+}
+
+/// The first `first` copies the viewer can see of each of `sources`, oldest first, in one
+/// statement for all of them (a page of projects asking for their remixes costs one query).
+pub async fn first_remixes(
+    svc: &Services,
+    viewer: Option<Viewer>,
+    sources: &[i64],
+    first: u64,
+) -> AppResult<std::collections::HashMap<i64, Vec<project::Model>>> {
+    use sea_orm::{
+        FromQueryResult, QueryTrait,
+        sea_query::{Asterisk, Expr, ExprTrait, Order, Query},
+    };
+    let mut out: std::collections::HashMap<i64, Vec<project::Model>> = Default::default();
+    let Some(viewer) = viewer else {
+        return Ok(out);
+    };
+    let ranked = project::Entity::find()
+        .filter(access::readable_projects(viewer))
+        .filter(project::Column::RemixedFrom.is_in(sources.iter().copied()))
+        .column_as(
+            Expr::cust("ROW_NUMBER() OVER (PARTITION BY remixed_from ORDER BY id)"),
+            "remix_rank",
+        )
+        .into_query();
+    let page = Query::select()
+        .column(Asterisk)
+        .from_subquery(ranked, "ranked")
+        .and_where(Expr::col("remix_rank").lte(first as i64))
+        .order_by("id", Order::Asc)
+        .to_owned();
+    let statement = svc.db.backend().build(&page);
+    for row in project::Model::find_by_statement(statement)
+        .all(svc.db.conn())
+        .await?
+    {
+        if let Some(source) = row.remixed_from {
+            out.entry(source).or_default().push(row);
+        }
+    }
+    Ok(out)
+}
+
+/// A project and the group it is shared with, for [`first_shared`].
+#[derive(Debug, sea_orm::FromQueryResult)]
+struct SharedRow {
+    share_group: i64,
+    #[sea_orm(nested)]
+    project: project::Model,
+}
+
+/// The first `first` projects shared with each of `groups` that the viewer can see, oldest
+/// first, in one statement for all of them (`Group.projects` on a list of groups).
+pub async fn first_shared(
+    svc: &Services,
+    viewer: Option<Viewer>,
+    groups: &[i64],
+    first: u64,
+) -> AppResult<std::collections::HashMap<i64, Vec<project::Model>>> {
+    use sea_orm::{
+        FromQueryResult, JoinType, QueryTrait,
+        sea_query::{Asterisk, Expr, ExprTrait, Order, Query},
+    };
+    let mut out: std::collections::HashMap<i64, Vec<project::Model>> = Default::default();
+    let Some(viewer) = viewer else {
+        return Ok(out);
+    };
+    let ranked = project::Entity::find()
+        .join_rev(
+            JoinType::InnerJoin,
+            project_share::Entity::belongs_to(project::Entity)
+                .from(project_share::Column::ProjectId)
+                .to(project::Column::Id)
+                .into(),
+        )
+        .filter(access::readable_projects(viewer))
+        .filter(project_share::Column::GroupId.is_in(groups.iter().copied()))
+        .column_as(project_share::Column::GroupId, "share_group")
+        .column_as(
+            Expr::cust(
+                "ROW_NUMBER() OVER (PARTITION BY project_shares.group_id ORDER BY projects.id)",
+            ),
+            "share_rank",
+        )
+        .into_query();
+    let page = Query::select()
+        .column(Asterisk)
+        .from_subquery(ranked, "ranked")
+        .and_where(Expr::col("share_rank").lte(first as i64))
+        .order_by("id", Order::Asc)
+        .to_owned();
+    let statement = svc.db.backend().build(&page);
+    for row in SharedRow::find_by_statement(statement)
+        .all(svc.db.conn())
+        .await?
+    {
+        out.entry(row.share_group).or_default().push(row.project);
+    }
+    Ok(out)
+}
