@@ -111,6 +111,36 @@ impl Api {
         data_of(response).await
     }
 
+    /// Saves a backpack item: a sound `body` and a PNG `thumbnail`; returns
+    /// `data.saveBackpackItem`.
+    pub async fn save_backpack_item(
+        &self,
+        token: &str,
+        body: bytes::Bytes,
+        thumbnail: bytes::Bytes,
+    ) -> Result<Value, CallError> {
+        let operations = json!({
+            "query": "mutation($b: Upload!, $t: Upload!) { saveBackpackItem(input: {name: \"bench\", type: SOUND, mime: \"audio/wav\", body: $b, thumbnail: $t}) { id size } }",
+            "variables": { "b": null, "t": null },
+        });
+        let form = multipart::Form::new()
+            .text("operations", operations.to_string())
+            .text("map", r#"{"0":["variables.b"],"1":["variables.t"]}"#)
+            .part("0", multipart::Part::stream(body).file_name("sound.wav"))
+            .part(
+                "1",
+                multipart::Part::stream(thumbnail).file_name("thumb.png"),
+            );
+        let response = self
+            .http
+            .post(format!("{}/graphql", self.base))
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .await;
+        Ok(data_of(response).await?["saveBackpackItem"].clone())
+    }
+
     /// Uploads one asset of `len` bytes streamed from `body`; returns `data.uploadAsset`.
     pub async fn upload(
         &self,

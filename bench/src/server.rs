@@ -96,6 +96,9 @@ impl Store {
         cmd.env("ATELIER_DATA_DIR", &self.data_dir)
             .env("ATELIER_DB_MAX_CONNECTIONS", DB_MAX_CONNECTIONS)
             .env("ATELIER_MAX_ASSET_BYTES", MAX_ASSET_BYTES)
+            // B1 saves for minutes into one backpack: the quota is not what it measures.
+            .env("ATELIER_BACKPACK_MAX_ITEMS", "100000000")
+            .env("ATELIER_BACKPACK_MAX_BYTES", "1000000000000")
             .env("RUST_LOG", "warn")
             // Settings from the developer's shell must not change what is measured.
             .env_remove("ATELIER_LISTEN")
@@ -229,6 +232,25 @@ impl Drop for ProcessGroup {
 /// Keeps reading the server's stdout so it never blocks on a full pipe.
 async fn drain(mut lines: tokio::io::Lines<BufReader<ChildStdout>>) {
     while let Ok(Some(_)) = lines.next_line().await {}
+}
+
+/// `atelier ARGS…` against `store`; returns what it printed.
+pub async fn cli(ws: &Workspace, store: &Store, args: &[&str]) -> Result<String> {
+    let out = ws
+        .command(store)
+        .args(args)
+        .output()
+        .await
+        .context(format!("running `atelier {}`", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "`atelier {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// `atelier token create --user NAME --role ROLE` against `store`; returns the token.

@@ -4,6 +4,7 @@
 
 mod memory;
 mod reads;
+mod sharing;
 mod startup;
 mod uploads;
 mod writes;
@@ -41,6 +42,8 @@ pub enum Scenario {
     W2,
     U1,
     U2,
+    C1,
+    B1,
     M1,
     S1,
 }
@@ -110,6 +113,16 @@ pub const TABLE: &[Spec] = &[
         id: Scenario::U2,
         run: Run::Server(|ctx| Box::pin(uploads::u2(ctx))),
         baseline: Baseline::None,
+    },
+    Spec {
+        id: Scenario::C1,
+        run: Run::Server(|ctx| Box::pin(sharing::c1(ctx))),
+        baseline: Baseline::None,
+    },
+    Spec {
+        id: Scenario::B1,
+        run: Run::Server(|ctx| Box::pin(sharing::b1(ctx))),
+        baseline: Baseline::Hashing,
     },
     Spec {
         id: Scenario::M1,

@@ -70,7 +70,7 @@ impl Worker for Uploader {
 }
 
 /// md5sum + sha256sum throughput over a payload of `size` bytes (measured once per run).
-async fn hash_baseline(ctx: &mut Ctx<'_>, filler: &Filler, size: u64) -> Result<f64> {
+pub(super) async fn hash_baseline(ctx: &mut Ctx<'_>, filler: &Filler, size: u64) -> Result<f64> {
     if let Some(&bps) = ctx.baselines.hash.get(&size) {
         return Ok(bps);
     }
