@@ -69,9 +69,14 @@ pub async fn c1(ctx: &mut Ctx<'_>) -> Result<Vec<Row>> {
     for user in ["c1-teacher", "c1-student"] {
         server::cli(ctx.ws, ctx.store, &["group", "add-member", &group, user]).await?;
     }
-    let source = seed_projects(&ctx.api, &[teacher.clone()], 1, json!({ "targets": [] }))
-        .await?
-        .remove(0);
+    let source = seed_projects(
+        &ctx.api,
+        std::slice::from_ref(&teacher),
+        1,
+        json!({ "targets": [] }),
+    )
+    .await?
+    .remove(0);
     ctx.api
         .graphql(&teacher, SHARE, json!({ "id": source, "g": [group] }))
         .await
