@@ -291,14 +291,26 @@ impl ProjectsQuery {
     }
 }
 
-fn share_input(input: &ShareProjectInput) -> Result<(ProjectId, Vec<GroupId>), AppError> {
-    let id = ProjectId::parse(&input.id, "id")?;
+/// `shareProject` and `unshareProject`: the same input, one of two service calls.
+async fn change_sharing(
+    ctx: &Context<'_>,
+    input: ShareProjectInput,
+    change: service::sharing::Change,
+) -> async_graphql::Result<Project> {
+    let viewer = require_viewer(ctx).gql()?;
+    let id = ProjectId::parse(&input.id, "id").gql()?;
     let groups = input
         .group_ids
         .iter()
         .map(|g| GroupId::parse(g, "groupIds"))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((id, groups))
+        .collect::<Result<Vec<_>, _>>()
+        .gql()?;
+    let effect = effect(ctx);
+    let project =
+        service::sharing::change(services(ctx), viewer, id, groups, effect.as_ref(), change)
+            .await
+            .gql()?;
+    Ok(Project(project))
 }
 
 /// One page of projects the viewer can see, with each selected relation prefetched for the
@@ -346,13 +358,7 @@ impl ProjectsMutation {
         ctx: &Context<'_>,
         input: ShareProjectInput,
     ) -> async_graphql::Result<Project> {
-        let viewer = require_viewer(ctx).gql()?;
-        let (id, groups) = share_input(&input).gql()?;
-        let project =
-            service::sharing::share(services(ctx), viewer, id, groups, effect(ctx).as_ref())
-                .await
-                .gql()?;
-        Ok(Project(project))
+        change_sharing(ctx, input, service::sharing::Change::Share).await
     }
 
     /// Stops sharing a project with groups.
@@ -361,13 +367,7 @@ impl ProjectsMutation {
         ctx: &Context<'_>,
         input: ShareProjectInput,
     ) -> async_graphql::Result<Project> {
-        let viewer = require_viewer(ctx).gql()?;
-        let (id, groups) = share_input(&input).gql()?;
-        let project =
-            service::sharing::unshare(services(ctx), viewer, id, groups, effect(ctx).as_ref())
-                .await
-                .gql()?;
-        Ok(Project(project))
+        change_sharing(ctx, input, service::sharing::Change::Unshare).await
     }
 
     /// Copies ("remixes") a project the viewer can read into a new project of theirs.

@@ -19,72 +19,69 @@ use crate::{
 /// Largest number of groups one share or unshare may name.
 pub const MAX_GROUPS: usize = 100;
 
-/// Shares a project with groups (owner or admin; each group must exist and, unless the caller
-/// is an admin, count the caller as a member). All or nothing; sharing twice adds nothing.
-/// Does not change the project's version.
-pub async fn share(
-    svc: &Services,
-    viewer: Viewer,
-    id: ProjectId,
-    groups: Vec<GroupId>,
-    effect: Option<&Effect>,
-) -> AppResult<project::Model> {
-    let groups = checked(groups)?;
-    let project = super::write::commit(svc, Vec::new(), effect, |txn| {
-        let groups = groups.clone();
-        Box::pin(async move {
-            let project = locked_for_change(txn, viewer, id, "share").await?;
-            for g in &groups {
-                access::require_group_member(txn, viewer, g.0).await?;
-            }
-            let at = now();
-            project_share::Entity::insert_many(groups.iter().map(|g| project_share::ActiveModel {
-                project_id: Set(id.0),
-                group_id: Set(g.0),
-                shared_by: Set(viewer.id.0),
-                created_at: Set(at),
-            }))
-            .on_conflict_do_nothing_on([
-                project_share::Column::ProjectId,
-                project_share::Column::GroupId,
-            ])
-            .exec_without_returning(txn)
-            .await?;
-            Ok(project)
-        })
-    })
-    .await?;
-    tracing::info!(project.id = %id, groups = ?groups, "project_shared");
-    Ok(project)
+/// What [`change`] does to a project's shares.
+#[derive(Clone, Copy, Debug)]
+pub enum Change {
+    /// Share with the groups: all or nothing, sharing twice adds nothing.
+    Share,
+    /// Stop sharing with them; unsharing what is not shared is not an error.
+    Unshare,
 }
 
-/// Stops sharing a project with groups (same rules as [`share`]); unsharing what is not
-/// shared is not an error.
-pub async fn unshare(
+/// Shares a project with groups, or stops sharing it: the owner (or an admin), and every
+/// group must exist and, unless the caller is an admin, count the caller as a member. Does not
+/// change the project's version.
+pub async fn change(
     svc: &Services,
     viewer: Viewer,
     id: ProjectId,
     groups: Vec<GroupId>,
     effect: Option<&Effect>,
+    change: Change,
 ) -> AppResult<project::Model> {
     let groups = checked(groups)?;
     let project = super::write::commit(svc, Vec::new(), effect, |txn| {
         let groups = groups.clone();
         Box::pin(async move {
-            let project = locked_for_change(txn, viewer, id, "unshare").await?;
+            let action = match change {
+                Change::Share => "share",
+                Change::Unshare => "unshare",
+            };
+            let project = locked_for_change(txn, viewer, id, action).await?;
             for g in &groups {
                 access::require_group_member(txn, viewer, g.0).await?;
             }
-            project_share::Entity::delete_many()
-                .filter(project_share::Column::ProjectId.eq(id.0))
-                .filter(project_share::Column::GroupId.is_in(groups.iter().map(|g| g.0)))
-                .exec(txn)
-                .await?;
+            match change {
+                Change::Share => {
+                    let at = now();
+                    project_share::Entity::insert_many(groups.iter().map(|g| {
+                        project_share::ActiveModel {
+                            project_id: Set(id.0),
+                            group_id: Set(g.0),
+                            shared_by: Set(viewer.id.0),
+                            created_at: Set(at),
+                        }
+                    }))
+                    .on_conflict_do_nothing_on([
+                        project_share::Column::ProjectId,
+                        project_share::Column::GroupId,
+                    ])
+                    .exec_without_returning(txn)
+                    .await?;
+                }
+                Change::Unshare => {
+                    project_share::Entity::delete_many()
+                        .filter(project_share::Column::ProjectId.eq(id.0))
+                        .filter(project_share::Column::GroupId.is_in(groups.iter().map(|g| g.0)))
+                        .exec(txn)
+                        .await?;
+                }
+            }
             Ok(project)
         })
     })
     .await?;
-    tracing::info!(project.id = %id, groups = ?groups, "project_unshared");
+    tracing::info!(project.id = %id, groups = ?groups, change = ?change, "project_sharing_changed");
     Ok(project)
 }
 
