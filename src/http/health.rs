@@ -59,6 +59,6 @@ pub async fn metrics(State(state): State<AppState>) -> impl axum::response::Into
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        state.services.db.metrics.render(),
+        state.services.db.metrics.render() + &state.services.tokens.render_metrics(),
     )
 }

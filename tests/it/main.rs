@@ -4,6 +4,7 @@
 mod harness;
 
 mod assets;
+mod authority;
 mod cli;
 mod crash;
 mod errors;
