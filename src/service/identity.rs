@@ -66,6 +66,9 @@ const TOKEN_CACHE_MAX: usize = 10_000;
 ///   takes the generation before its query and stores its answer only if the generation is
 ///   unchanged, so an answer read before an authority change can never be stored after the
 ///   notification of that change has cleared the cache.
+/// - Whoever changes authority waits, after the commit, until every listening process has
+///   cleared its cache ([`await_authority_propagated`]), so the change holds for the next
+///   request anywhere, not merely a moment later.
 #[derive(Default)]
 pub struct TokenCache(std::sync::Mutex<CacheState>);
 
@@ -189,14 +192,93 @@ async fn announce_authority_change<C: ConnectionTrait>(conn: &C, what: &str) -> 
 const LISTENER_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(50);
 const LISTENER_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// Each listening process sends itself a heartbeat notification this often, and counts its
-/// listener down when it has heard nothing at all, not even a
-/// heartbeat, for `LISTENER_SILENCE_LIMIT`. That catches a channel that died without an error
-/// (a silently dropped TCP connection, a transaction-mode pooler that does not carry LISTEN).
+/// listener down when it has heard nothing at all, not even a heartbeat, for
+/// `LISTENER_SILENCE_LIMIT`. That catches a channel that died without an error (a silently
+/// dropped TCP connection, a transaction-mode pooler that does not carry LISTEN).
 const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 const LISTENER_SILENCE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 const HEARTBEAT_PAYLOAD: &str = "heartbeat";
 /// `application_name` of the listener's connection (see `pg_stat_activity`).
 pub const LISTENER_APPLICATION_NAME: &str = "atelier-auth-listener";
+/// A notification `sync:<nonce>` on [`AUTH_CHANNEL`] asks every listener to answer `<nonce>`
+/// on [`ACK_CHANNEL`] once its cache is clear.
+const SYNC_PREFIX: &str = "sync:";
+const ACK_CHANNEL: &str = "atelier_auth_ack";
+const SYNC_APPLICATION_NAME: &str = "atelier-auth-sync";
+/// How long a change waits for every listener's answer before cutting off the ones that did
+/// not answer.
+const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Call after an authority change has committed (PostgreSQL; a no-op on SQLite): returns once
+/// every `atelier serve` process that may answer from its token cache has cleared it, so the
+/// change holds for every request that starts after this returns, in every process.
+///
+/// The change's own notification reaches each listener a moment after the commit; this asks
+/// every listener connected now (found in `pg_stat_activity` by name) to answer a `sync`
+/// notification sent after it. PostgreSQL delivers notifications in commit order, and a
+/// listener clears its cache before answering. A listener that connects later starts with an
+/// empty cache. One that does not answer within `SYNC_TIMEOUT` (a stalled process) has its
+/// connection terminated, so that process stops trusting its cache as soon as it runs again.
+/// Failing to confirm is logged, not returned: the change itself has committed.
+pub async fn await_authority_propagated(svc: &Services) {
+    if svc.db.backend() != DbBackend::Postgres {
+        return;
+    }
+    if let Err(e) = sync_listeners(svc.db.url()).await {
+        tracing::warn!(error = %e, "auth_sync_failed");
+    }
+}
+
+async fn sync_listeners(url: &str) -> Result<(), String> {
+    let e = |e: sea_orm::sqlx::Error| e.to_string();
+    use sea_orm::sqlx;
+    let mut conn = connect_listener(url, SYNC_APPLICATION_NAME)
+        .await
+        .map_err(e)?;
+    conn.listen(ACK_CHANNEL).await.map_err(e)?;
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = $1",
+    )
+    .bind(LISTENER_APPLICATION_NAME)
+    .fetch_all(&mut conn)
+    .await
+    .map_err(e)?;
+    let mut waiting: std::collections::HashSet<u32> = pids.iter().map(|p| *p as u32).collect();
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(AUTH_CHANNEL)
+        .bind(format!("{SYNC_PREFIX}{nonce}"))
+        .execute(&mut conn)
+        .await
+        .map_err(e)?;
+    let deadline = tokio::time::Instant::now() + SYNC_TIMEOUT;
+    while !waiting.is_empty() {
+        match tokio::time::timeout_at(deadline, conn.try_recv()).await {
+            Ok(Ok(Some(n))) if n.payload() == nonce => {
+                waiting.remove(&n.process_id());
+            }
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => return Err("connection lost".to_owned()),
+            Ok(Err(err)) => return Err(err.to_string()),
+            Err(_) => break,
+        }
+    }
+    for pid in &waiting {
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(*pid as i32)
+            .execute(&mut conn)
+            .await
+            .map_err(e)?;
+    }
+    if !waiting.is_empty() {
+        tracing::warn!(listeners = ?waiting, "auth_listener_unresponsive_terminated");
+    }
+    Ok(())
+}
 
 /// Runs, for the life of the process, the listener that keeps `cache` honest on PostgreSQL:
 /// connect (a connection of its own, from `url`), `LISTEN` on [`AUTH_CHANNEL`], then trust the
@@ -238,31 +320,37 @@ pub fn spawn_auth_listener(
     first_rx
 }
 
-/// One listener connection's life: returns only with the reason it ended.
-async fn listen_once(
-    cache: &TokenCache,
+/// A `PgListener` on a connection of its own, named `application_name` in
+/// `pg_stat_activity` (a pool of one, as `PgListener::connect` makes, which only hands the
+/// listener its connection).
+async fn connect_listener(
     url: &str,
-    first: &mut Option<tokio::sync::oneshot::Sender<()>>,
-) -> Result<std::convert::Infallible, String> {
+    application_name: &str,
+) -> Result<sea_orm::sqlx::postgres::PgListener, sea_orm::sqlx::Error> {
     use sea_orm::sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-    use std::{str::FromStr, time::Instant};
-    fail::fail_point!("auth::listener_connect", |_| Err(
-        "injected failure (auth::listener_connect)".to_owned()
-    ));
-    let options = PgConnectOptions::from_str(url)
-        .map_err(|e| e.to_string())?
-        .application_name(LISTENER_APPLICATION_NAME);
-    // A pool of one that only hands the listener its connection (as `PgListener::connect`
-    // does), here with a name operators can find in `pg_stat_activity`.
+    use std::str::FromStr;
+    let options = PgConnectOptions::from_str(url)?.application_name(application_name);
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .max_lifetime(None)
         .idle_timeout(None)
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect_with(options)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut listener = PgListener::connect_with(&pool)
+        .await?;
+    PgListener::connect_with(&pool).await
+}
+
+/// One listener connection's life: returns only with the reason it ended.
+async fn listen_once(
+    cache: &TokenCache,
+    url: &str,
+    first: &mut Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<std::convert::Infallible, String> {
+    use std::time::Instant;
+    fail::fail_point!("auth::listener_connect", |_| Err(
+        "injected failure (auth::listener_connect)".to_owned()
+    ));
+    let mut listener = connect_listener(url, LISTENER_APPLICATION_NAME)
         .await
         .map_err(|e| e.to_string())?;
     // A lost connection is handled here (down, then a fresh listener), not inside sqlx.
@@ -301,9 +389,20 @@ async fn listen_once(
         match tokio::time::timeout(HEARTBEAT_EVERY, listener.try_recv()).await {
             Ok(Ok(Some(n))) => {
                 last_heard = Instant::now();
-                if n.payload() != HEARTBEAT_PAYLOAD {
-                    cache.invalidate();
-                    tracing::debug!(payload = n.payload(), "auth_cache_invalidated");
+                if n.payload() == HEARTBEAT_PAYLOAD {
+                    continue;
+                }
+                cache.invalidate();
+                tracing::debug!(payload = n.payload(), "auth_cache_invalidated");
+                if let Some(nonce) = n.payload().strip_prefix(SYNC_PREFIX) {
+                    // Someone who changed authority waits for every process to say its cache
+                    // is clear (see `await_authority_propagated`); it is.
+                    sea_orm::sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(ACK_CHANNEL)
+                        .bind(nonce)
+                        .execute(&mut listener)
+                        .await
+                        .map_err(|e| format!("acknowledging a sync failed: {e}"))?;
                 }
             }
             Ok(Ok(None)) => return Err("connection lost".to_owned()),
@@ -416,6 +515,10 @@ pub async fn create_user_token(
             )
         })
         .await?;
+    if role.is_some() {
+        // The role may have changed: let every process hear it before answering.
+        await_authority_propagated(svc).await;
+    }
     let token = create_token(svc, UserId(user.id), "cli").await?;
     Ok((user, token))
 }
@@ -444,6 +547,7 @@ pub async fn revoke_token(svc: &Services, token: &str) -> AppResult<()> {
     if revoked == 0 {
         return Err(AppError::NotFound("token"));
     }
+    await_authority_propagated(svc).await;
     tracing::info!("token_revoked");
     Ok(())
 }
@@ -478,6 +582,9 @@ pub async fn revoke_user_tokens(svc: &Services, name: &str) -> AppResult<u64> {
             })
         })
         .await?;
+    if revoked > 0 {
+        await_authority_propagated(svc).await;
+    }
     tracing::info!(user.id = user_id, revoked, "user_tokens_revoked");
     Ok(revoked)
 }
