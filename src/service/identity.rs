@@ -30,11 +30,25 @@ pub async fn authenticate(svc: &Services, token: &str) -> AppResult<Viewer> {
         Ok(viewer) => return Ok(viewer),
         Err(ticket) => ticket,
     };
-    let found = api_token::Entity::find()
-        .filter(api_token::Column::TokenHash.eq(&hash))
-        .find_also_related(user::Entity)
-        .one(svc.db.conn())
-        .await?;
+    let mut attempt = 0;
+    let found = loop {
+        attempt += 1;
+        let found = api_token::Entity::find()
+            .filter(api_token::Column::TokenHash.eq(&hash))
+            .find_also_related(user::Entity)
+            .one(svc.db.conn())
+            .await
+            .map_err(AppError::from);
+        match found {
+            // A read is always safe to run again: a pooled connection that died behind the
+            // pool's back (a database restart, a terminated backend) must not fail the
+            // request; the next attempt draws another connection, or a new one.
+            Err(e) if e.is_connection_lost() && attempt < LOOKUP_ATTEMPTS => {
+                tracing::info!(attempt, error = %e, "token_lookup_retry_after_connection_loss");
+            }
+            other => break other?,
+        }
+    };
     match found {
         Some((token, Some(user))) if token.expires_at.is_none_or(|at| at > chrono::Utc::now()) => {
             let viewer = Viewer {
@@ -51,6 +65,11 @@ pub async fn authenticate(svc: &Services, token: &str) -> AppResult<Viewer> {
 /// The PostgreSQL channel on which every authority change (role change, token revocation) is
 /// announced, from inside the transaction that makes it, so it is delivered at commit.
 pub const AUTH_CHANNEL: &str = "atelier_auth";
+
+/// How many times a token lookup runs when its connection turns out to be dead: more than the
+/// pool holds (32 by default), since after a database restart every pooled connection is dead
+/// and each fails at once. When no connection can be had at all, the first attempt says so.
+const LOOKUP_ATTEMPTS: u32 = 64;
 
 /// An upper bound on how long a resolved token is trusted even while notifications flow.
 const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
