@@ -411,6 +411,8 @@ async fn listen_once(
                 if n.payload() == HEARTBEAT_PAYLOAD {
                     continue;
                 }
+                // Tests: a listener slow to hear a change (`sleep(ms)`).
+                fail::fail_point!("auth::listener_notified");
                 cache.invalidate();
                 tracing::debug!(payload = n.payload(), "auth_cache_invalidated");
                 if let Some(nonce) = n.payload().strip_prefix(SYNC_PREFIX) {

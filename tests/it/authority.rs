@@ -248,3 +248,53 @@ async fn postgres_cache_is_not_trusted_while_the_listener_is_down() {
     );
     assert!(s.server_log().contains("auth_listener_down") || std::env::var("TEST_LOG").is_ok());
 }
+
+/// A change returns only once every process has cleared its cache, so "the next request" is
+/// any request that starts after the command returned, even when a process hears the change
+/// late: here both processes take 700 ms to act on each notification (failpoint), and the
+/// requests right after the CLI returns must already see the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_change_returns_only_once_every_process_has_heard_it() {
+    let Some(a) = TestServer::start_with(
+        Backend::Postgres,
+        &[("FAILPOINTS", "auth::listener_notified=sleep(700)")],
+    )
+    .await
+    else {
+        return;
+    };
+    let b = a.start_sibling();
+    let (id, root_a) = project_and_warm_admin(&a).await;
+    let root_b = Client::new(b.graphql_url(), root_a.token.clone());
+    for _ in 0..5 {
+        assert_eq!(read(&root_b, &id).await["project"]["id"], id.as_str());
+    }
+    assert_cache_in_use(&b).await;
+
+    let started = Instant::now();
+    cli_ok(
+        &a,
+        &["token", "create", "--user", "root", "--role", "student"],
+    );
+    let took = started.elapsed();
+    assert_eq!(
+        read(&root_b, &id).await["project"],
+        Value::Null,
+        "the demotion must hold in the other process as soon as the command returned"
+    );
+    assert_eq!(read(&root_a, &id).await["project"], Value::Null);
+    assert!(
+        took >= Duration::from_millis(700),
+        "the command waited for the slow listeners ({took:?})"
+    );
+
+    let started = Instant::now();
+    cli_ok(&a, &["token", "revoke", "--user", "root"]);
+    let took = started.elapsed();
+    assert_refused(&root_b, "the other process, right after revoke --user").await;
+    assert_refused(&root_a, "this process, right after revoke --user").await;
+    assert!(
+        took >= Duration::from_millis(700),
+        "revoke waited for the slow listeners ({took:?})"
+    );
+}
