@@ -1,5 +1,6 @@
 //! The command line: `serve`, `migrate`, `schema`, `fsck`, `gc`, `token create`,
-//! `group create`, `group add-member`. Results for scripts go to stdout; logs go to stderr.
+//! `token revoke TOKEN`, `token revoke --user NAME`, `group create`, `group add-member`.
+//! Results for scripts go to stdout; logs go to stderr.
 
 use std::time::Duration;
 
@@ -71,9 +72,20 @@ pub enum TokenCommand {
         /// The user's name.
         #[arg(long)]
         user: String,
-        /// Role to give the user.
+        /// Role to give the user (an existing user's role changes, effective on the next
+        /// request in every server process).
         #[arg(long)]
         role: Option<Role>,
+    },
+    /// Revoke one token, or every token of a local user (`--user`); effective on the next
+    /// request in every server process. Prints how many tokens were revoked.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["token", "user"])))]
+    Revoke {
+        /// The token to revoke (as printed by `token create`).
+        token: Option<String>,
+        /// Revoke every token of this local user instead.
+        #[arg(long, conflicts_with = "token")]
+        user: Option<String>,
     },
 }
 
@@ -153,6 +165,21 @@ pub async fn run(cli: Cli) -> AppResult<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Token {
+            command: TokenCommand::Revoke { token, user },
+        } => {
+            let svc = services(&cli.store, Limits::default()).await?;
+            let revoked = match (token, user) {
+                (_, Some(user)) => service::identity::revoke_user_tokens(&svc, &user).await?,
+                (Some(token), None) => {
+                    service::identity::revoke_token(&svc, &token).await?;
+                    1
+                }
+                (None, None) => return Err(AppError::bad_input("token", "give TOKEN or --user")),
+            };
+            println!("revoked {revoked} token(s)");
+            Ok(())
+        }
         Command::Group {
             command: GroupCommand::Create { name },
         } => {
@@ -220,6 +247,14 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
         Duration::from_secs(cfg.pending_grace_secs),
         Duration::from_secs(cfg.idempotency_ttl_hours * 3600),
     ));
+    if svc.db.backend() == sea_orm::DbBackend::Postgres {
+        // The token cache is used only while this listener hears every authority change.
+        // Wait briefly for its first connection so the cache works from the first request;
+        // the server starts without it (reading every token from the database) if it fails.
+        let first =
+            service::identity::spawn_auth_listener(svc.tokens.clone(), store.database_url());
+        let _ = tokio::time::timeout(Duration::from_secs(5), first).await;
+    }
     let state = http::AppState {
         schema: graphql::build_schema(svc.clone()),
         documents: std::sync::Arc::new(graphql::DocumentCache::new(

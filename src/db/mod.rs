@@ -23,6 +23,8 @@ const MAX_ATTEMPTS: u32 = 10;
 #[derive(Clone)]
 pub struct Db {
     conn: DatabaseConnection,
+    /// The URL connected to (for connections outside the pool: the auth listener).
+    url: Arc<str>,
     /// Counts every statement this process runs (for `/metrics`).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// SQLite has one writer at a time anyway. Queueing writers here, fairly, instead of in
@@ -96,6 +98,7 @@ impl Db {
         });
         Ok(Db {
             conn,
+            url: url.into(),
             metrics,
             write_gate: sqlite.then(|| Arc::new(Semaphore::new(1))),
             max_connections: if sqlite {
@@ -127,6 +130,11 @@ impl Db {
 
     pub fn conn(&self) -> &DatabaseConnection {
         &self.conn
+    }
+
+    /// The database URL (it may hold a password: never log it).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     pub fn backend(&self) -> DbBackend {

@@ -270,6 +270,8 @@ pub struct TestServer {
     pub root: tempfile::TempDir,
     child: Option<Child>,
     pub pg: Option<PgDatabase>,
+    /// The database of another `TestServer` this one shares (see `start_sibling`).
+    shared_database_url: Option<String>,
     extra_env: Vec<(String, String)>,
     /// The binary to run (the test build unless a test picks the release build).
     pub bin: String,
@@ -299,6 +301,7 @@ impl TestServer {
             root: tempfile::tempdir().expect("tempdir"),
             child: None,
             pg,
+            shared_database_url: None,
             extra_env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -319,7 +322,35 @@ impl TestServer {
         self.root.path().join("data")
     }
 
+    /// A second `atelier serve` process on this server's database (PostgreSQL: many processes
+    /// share one database), with a data dir of its own and this one's extra environment. The
+    /// database belongs to `self`: keep `self` alive while the sibling runs.
+    pub fn start_sibling(&self) -> TestServer {
+        assert_eq!(
+            self.backend,
+            Backend::Postgres,
+            "only PostgreSQL serves many processes"
+        );
+        let mut server = TestServer {
+            backend: self.backend,
+            base_url: String::new(),
+            root: tempfile::tempdir().expect("tempdir"),
+            child: None,
+            pg: None,
+            shared_database_url: Some(self.database_url()),
+            extra_env: self.extra_env.clone(),
+            bin: self.bin.clone(),
+            // `self` checks the shared database when it drops.
+            check_on_drop: false,
+        };
+        server.spawn();
+        server
+    }
+
     pub fn database_url(&self) -> String {
+        if let Some(url) = &self.shared_database_url {
+            return url.clone();
+        }
         match &self.pg {
             Some(pg) => pg.url.clone(),
             None => format!(
@@ -435,6 +466,18 @@ impl TestServer {
 
     pub fn remove_env(&mut self, key: &str) {
         self.extra_env.retain(|(k, _)| k != key);
+    }
+
+    /// Runs `atelier <args>` on this server's data; (exit ok, stdout, stderr).
+    pub fn cli_full(&self, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = self.command();
+        cmd.env_remove("FAILPOINTS");
+        let out = cmd.args(args).output().expect("run atelier");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Runs `atelier <args>` on this server's data; (exit ok, stdout).

@@ -6,6 +6,7 @@ mod harness;
 
 mod access;
 mod assets;
+mod authority;
 mod backpack;
 mod cli;
 mod commit_boundary;
