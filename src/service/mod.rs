@@ -28,11 +28,20 @@ pub struct Services {
 
 impl Services {
     pub fn new(db: Db, blobs: BlobStore, limits: Limits) -> Services {
+        // PostgreSQL: trusted while the listener hears every change (see `identity`);
+        // SQLite: validated by the epoch file in the data dir on every lookup.
+        let tokens = match db.backend() {
+            sea_orm::DbBackend::Sqlite => {
+                let data_dir = blobs.blobs_dir().parent().unwrap_or(blobs.blobs_dir());
+                identity::TokenCache::with_epoch_file(data_dir)
+            }
+            _ => identity::TokenCache::default(),
+        };
         Services {
             db,
             blobs,
             limits,
-            tokens: Default::default(),
+            tokens: std::sync::Arc::new(tokens),
             pacer: Default::default(),
             project_reads: Default::default(),
         }

@@ -655,6 +655,12 @@ impl TestServer {
             .expect("read user")
             .expect("the user row")
             .id;
+        if self.backend == Backend::Sqlite {
+            // A role may have changed behind the server's back: tell its token cache, as
+            // `atelier token create` does (see the server's `auth.epoch`).
+            let stamp = uuid::Uuid::new_v4().simple().to_string();
+            std::fs::write(self.data_dir().join("auth.epoch"), stamp).expect("auth epoch");
+        }
         let token = format!("atl_test_{}", uuid::Uuid::new_v4().simple());
         api_token::Entity::insert(api_token::ActiveModel {
             user_id: Set(user_id),
