@@ -217,7 +217,7 @@ impl TokenCache {
     pub fn render_metrics(&self) -> String {
         let state = self.state();
         format!(
-            "# HELP atelier_auth_cache_trusted 1 while the authority-change listener is connected (tokens may be answered from the cache), else 0.\n\
+            "# HELP atelier_auth_cache_trusted 1 while tokens may be answered from the cache (PostgreSQL: the authority-change listener is connected; SQLite: always, guarded by the epoch file), else 0.\n\
              # TYPE atelier_auth_cache_trusted gauge\natelier_auth_cache_trusted {}\n\
              # HELP atelier_auth_cache_hits_total Requests authenticated from the token cache.\n\
              # TYPE atelier_auth_cache_hits_total counter\natelier_auth_cache_hits_total {}\n\
