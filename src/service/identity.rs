@@ -89,7 +89,11 @@ const TOKEN_CACHE_MAX: usize = 10_000;
 ///   cleared its cache ([`await_authority_propagated`]), so the change holds for the next
 ///   request anywhere, not merely a moment later.
 #[derive(Default)]
-pub struct TokenCache(std::sync::Mutex<CacheState>);
+pub struct TokenCache {
+    state: std::sync::Mutex<CacheState>,
+    /// SQLite: the epoch file checked before every lookup (see [`EPOCH_FILE`]).
+    epoch_file: Option<std::path::PathBuf>,
+}
 
 /// SQLite has no LISTEN/NOTIFY: every authority change (from this process or a CLI process)
 /// rewrites this file after its commit, and every lookup first checks with one `stat` that it
@@ -107,8 +111,7 @@ fn read_epoch(path: &std::path::Path) -> Epoch {
 
 #[derive(Default)]
 struct CacheState {
-    /// SQLite: the epoch file and what it said when the entries were filled.
-    epoch_file: Option<std::path::PathBuf>,
+    /// SQLite: what the epoch file said when the entries were filled.
     epoch_seen: Epoch,
     entries: std::collections::HashMap<String, (Viewer, std::time::Instant)>,
     generation: u64,
@@ -125,35 +128,50 @@ pub struct Ticket(Option<u64>);
 impl TokenCache {
     fn state(&self) -> std::sync::MutexGuard<'_, CacheState> {
         // The state stays consistent even if a holder panicked: every change is one assignment.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A cache for SQLite, validated by the epoch file in `data_dir` on every lookup.
     pub fn with_epoch_file(data_dir: &std::path::Path) -> TokenCache {
         let path = data_dir.join(EPOCH_FILE);
-        let cache = TokenCache::default();
-        {
-            let mut state = cache.state();
-            state.epoch_seen = read_epoch(&path);
-            state.epoch_file = Some(path);
-            state.trusted = true;
+        let state = CacheState {
+            epoch_seen: read_epoch(&path),
+            trusted: true,
+            ..Default::default()
+        };
+        TokenCache {
+            state: std::sync::Mutex::new(state),
+            epoch_file: Some(path),
         }
-        cache
+    }
+
+    /// SQLite: tells every process's token cache that authority changed. A process that dies
+    /// between its commit and this write leaves caches trusting the old authority for at most
+    /// [`TOKEN_CACHE_TTL`].
+    fn bump_epoch(&self) {
+        let Some(path) = &self.epoch_file else {
+            return;
+        };
+        let stamp = uuid::Uuid::new_v4().simple().to_string();
+        if let Err(e) = std::fs::write(path, stamp) {
+            tracing::error!(error = %e, path = %path.display(), "auth_epoch_write_failed");
+        }
     }
 
     fn get(&self, hash: &str) -> Result<Viewer, Ticket> {
+        // The `stat` runs before the lock is taken: concurrent requests do not queue behind it.
+        let epoch = self.epoch_file.as_deref().map(read_epoch);
         let mut state = self.state();
         if !state.trusted {
             return Err(Ticket(None));
         }
-        if let Some(path) = &state.epoch_file {
-            let now = read_epoch(path);
-            if now != state.epoch_seen {
-                state.epoch_seen = now;
-                state.invalidations += 1;
-                state.generation += 1;
-                state.entries.clear();
-            }
+        if let Some(now) = epoch
+            && now != state.epoch_seen
+        {
+            state.epoch_seen = now;
+            state.invalidations += 1;
+            state.generation += 1;
+            state.entries.clear();
         }
         match state.entries.get(hash) {
             Some((viewer, until)) if *until > std::time::Instant::now() => {
@@ -280,25 +298,11 @@ const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Failing to confirm is logged, not returned: the change itself has committed.
 pub async fn await_authority_propagated(svc: &Services) {
     if svc.db.backend() != DbBackend::Postgres {
-        bump_epoch(svc);
+        svc.tokens.bump_epoch();
         return;
     }
     if let Err(e) = sync_listeners(svc.db.url()).await {
         tracing::warn!(error = %e, "auth_sync_failed");
-    }
-}
-
-/// SQLite: tells every process's token cache that authority changed (see [`EPOCH_FILE`]).
-/// A process that dies between its commit and this write leaves caches trusting the old
-/// authority for at most [`TOKEN_CACHE_TTL`].
-fn bump_epoch(svc: &Services) {
-    let Some(dir) = svc.blobs.blobs_dir().parent() else {
-        return;
-    };
-    let path = dir.join(EPOCH_FILE);
-    let stamp = uuid::Uuid::new_v4().simple().to_string();
-    if let Err(e) = std::fs::write(&path, stamp) {
-        tracing::error!(error = %e, path = %path.display(), "auth_epoch_write_failed");
     }
 }
 

@@ -65,20 +65,7 @@ pub async fn create(
         let (refs, key, title) = (refs.clone(), key.clone(), title.clone());
         Box::pin(async move {
             let asset_ids = resolve_assets(txn, &refs).await?;
-            let at = now();
-            let project = project::ActiveModel {
-                owner_id: Set(viewer.id.0),
-                title: Set(title),
-                content_key: Set(key),
-                content_size: Set(size),
-                remixed_from: Set(None),
-                version: Set(1),
-                created_at: Set(at),
-                updated_at: Set(at),
-                ..Default::default()
-            }
-            .insert(txn)
-            .await?;
+            let project = new_row(viewer, title, key, size, None).insert(txn).await?;
             link_assets(txn, ProjectId(project.id), &asset_ids).await?;
             Ok(project)
         })
@@ -86,6 +73,28 @@ pub async fn create(
     .await?;
     tracing::info!(project.id = project.id, user.id = %viewer.id, "project_created");
     Ok(project)
+}
+
+/// A new project of `viewer`'s at version 1 (created, or copied from `remixed_from`).
+pub(super) fn new_row(
+    viewer: Viewer,
+    title: String,
+    content_key: String,
+    content_size: i64,
+    remixed_from: Option<i64>,
+) -> project::ActiveModel {
+    let at = now();
+    project::ActiveModel {
+        owner_id: Set(viewer.id.0),
+        title: Set(title),
+        content_key: Set(content_key),
+        content_size: Set(content_size),
+        remixed_from: Set(remixed_from),
+        version: Set(1),
+        created_at: Set(at),
+        updated_at: Set(at),
+        ..Default::default()
+    }
 }
 
 /// Changes a project's title and/or content if its version is still `expected`

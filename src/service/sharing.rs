@@ -112,18 +112,13 @@ pub async fn copy(
             {
                 return Err(AppError::NotFound("project"));
             }
-            let at = now();
-            let copy = project::ActiveModel {
-                owner_id: Set(viewer.id.0),
-                title: Set(title.unwrap_or_else(|| source.title.clone())),
-                content_key: Set(source.content_key.clone()),
-                content_size: Set(source.content_size),
-                remixed_from: Set(Some(source.id)),
-                version: Set(1),
-                created_at: Set(at),
-                updated_at: Set(at),
-                ..Default::default()
-            }
+            let copy = super::projects::new_row(
+                viewer,
+                title.unwrap_or_else(|| source.title.clone()),
+                source.content_key.clone(),
+                source.content_size,
+                Some(source.id),
+            )
             .insert(txn)
             .await?;
             copy_links(txn, source.id, copy.id).await?;

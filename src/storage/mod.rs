@@ -198,11 +198,6 @@ impl BlobStore {
         &self.inner.own.path
     }
 
-    /// Removes this process's staging directory if nothing is left in it (clean exit).
-    pub fn release(&self) {
-        let _ = std::fs::remove_dir(&self.inner.own.path);
-    }
-
     pub fn blobs_dir(&self) -> &Path {
         &self.inner.blobs
     }
