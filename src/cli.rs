@@ -240,6 +240,11 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
         },
     )
     .await?;
+    let public_url = cfg.auth.public_url(cfg.listen);
+    let svc = Services {
+        oidc: oidc(&cfg.auth, &public_url, &store.data_dir)?,
+        ..svc
+    };
     service::maintenance::recover(&svc).await?;
     let sweeper = tokio::spawn(sweep_forever(
         svc.clone(),
@@ -263,6 +268,7 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
         )),
         services: svc.clone(),
         max_request_bytes: cfg.max_request_bytes,
+        web: std::sync::Arc::new(http::WebConfig::new(&public_url, &cfg.auth.cors_origins)?),
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -282,6 +288,56 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
     svc.db.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The OpenID Connect relying party, when an issuer is configured.
+fn oidc(
+    auth: &crate::config::AuthConfig,
+    public_url: &str,
+    data_dir: &std::path::Path,
+) -> AppResult<Option<std::sync::Arc<service::oidc::Oidc>>> {
+    let Some(issuer) = auth.oidc_issuer.as_deref().filter(|i| !i.trim().is_empty()) else {
+        tracing::info!("OpenID Connect sign-in is off (ATELIER_OIDC_ISSUER is not set)");
+        return Ok(None);
+    };
+    let client_id = auth
+        .oidc_client_id
+        .clone()
+        .filter(|c| !c.trim().is_empty())
+        .ok_or_else(|| {
+            AppError::bad_input(
+                "ATELIER_OIDC_CLIENT_ID",
+                "ATELIER_OIDC_CLIENT_ID is required when ATELIER_OIDC_ISSUER is set",
+            )
+        })?;
+    let settings = service::oidc::OidcSettings {
+        issuer: issuer.trim().to_owned(),
+        client_id,
+        client_secret: auth.oidc_client_secret.clone().filter(|s| !s.is_empty()),
+        redirect_url: format!("{public_url}/auth/callback"),
+        scopes: std::iter::once("openid")
+            .chain(auth.oidc_scopes.split_whitespace())
+            .map(str::to_owned)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        groups_claim: auth.oidc_groups_claim.clone(),
+        teacher_groups: auth
+            .oidc_teacher_groups
+            .iter()
+            .map(|g| g.trim().to_owned())
+            .filter(|g| !g.is_empty())
+            .collect(),
+    };
+    let secrets = service::secrets::SecretBox::load(auth.secret_key.as_deref(), data_dir)?;
+    let max_age = chrono::Duration::hours(auth.session_max_age_hours.max(1) as i64);
+    tracing::info!(issuer = %settings.issuer, redirect = %settings.redirect_url, "OpenID Connect sign-in is on");
+    Ok(Some(std::sync::Arc::new(service::oidc::Oidc::new(
+        settings,
+        secrets,
+        public_url.to_owned(),
+        max_age,
+    )?)))
 }
 
 /// The running server's housekeeping: settles staged files no request owns (see

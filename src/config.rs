@@ -155,6 +155,89 @@ pub struct ServeConfig {
     /// How long an `Idempotency-Key` and its recorded answer are remembered.
     #[arg(long, env = "ATELIER_IDEMPOTENCY_TTL_HOURS", default_value_t = 24)]
     pub idempotency_ttl_hours: u64,
+
+    #[command(flatten)]
+    pub auth: AuthConfig,
+}
+
+/// Sign-in through an OpenID Connect provider, sessions, and which browser origins may call
+/// the API.
+#[derive(clap::Args, Clone)]
+pub struct AuthConfig {
+    /// The provider's issuer URL (its discovery document is at
+    /// `<issuer>/.well-known/openid-configuration`). Unset: no browser sign-in; API tokens
+    /// from `atelier token create` still work.
+    #[arg(long, env = "ATELIER_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+
+    /// This server's client id at the provider.
+    #[arg(long, env = "ATELIER_OIDC_CLIENT_ID")]
+    pub oidc_client_id: Option<String>,
+
+    /// This server's client secret at the provider (unset for a public client).
+    #[arg(long, env = "ATELIER_OIDC_CLIENT_SECRET", hide_env_values = true)]
+    pub oidc_client_secret: Option<String>,
+
+    /// The URL browsers reach this server at; the provider sends them back to
+    /// `<public url>/auth/callback`. Default: `http://<listen address>`.
+    #[arg(long, env = "ATELIER_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Scopes asked for at sign-in (space-separated).
+    #[arg(
+        long,
+        env = "ATELIER_OIDC_SCOPES",
+        default_value = "openid profile email offline_access"
+    )]
+    pub oidc_scopes: String,
+
+    /// The ID token (or userinfo) claim that lists the user's groups (classes).
+    #[arg(long, env = "ATELIER_OIDC_GROUPS_CLAIM", default_value = "groups")]
+    pub oidc_groups_claim: String,
+
+    /// Groups (by id or name, comma-separated) whose members are teachers.
+    #[arg(long, env = "ATELIER_OIDC_TEACHER_GROUPS", value_delimiter = ',')]
+    pub oidc_teacher_groups: Vec<String>,
+
+    /// The key that encrypts the provider tokens sessions keep. Every process sharing a
+    /// database needs the same one. Unset: generated into `<data dir>/secret.key`.
+    #[arg(long, env = "ATELIER_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+
+    /// A session ends this many hours after sign-in, however often it is refreshed.
+    #[arg(long, env = "ATELIER_SESSION_MAX_AGE_HOURS", default_value_t = 24 * 14)]
+    pub session_max_age_hours: u64,
+
+    /// Browser origins (comma-separated, e.g. `https://editor.example.org`) allowed to call
+    /// the API from their pages with credentials (CORS). Unset: same-origin only.
+    #[arg(long, env = "ATELIER_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+}
+
+// Secrets are never printed.
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("oidc_issuer", &self.oidc_issuer)
+            .field("oidc_client_id", &self.oidc_client_id)
+            .field("public_url", &self.public_url)
+            .field("oidc_scopes", &self.oidc_scopes)
+            .field("oidc_groups_claim", &self.oidc_groups_claim)
+            .field("oidc_teacher_groups", &self.oidc_teacher_groups)
+            .field("session_max_age_hours", &self.session_max_age_hours)
+            .field("cors_origins", &self.cors_origins)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthConfig {
+    /// The public URL without a trailing slash.
+    pub fn public_url(&self, listen: SocketAddr) -> String {
+        match &self.public_url {
+            Some(u) if !u.trim().is_empty() => u.trim().trim_end_matches('/').to_owned(),
+            _ => format!("http://{listen}"),
+        }
+    }
 }
 
 /// Who may read asset bytes and metadata.

@@ -11,6 +11,8 @@ pub struct Model {
     pub display_name: String,
     /// `student`, `teacher` or `admin`.
     pub role: String,
+    /// As the identity provider last reported it (None for CLI users).
+    pub email: Option<String>,
     pub created_at: DateTimeUtc,
 }
 

@@ -14,20 +14,18 @@ use crate::{
     domain::Viewer,
     error::{AppError, Code},
     graphql::{IdempotencyScope, with_request_data},
-    service::{
-        self,
-        idempotency::{self, Begin},
-    },
+    service::idempotency::{self, Begin},
 };
 
 /// `POST /graphql`: JSON, or a multipart upload per the GraphQL multipart request spec. A
 /// mutation request with an `Idempotency-Key` runs at most once per key (see
 /// `service::idempotency`).
 pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let viewer = match authenticate(&state, &headers).await {
-        Ok(v) => v,
+    let caller = match super::auth::caller(&state, &headers).await {
+        Ok(c) => c,
         Err(e) => return error_response(&e),
     };
+    let viewer = caller.viewer;
     let key = match headers.get("idempotency-key").map(|v| {
         v.to_str()
             .map_err(|_| AppError::bad_input("Idempotency-Key", "Idempotency-Key must be ASCII"))
@@ -41,7 +39,13 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    let (batch, uploads) = if let Ok(boundary) = multer::parse_boundary(content_type) {
+    let multipart = multer::parse_boundary(content_type);
+    if caller.by_cookie
+        && let Err(e) = super::auth::check_cross_site(&state.web, &headers, multipart.is_ok())
+    {
+        return error_response(&e);
+    }
+    let (batch, uploads) = if let Ok(boundary) = multipart {
         // Every upload needs a viewer: refuse before a byte of the body is read, so that an
         // anonymous client cannot make us stage up to MAX_FILES × the asset limit to disk.
         if viewer.is_none() {
@@ -243,26 +247,12 @@ fn with_codes(mut r: async_graphql::Response) -> async_graphql::Response {
     r
 }
 
+/// The viewer of a request (see `auth::caller`), for routes that only read.
 pub(super) async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<Viewer>, AppError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or(AppError::Unauthenticated)?;
-    service::identity::authenticate(&state.services, token)
-        .await
-        .map(Some)
+    Ok(super::auth::caller(state, headers).await?.viewer)
 }
 
 pub(super) fn status_for(e: &AppError) -> StatusCode {

@@ -2,12 +2,14 @@
 //! and serving with graceful shutdown.
 
 mod assets;
+mod auth;
 mod backpack;
 mod graphiql;
 mod graphql;
 mod health;
 mod upload;
 
+pub use auth::WebConfig;
 pub use upload::Uploads;
 
 use std::{net::SocketAddr, time::Duration};
@@ -35,13 +37,15 @@ pub struct AppState {
     pub schema: AppSchema,
     pub documents: std::sync::Arc<DocumentCache>,
     pub max_request_bytes: usize,
+    pub web: std::sync::Arc<WebConfig>,
 }
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The application's routes and middleware.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let cors = auth::cors(&state.web);
+    let app = Router::new()
         .route("/graphql", get(graphiql::page).post(graphql::post))
         .route("/graphiql/{file}", get(graphiql::asset))
         .route("/assets/{name}", get(assets::get))
@@ -49,7 +53,15 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), record_metrics))
+        .route("/auth/login", get(auth::login))
+        .route("/auth/callback", get(auth::callback))
+        .route("/auth/logout", axum::routing::post(auth::logout))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), record_metrics));
+    let app = match cors {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app
         .with_state(state)
         .layer(
             tower::ServiceBuilder::new()

@@ -158,7 +158,7 @@ impl TokenCache {
         }
     }
 
-    fn get(&self, hash: &str) -> Result<Viewer, Ticket> {
+    pub(crate) fn get(&self, hash: &str) -> Result<Viewer, Ticket> {
         // The `stat` runs before the lock is taken: concurrent requests do not queue behind it.
         let epoch = self.epoch_file.as_deref().map(read_epoch);
         let mut state = self.state();
@@ -183,7 +183,7 @@ impl TokenCache {
         }
     }
 
-    fn put(
+    pub(crate) fn put(
         &self,
         ticket: Ticket,
         hash: String,
@@ -251,7 +251,7 @@ impl TokenCache {
 /// Announces an authority change on [`AUTH_CHANNEL`] (PostgreSQL only). Run it inside the
 /// transaction that makes the change: PostgreSQL delivers it at commit, and not at all on
 /// rollback. SQLite keeps no trusted cache, so there is nobody to tell.
-async fn announce_authority_change<C: ConnectionTrait>(conn: &C, what: &str) -> AppResult<()> {
+pub(crate) async fn announce_authority_change<C: ConnectionTrait>(conn: &C, what: &str) -> AppResult<()> {
     if conn.get_database_backend() == DbBackend::Postgres {
         conn.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -737,6 +737,11 @@ pub async fn add_local_member(svc: &Services, group: GroupId, user_name: &str) -
             })
         })
         .await
+}
+
+/// A user by id, read in `conn` (a transaction).
+pub async fn user_in<C: ConnectionTrait>(conn: &C, id: UserId) -> AppResult<Option<user::Model>> {
+    Ok(user::Entity::find_by_id(id.0).one(conn).await?)
 }
 
 /// A user by id.

@@ -8,8 +8,11 @@ pub mod coalesce;
 pub mod idempotency;
 pub mod identity;
 pub mod maintenance;
+pub mod oidc;
 pub mod pacing;
 pub mod projects;
+pub mod secrets;
+pub mod sessions;
 pub mod sharing;
 pub mod write;
 
@@ -24,6 +27,8 @@ pub struct Services {
     pub tokens: std::sync::Arc<identity::TokenCache>,
     pub pacer: std::sync::Arc<pacing::Pacer>,
     pub project_reads: std::sync::Arc<coalesce::ProjectReads>,
+    /// OpenID Connect sign-in, when configured (`ATELIER_OIDC_ISSUER`, …).
+    pub oidc: Option<std::sync::Arc<oidc::Oidc>>,
 }
 
 impl Services {
@@ -44,6 +49,7 @@ impl Services {
             tokens: std::sync::Arc::new(tokens),
             pacer: Default::default(),
             project_reads: Default::default(),
+            oidc: None,
         }
     }
 }
