@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Apply migrations, recover the data dir, and serve HTTP (the default).
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Apply pending migrations and exit.
     Migrate,
     /// Print the GraphQL schema (SDL).
@@ -101,7 +101,7 @@ pub enum GroupCommand {
 pub async fn run(cli: Cli) -> AppResult<()> {
     let command = cli
         .command
-        .unwrap_or_else(|| Command::Serve(ServeConfig::parse_from_env()));
+        .unwrap_or_else(|| Command::Serve(Box::new(ServeConfig::parse_from_env())));
     match command {
         Command::Schema => {
             print!("{}", graphql::sdl());
@@ -113,7 +113,7 @@ pub async fn run(cli: Cli) -> AppResult<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
-        Command::Serve(cfg) => serve(&cli.store, cfg).await,
+        Command::Serve(cfg) => serve(&cli.store, *cfg).await,
         Command::Fsck { json } => {
             let svc = services(&cli.store, Limits::default()).await?;
             let violations = service::maintenance::fsck(&svc).await?;
@@ -240,7 +240,13 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
         },
     )
     .await?;
-    let public_url = cfg.auth.public_url(cfg.listen);
+    // Bound before anything else that needs the address: with port 0, the default public
+    // URL (OIDC redirect, cookie and origin checks) is the one actually bound.
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| AppError::Unavailable(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let addr = listener.local_addr().map_err(AppError::internal)?;
+    let public_url = cfg.auth.public_url(addr);
     let svc = Services {
         oidc: oidc(&cfg.auth, &public_url, &store.data_dir)?,
         ..svc
@@ -270,10 +276,6 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
         max_request_bytes: cfg.max_request_bytes,
         web: std::sync::Arc::new(http::WebConfig::new(&public_url, &cfg.auth.cors_origins)?),
     };
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| AppError::Unavailable(format!("cannot listen on {}: {e}", cfg.listen)))?;
-    let addr = listener.local_addr().map_err(AppError::internal)?;
     tracing::info!(%addr, "listening");
     // The one line for humans and scripts (tests read the port from it).
     println!("Atelier is listening on http://{addr} (GraphiQL: http://{addr}/graphql)");

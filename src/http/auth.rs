@@ -43,21 +43,31 @@ pub struct WebConfig {
 impl WebConfig {
     pub fn new(public_url: &str, cors_origins: &[String]) -> AppResult<WebConfig> {
         let origin_of = |u: &str, what: &'static str| -> AppResult<String> {
-            let url = openidconnect::url::Url::parse(u)
-                .map_err(|e| AppError::bad_input(what, format!("{what}: {u:?} is not a URL: {e}")))?;
+            let url = openidconnect::url::Url::parse(u).map_err(|e| {
+                AppError::bad_input(what, format!("{what}: {u:?} is not a URL: {e}"))
+            })?;
             match url.origin() {
                 o @ openidconnect::url::Origin::Tuple(..) => Ok(o.ascii_serialization()),
-                _ => Err(AppError::bad_input(what, format!("{what}: {u:?} has no origin"))),
+                _ => Err(AppError::bad_input(
+                    what,
+                    format!("{what}: {u:?} has no origin"),
+                )),
             }
         };
         let public_origin = origin_of(public_url, "ATELIER_PUBLIC_URL")?;
         let mut allowed = Vec::new();
-        for o in cors_origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+        for o in cors_origins
+            .iter()
+            .map(|o| o.trim())
+            .filter(|o| !o.is_empty())
+        {
             let origin = origin_of(o, "ATELIER_CORS_ORIGINS")?;
             if origin != o.trim_end_matches('/') {
                 return Err(AppError::bad_input(
                     "ATELIER_CORS_ORIGINS",
-                    format!("ATELIER_CORS_ORIGINS: {o:?} is not an origin (scheme://host[:port], no path)"),
+                    format!(
+                        "ATELIER_CORS_ORIGINS: {o:?} is not an origin (scheme://host[:port], no path)"
+                    ),
                 ));
             }
             allowed.push(HeaderValue::from_str(&origin).map_err(AppError::internal)?);
@@ -327,7 +337,9 @@ pub fn cors(web: &WebConfig) -> Option<tower_http::cors::CorsLayer> {
     }
     Some(
         tower_http::cors::CorsLayer::new()
-            .allow_origin(tower_http::cors::AllowOrigin::list(web.cors_origins.clone()))
+            .allow_origin(tower_http::cors::AllowOrigin::list(
+                web.cors_origins.clone(),
+            ))
             .allow_credentials(true)
             .allow_methods([Method::GET, Method::POST])
             .allow_headers([

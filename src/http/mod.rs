@@ -56,7 +56,10 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/login", get(auth::login))
         .route("/auth/callback", get(auth::callback))
         .route("/auth/logout", axum::routing::post(auth::logout))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), record_metrics));
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ));
     let app = match cors {
         Some(cors) => app.layer(cors),
         None => app,

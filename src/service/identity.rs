@@ -251,7 +251,10 @@ impl TokenCache {
 /// Announces an authority change on [`AUTH_CHANNEL`] (PostgreSQL only). Run it inside the
 /// transaction that makes the change: PostgreSQL delivers it at commit, and not at all on
 /// rollback. SQLite keeps no trusted cache, so there is nobody to tell.
-pub(crate) async fn announce_authority_change<C: ConnectionTrait>(conn: &C, what: &str) -> AppResult<()> {
+pub(crate) async fn announce_authority_change<C: ConnectionTrait>(
+    conn: &C,
+    what: &str,
+) -> AppResult<()> {
     if conn.get_database_backend() == DbBackend::Postgres {
         conn.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,

@@ -9,15 +9,15 @@
 use std::{collections::HashMap, time::Duration};
 
 use openidconnect::{
-    AdditionalClaims, AuthenticationFlow, AuthorizationCode, ClientId, ClientSecret,
-    CsrfToken, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdTokenFields,
-    IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
-    RefreshToken, RequestTokenError, Scope, StandardErrorResponse, StandardTokenResponse,
-    SubjectIdentifier, TokenResponse,
+    AdditionalClaims, AuthenticationFlow, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdTokenFields, IssuerUrl,
+    Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
+    RequestTokenError, Scope, StandardErrorResponse, StandardTokenResponse, SubjectIdentifier,
+    TokenResponse,
     core::{
-        CoreAuthDisplay, CoreAuthPrompt, CoreErrorResponseType, CoreGenderClaim,
-        CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm,
-        CoreProviderMetadata, CoreResponseType, CoreRevocableToken, CoreRevocationErrorResponse,
+        CoreAuthDisplay, CoreAuthPrompt, CoreErrorResponseType, CoreGenderClaim, CoreJsonWebKey,
+        CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm, CoreProviderMetadata,
+        CoreResponseType, CoreRevocableToken, CoreRevocationErrorResponse,
         CoreTokenIntrospectionResponse, CoreTokenType,
     },
 };
@@ -240,9 +240,10 @@ impl Oidc {
             .request_async(&self.http)
             .await
             .map_err(|e| match classify(e) {
-                RefreshFailure::Refused(why) => {
-                    AppError::bad_input("code", format!("the identity provider refused the sign-in: {why}"))
-                }
+                RefreshFailure::Refused(why) => AppError::bad_input(
+                    "code",
+                    format!("the identity provider refused the sign-in: {why}"),
+                ),
                 RefreshFailure::Unreachable(why) => AppError::Unavailable(format!(
                     "the identity provider cannot be reached ({why}); try again shortly"
                 )),
@@ -256,7 +257,9 @@ impl Oidc {
             }
             ok => ok?,
         };
-        let identity = self.with_userinfo_groups(&client, &tokens, identity).await?;
+        let identity = self
+            .with_userinfo_groups(&client, &tokens, identity)
+            .await?;
         Ok((identity, grant(&tokens, None)))
     }
 
@@ -266,9 +269,9 @@ impl Oidc {
         tokens: &ProviderTokens,
         nonce: &Nonce,
     ) -> AppResult<Identity> {
-        let id_token = tokens.id_token().ok_or_else(|| {
-            AppError::bad_input("code", "the identity provider sent no ID token")
-        })?;
+        let id_token = tokens
+            .id_token()
+            .ok_or_else(|| AppError::bad_input("code", "the identity provider sent no ID token"))?;
         let claims = id_token
             .claims(&client.id_token_verifier(), nonce)
             .map_err(|e| {
@@ -311,26 +314,49 @@ impl Oidc {
         if identity.groups.is_some() {
             return Ok(identity);
         }
-        let Ok(request) = client.user_info(
-            tokens.access_token().clone(),
-            Some(SubjectIdentifier::new(identity.subject.clone())),
-        ) else {
-            return Ok(identity); // no userinfo endpoint
-        };
-        let info: openidconnect::UserInfoClaims<ExtraClaims, CoreGenderClaim> = request
-            .request_async(&self.http)
+        let info = self
+            .userinfo(client, tokens, &identity.subject)
             .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "oidc_userinfo_failed");
+            .map_err(|why| {
                 AppError::Unavailable(format!(
-                    "the identity provider's userinfo endpoint failed ({e}); try again shortly"
+                    "the identity provider's userinfo endpoint failed ({why}); try again shortly"
                 ))
             })?;
-        identity.groups = groups_of(&info.additional_claims().other, &self.settings.groups_claim);
-        if identity.email.is_none() {
-            identity.email = info.email().map(|e| e.as_str().to_owned());
+        if let Some(info) = info {
+            identity.groups = info.groups;
+            identity.email = identity.email.or(info.email);
         }
         Ok(identity)
+    }
+
+    /// What the userinfo endpoint says of `subject` (`None`: the provider has none).
+    async fn userinfo(
+        &self,
+        client: &Client,
+        tokens: &ProviderTokens,
+        subject: &str,
+    ) -> Result<Option<Identity>, String> {
+        let Ok(request) = client.user_info(
+            tokens.access_token().clone(),
+            Some(SubjectIdentifier::new(subject.to_owned())),
+        ) else {
+            return Ok(None);
+        };
+        let info: openidconnect::UserInfoClaims<ExtraClaims, CoreGenderClaim> =
+            request.request_async(&self.http).await.map_err(|e| {
+                tracing::warn!(error = %e, "oidc_userinfo_failed");
+                format!("userinfo: {e}")
+            })?;
+        Ok(Some(Identity {
+            subject: subject.to_owned(),
+            display_name: info
+                .name()
+                .and_then(|n| n.get(None))
+                .map(|n| n.as_str().to_owned())
+                .unwrap_or_default(),
+            email: info.email().map(|e| e.as_str().to_owned()),
+            groups: groups_of(&info.additional_claims().other, &self.settings.groups_claim),
+        }))
     }
 
     /// Uses a refresh token. A new ID token (or else the userinfo endpoint) says who the user
@@ -361,33 +387,20 @@ impl Oidc {
             }
             None => None,
         };
+        // Groups the ID token does not carry may come from the userinfo endpoint.
         let identity = match identity {
-            Some(i) => Some(i),
-            None => match client.user_info(
-                tokens.access_token().clone(),
-                Some(SubjectIdentifier::new(subject.to_owned())),
-            ) {
-                Ok(request) => {
-                    let info: openidconnect::UserInfoClaims<ExtraClaims, CoreGenderClaim> =
-                        request
-                            .request_async(&self.http)
-                            .await
-                            .map_err(|e| RefreshFailure::Unreachable(format!("userinfo: {e}")))?;
-                    Some(Identity {
-                        subject: subject.to_owned(),
-                        display_name: info
-                            .name()
-                            .and_then(|n| n.get(None))
-                            .map(|n| n.as_str().to_owned())
-                            .unwrap_or_default(),
-                        email: info.email().map(|e| e.as_str().to_owned()),
-                        groups: groups_of(
-                            &info.additional_claims().other,
-                            &self.settings.groups_claim,
-                        ),
-                    })
-                }
-                Err(_) => None,
+            Some(i) if i.groups.is_some() => Some(i),
+            partial => match self.userinfo(&client, &tokens, subject).await {
+                Ok(Some(info)) => Some(match partial {
+                    Some(mut i) => {
+                        i.groups = info.groups;
+                        i.email = i.email.or(info.email);
+                        i
+                    }
+                    None => info,
+                }),
+                Ok(None) => partial,
+                Err(why) => return Err(RefreshFailure::Unreachable(why)),
             },
         };
         if let Some(i) = &identity
@@ -434,7 +447,7 @@ fn classify<E: std::error::Error + 'static>(
 ) -> RefreshFailure {
     match e {
         RequestTokenError::ServerResponse(r) => {
-            RefreshFailure::Refused(format!("{}", r.error().as_ref()))
+            RefreshFailure::Refused(r.error().as_ref().to_string())
         }
         other => RefreshFailure::Unreachable(other.to_string()),
     }
@@ -532,11 +545,12 @@ mod tests {
 
     #[test]
     fn groups_claim_shapes() {
-        let claims: HashMap<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
-            "groups": ["7B", {"id": "g-2", "name": "Art"}, {"id": 3}, "7B", "", 5],
-            "roles": "x"
-        }))
-        .unwrap();
+        let claims: HashMap<String, serde_json::Value> =
+            serde_json::from_value(serde_json::json!({
+                "groups": ["7B", {"id": "g-2", "name": "Art"}, {"id": 3}, "7B", "", 5],
+                "roles": "x"
+            }))
+            .unwrap();
         assert_eq!(
             groups_of(&claims, "groups").unwrap(),
             vec![

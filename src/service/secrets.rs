@@ -144,7 +144,11 @@ impl SecretBox {
         };
         let raw = sealed
             .strip_prefix(PREFIX)
-            .and_then(|b| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b).ok())
+            .and_then(|b| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(b)
+                    .ok()
+            })
             .filter(|r| r.len() > NONCE_LEN)
             .ok_or_else(bad)?;
         let (nonce, body) = raw.split_at(NONCE_LEN);

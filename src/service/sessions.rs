@@ -41,9 +41,9 @@ fn cache_key(hash: &str) -> String {
 }
 
 fn oidc(svc: &Services) -> AppResult<Arc<Oidc>> {
-    svc.oidc.clone().ok_or_else(|| {
-        AppError::NotFound("OpenID Connect sign-in (not configured on this server)")
-    })
+    svc.oidc
+        .clone()
+        .ok_or_else(|| AppError::NotFound("OpenID Connect sign-in (not configured on this server)"))
 }
 
 /// `/auth/login`: records the sign-in's state, nonce and PKCE verifier, and returns where to
@@ -336,13 +336,15 @@ enum Refreshed {
     Over,
 }
 
+/// What the provider answered a refresh: new tokens (and who the user is now), or a refusal.
+type ProviderAnswer = Result<(Grant, Option<Identity>), String>;
+
 /// Refreshes a session's provider tokens, once however many requests ask at the same time.
 async fn refresh(svc: &Services, session_id: i64) -> AppResult<Viewer> {
     let oidc = oidc(svc).map_err(|_| AppError::Unauthenticated)?;
     // A retried transaction (a lost connection before COMMIT) reuses what the provider already
     // answered: a refresh token is often single-use, so it is never sent twice.
-    let answered: Arc<tokio::sync::Mutex<Option<Result<(Grant, Option<Identity>), String>>>> =
-        Default::default();
+    let answered: Arc<tokio::sync::Mutex<Option<ProviderAnswer>>> = Default::default();
     let outcome = svc
         .db
         .write(|txn| {

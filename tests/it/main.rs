@@ -15,6 +15,8 @@ mod errors;
 mod http;
 mod idempotency;
 mod migrations;
+mod oidc;
+mod oidc_fake;
 mod outage;
 mod pool;
 mod projects;
