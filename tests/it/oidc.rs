@@ -256,7 +256,7 @@ async fn twenty_requests_with_an_expired_token_refresh_once(s: TestServer, p: Fa
     // The refresh takes a while, so the other 19 arrive while it runs.
     p.set_refresh_delay(300);
     let token = b.session().unwrap();
-    let answers = futures::future::join_all((0..20).map(|i| {
+    let answers = futures::future::join_all((0..20usize).map(|i| {
         let b = b.clone();
         let s = &s;
         let token = token.clone();
