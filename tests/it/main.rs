@@ -16,7 +16,6 @@ mod http;
 mod idempotency;
 mod migrations;
 mod oidc;
-mod oidc_fake;
 mod outage;
 mod pool;
 mod projects;

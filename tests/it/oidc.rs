@@ -5,10 +5,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::{
-    harness::{Backend, Client, TestServer, code, empty_project},
-    oidc_fake::{Browser, FakeProvider, Tamper, location, urlencode},
-};
+use crate::harness::{Backend, Client, TestServer, code, empty_project};
+use atelier_testkit::oidc::{Browser, FakeProvider, Tamper, location, urlencode};
 
 /// Runs `scenario(server, provider)` on both backends, the server signing in through a fresh
 /// fake provider.

@@ -1,12 +1,10 @@
-//! A fake OpenID Provider inside the test suite (discovery, JWKS, authorize, token, userinfo),
+//! A fake OpenID Provider for tests and benchmarks (discovery, JWKS, authorize, token, userinfo),
 //! and a minimal browser (keeps cookies, does not follow redirects) to sign in through it.
 //!
 //! The provider signs in whoever the authorize URL names in `test_user` (the browser "types
 //! the credentials"), issues RS256 ID tokens with a test key, counts token-endpoint calls, and
 //! can refuse refreshes or answer slowly on demand. Refresh tokens are single-use (rotated on
 //! every refresh), as strict providers do: a second refresh with the same token is refused.
-
-#![allow(dead_code)] // helpers used by some scenarios only
 
 use std::{
     collections::HashMap,
@@ -32,7 +30,7 @@ use openidconnect::{
 use serde_json::{Value, json};
 use sha2::Digest;
 
-const KEY_PEM: &str = include_str!("../fixtures/oidc-test-signing-key.pem");
+const KEY_PEM: &str = include_str!("oidc-test-signing-key.pem");
 pub const CLIENT_ID: &str = "atelier-test";
 pub const CLIENT_SECRET: &str = "atelier-test-secret";
 
