@@ -493,7 +493,7 @@ pub fn groups_of(
 /// A `return_to` is followed only to this server: a path (not `//host`, which browsers read
 /// as another origin), or an absolute URL of our own public origin.
 pub fn safe_return_to(return_to: &str, public_url: &str) -> Option<String> {
-    let r = return_to.trim();
+    let r = return_to;
     if r.chars().any(|c| c.is_control() || c == '\\') {
         return None;
     }

@@ -92,15 +92,22 @@ fn database_url_for(admin_url: &str, name: &str) -> String {
 /// Runs a statement that PostgreSQL refuses while another session is still connected to a
 /// database it names (55006, e.g. a migrator's backend that is still exiting): retried.
 async fn execute_when_free(admin: &DatabaseConnection, sql: &str) {
+    if let Err(e) = try_execute_when_free(admin, sql).await {
+        panic!("{sql}: {e}");
+    }
+}
+
+async fn try_execute_when_free(admin: &DatabaseConnection, sql: &str) -> Result<(), String> {
     for attempt in 0.. {
         match admin.execute_unprepared(sql).await {
-            Ok(_) => return,
+            Ok(_) => return Ok(()),
             Err(e) if attempt < 100 && e.to_string().contains("being accessed by other users") => {
                 tokio::time::sleep(Duration::from_millis(50)).await
             }
-            Err(e) => panic!("{sql}: {e}"),
+            Err(e) => return Err(e.to_string()),
         }
     }
+    unreachable!()
 }
 
 /// Builds the template once per migration set: the first test (of any process) that needs it
@@ -108,7 +115,14 @@ async fn execute_when_free(admin: &DatabaseConnection, sql: &str) {
 /// other test sees either no template or a complete one.
 async fn ensure_template(admin_url: &str) {
     TEMPLATE_READY
-        .get_or_init(|| async {
+        .get_or_init(|| build_template(admin_url))
+        .await;
+}
+
+/// Migrates the template unless it exists (under the advisory lock).
+async fn build_template(admin_url: &str) {
+    {
+        {
             let mut options = sea_orm::ConnectOptions::new(admin_url.to_owned());
             // One session: the advisory lock belongs to it.
             options
@@ -180,8 +194,8 @@ async fn ensure_template(admin_url: &str) {
                 .await
                 .expect("release the template lock");
             let _ = admin.close().await;
-        })
-        .await;
+        }
+    }
 }
 
 impl PgDatabase {
@@ -221,11 +235,14 @@ impl PgDatabase {
             .await
             .unwrap_or_else(|e| panic!("PostgreSQL at TEST_DATABASE_URL is unreachable: {e}"));
         if migrated {
-            execute_when_free(
-                &admin,
-                &format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"),
-            )
-            .await;
+            let sql = format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}");
+            if let Err(e) = try_execute_when_free(&admin, &sql).await {
+                // Another checkout's test run (another migration set) cleaned templates up
+                // while this run was going: build ours again, once.
+                assert!(e.contains("does not exist"), "{sql}: {e}");
+                build_template(&admin_url).await;
+                execute_when_free(&admin, &sql).await;
+            }
         } else {
             admin
                 .execute_unprepared(&format!("CREATE DATABASE {name}"))
