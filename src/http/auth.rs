@@ -23,8 +23,12 @@ use crate::{
 
 /// The session cookie.
 pub const SESSION_COOKIE: &str = "atelier_session";
-/// Ties a sign-in to the browser that started it (its value is the `state`).
-const LOGIN_COOKIE: &str = "atelier_login";
+/// Ties a sign-in to the browser that started it: `atelier_login_<tag>` holds the `state`,
+/// one cookie per sign-in, so two tabs signing in at once do not overwrite each other's.
+fn login_cookie(state: &str) -> String {
+    let tag = service::identity::hash_token(state);
+    format!("atelier_login_{}", &tag[..16])
+}
 /// Headers that make a multipart request "non-simple", so a browser preflights it.
 const CSRF_HEADERS: [&str; 2] = ["x-atelier-csrf", "apollo-require-preflight"];
 
@@ -210,7 +214,7 @@ pub async fn login(State(state): State<AppState>, Query(p): Query<LoginParams>) 
                 header::SET_COOKIE,
                 state
                     .web
-                    .cookie(LOGIN_COOKIE, &start.state, "/auth", max_age),
+                    .cookie(&login_cookie(&start.state), &start.state, "/auth", max_age),
             );
             resp
         }
@@ -244,7 +248,7 @@ pub async fn callback(
             "the callback needs `code` and `state`",
         ));
     };
-    let browser_state = cookie(&headers, LOGIN_COOKIE);
+    let browser_state = cookie(&headers, &login_cookie(&s));
     match service::sessions::finish_login(&state.services, &s, &code, browser_state).await {
         Err(e) => error_response(&e),
         Ok(signed_in) => {
@@ -264,7 +268,7 @@ pub async fn callback(
             );
             h.append(
                 header::SET_COOKIE,
-                state.web.cookie(LOGIN_COOKIE, "", "/auth", 0),
+                state.web.cookie(&login_cookie(&s), "", "/auth", 0),
             );
             resp
         }

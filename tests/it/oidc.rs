@@ -359,33 +359,45 @@ async fn callbacks_are_single_use_and_bound_to_the_browser(s: TestServer, p: Fak
         .cookies
         .lock()
         .unwrap()
-        .insert("atelier_login".into(), "forged".into());
+        .insert(login_cookie_name("forged"), "forged".into());
     let resp = forged
         .get(&format!("{url}/auth/callback?code=x&state=forged"))
         .await;
     assert_eq!(resp.status(), 400);
 
     // The browser that started it signs in, once.
-    let login_cookie = b
+    let (cookie_name, login_cookie) = b
         .cookies
         .lock()
         .unwrap()
-        .get("atelier_login")
-        .cloned()
+        .iter()
+        .find(|(k, _)| k.starts_with("atelier_login_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
         .unwrap();
     let resp = b.get(&callback).await;
     assert_eq!(resp.status(), 303);
     assert!(b.session().is_some());
     assert_eq!(s.count("sessions").await, 1);
     // Replaying the callback (cookie and all) is refused: the sign-in was used.
-    b.cookies
-        .lock()
-        .unwrap()
-        .insert("atelier_login".into(), login_cookie);
+    b.cookies.lock().unwrap().insert(cookie_name, login_cookie);
     let resp = b.get(&callback).await;
     assert_eq!(resp.status(), 400);
     assert_eq!(s.count("sessions").await, 1);
     assert_eq!(s.count("oidc_logins").await, 0);
+
+    // Two tabs signing in at once both get there (each sign-in has its own cookie).
+    let tabs = Browser::default();
+    let mut callbacks = Vec::new();
+    for _ in 0..2 {
+        let to_provider = location(&tabs.get(&format!("{url}/auth/login")).await);
+        callbacks.push(location(
+            &tabs.get(&format!("{to_provider}&test_user=sam")).await,
+        ));
+    }
+    for callback in callbacks.iter().rev() {
+        assert_eq!(tabs.get(callback).await.status(), 303);
+    }
+    assert_eq!(s.count("sessions").await, 3);
 
     // The provider's own refusal reaches the browser as UNAUTHENTICATED.
     let resp = b
@@ -394,6 +406,13 @@ async fn callbacks_are_single_use_and_bound_to_the_browser(s: TestServer, p: Fak
         ))
         .await;
     assert_eq!(resp.status(), 401);
+}
+
+/// The name of the cookie that ties the sign-in with this state to its browser.
+fn login_cookie_name(state: &str) -> String {
+    use sha2::Digest;
+    let hash = hex::encode(sha2::Sha256::digest(state.as_bytes()));
+    format!("atelier_login_{}", &hash[..16])
 }
 
 async fn forged_id_tokens_are_refused(s: TestServer, p: FakeProvider) {
