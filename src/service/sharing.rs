@@ -29,8 +29,9 @@ pub enum Change {
 }
 
 /// Shares a project with groups, or stops sharing it: the owner (or an admin), and every
-/// group must exist and, unless the caller is an admin, count the caller as a member. Does not
-/// change the project's version.
+/// group must exist and, for a share by anyone but an admin, count the caller as a member
+/// (the rules are `access::require_share_with` / `require_unshare_from`). Does not change the
+/// project's version.
 pub async fn change(
     svc: &Services,
     viewer: Viewer,
@@ -49,7 +50,10 @@ pub async fn change(
             };
             let project = locked_for_change(txn, viewer, id, action).await?;
             for g in &groups {
-                access::require_group_member(txn, viewer, g.0).await?;
+                match change {
+                    Change::Share => access::require_share_with(txn, viewer, g.0).await?,
+                    Change::Unshare => access::require_unshare_from(txn, viewer, g.0).await?,
+                }
             }
             match change {
                 Change::Share => {
