@@ -111,10 +111,12 @@ impl Project {
             .unwrap_or_default();
         let viewer = viewer(ctx);
         let member_of = match viewer {
-            Some(v) if !groups.is_empty() => load::<MemberOfKey, Vec<i64>>(ctx, MemberOfKey(v.id.0))
-                .await
-                .gql()?
-                .unwrap_or_default(),
+            Some(v) if !groups.is_empty() => {
+                load::<MemberOfKey, Vec<i64>>(ctx, MemberOfKey(v.id.0))
+                    .await
+                    .gql()?
+                    .unwrap_or_default()
+            }
             _ => Vec::new(),
         };
         Ok(groups

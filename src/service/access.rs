@@ -115,6 +115,43 @@ pub fn can_see_share(viewer: Option<Viewer>, p: &project::Model, viewer_is_membe
     viewer.is_some_and(|v| v.is_admin() || v.id.0 == p.owner_id || viewer_is_member)
 }
 
+/// The projects whose share with `group` the viewer sees (the rule of [`can_see_share`]), as a
+/// SQL condition on `projects`: a listing filtered by a group never tells a viewer what is
+/// shared with a group they are not in. Combine with [`readable_projects`].
+pub fn shared_with_group_seen_by(viewer: Viewer, group: i64) -> Condition {
+    let shared = || {
+        Query::select()
+            .column(project_share::Column::ProjectId)
+            .from(project_share::Entity)
+            .and_where(project_share::Column::GroupId.eq(group))
+            .to_owned()
+    };
+    if viewer.is_admin() {
+        return Condition::all().add(project::Column::Id.in_subquery(shared()));
+    }
+    let as_member = shared()
+        .and_where(project_share::Column::GroupId.in_subquery(groups_of(viewer.id)))
+        .to_owned();
+    Condition::any()
+        .add(project::Column::Id.in_subquery(as_member))
+        .add(
+            Condition::all()
+                .add(project::Column::OwnerId.eq(viewer.id.0))
+                .add(project::Column::Id.in_subquery(shared())),
+        )
+}
+
+/// The same rule as a SQL condition on `projects` joined with `project_shares` (one row per
+/// share): the shares the viewer sees.
+pub fn shares_seen_by(viewer: Viewer) -> Condition {
+    if viewer.is_admin() {
+        return Condition::all();
+    }
+    Condition::any()
+        .add(project::Column::OwnerId.eq(viewer.id.0))
+        .add(project_share::Column::GroupId.in_subquery(groups_of(viewer.id)))
+}
+
 /// The backpack items `viewer` may read and delete, as a SQL condition on `backpack_items`:
 /// their own; an admin's reach is every item.
 pub fn backpack_items(viewer: Viewer) -> Condition {
@@ -188,17 +225,21 @@ async fn require_group_exists<C: ConnectionTrait>(conn: &C, group: i64) -> AppRe
     Ok(())
 }
 
-/// Projects shared with a group `member` belongs to.
-fn shared_with_member(member: UserId) -> SelectStatement {
-    let groups = Query::select()
+/// The groups `member` belongs to.
+fn groups_of(member: UserId) -> SelectStatement {
+    Query::select()
         .column(group_member::Column::GroupId)
         .from(group_member::Entity)
         .and_where(group_member::Column::UserId.eq(member.0))
-        .to_owned();
+        .to_owned()
+}
+
+/// Projects shared with a group `member` belongs to.
+fn shared_with_member(member: UserId) -> SelectStatement {
     Query::select()
         .column(project_share::Column::ProjectId)
         .from(project_share::Entity)
-        .and_where(project_share::Column::GroupId.in_subquery(groups))
+        .and_where(project_share::Column::GroupId.in_subquery(groups_of(member)))
         .to_owned()
 }
 
@@ -218,15 +259,10 @@ async fn shared_with<C: ConnectionTrait>(
 
 /// Students in the groups `teacher` belongs to.
 fn students_of(teacher: UserId) -> SelectStatement {
-    let groups = Query::select()
-        .column(group_member::Column::GroupId)
-        .from(group_member::Entity)
-        .and_where(group_member::Column::UserId.eq(teacher.0))
-        .to_owned();
     let members = Query::select()
         .column(group_member::Column::UserId)
         .from(group_member::Entity)
-        .and_where(group_member::Column::GroupId.in_subquery(groups))
+        .and_where(group_member::Column::GroupId.in_subquery(groups_of(teacher)))
         .to_owned();
     Query::select()
         .column(user::Column::Id)

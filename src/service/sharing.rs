@@ -195,16 +195,6 @@ pub fn remixes_of(source: ProjectId) -> sea_orm::Condition {
     sea_orm::Condition::all().add(project::Column::RemixedFrom.eq(source.0))
 }
 
-/// The projects shared with `group`, for listings filtered by group.
-pub fn shared_with_group(group: GroupId) -> sea_orm::Condition {
-    let ids = sea_orm::sea_query::Query::select()
-        .column(project_share::Column::ProjectId)
-        .from(project_share::Entity)
-        .and_where(project_share::Column::GroupId.eq(group.0))
-        .to_owned();
-    sea_orm::Condition::all().add(project::Column::Id.in_subquery(ids))
-}
-
 /// The first `first` copies the viewer can see of each of `sources`, oldest first, in one
 /// statement for all of them (a page of projects asking for their remixes costs one query).
 pub async fn first_remixes(
@@ -255,8 +245,8 @@ struct SharedRow {
     project: project::Model,
 }
 
-/// The first `first` projects shared with each of `groups` that the viewer can see, oldest
-/// first, in one statement for all of them (`Group.projects` on a list of groups).
+/// The first `first` projects shared with each of `groups` that the viewer can see (and whose
+/// share with that group the viewer sees), oldest first, in one statement for all of them (`Group.projects` on a list of groups).
 pub async fn first_shared(
     svc: &Services,
     viewer: Option<Viewer>,
@@ -280,6 +270,7 @@ pub async fn first_shared(
                 .into(),
         )
         .filter(access::readable_projects(viewer))
+        .filter(access::shares_seen_by(viewer))
         .filter(project_share::Column::GroupId.is_in(groups.iter().copied()))
         .column_as(project_share::Column::GroupId, "share_group")
         .column_as(

@@ -17,7 +17,8 @@ use crate::{
 const READ: &str = "query($id: ID!) { project(id: $id) { id title content sharedWith { id } owner { id groups { id } } } }";
 const LIST: &str = "query($f: ProjectFilter) { projects(first: 100, filter: $f) { edges { node { id sharedWith { id } } } } }";
 const UPDATE: &str = "mutation($id: ID!, $v: Int!) { updateProject(input: {id: $id, expectedVersion: $v, title: \"changed\"}) { id version } }";
-const DELETE: &str = "mutation($id: ID!, $v: Int) { deleteProject(input: {id: $id, expectedVersion: $v}) }";
+const DELETE: &str =
+    "mutation($id: ID!, $v: Int) { deleteProject(input: {id: $id, expectedVersion: $v}) }";
 const COPY: &str = "mutation($id: ID!) { copyProject(input: {id: $id}) { id version owner { id } remixedFrom { id } } }";
 const SHARE: &str = "mutation($id: ID!, $g: [ID!]!) { shareProject(input: {id: $id, groupIds: $g}) { id version sharedWith { id } } }";
 const UNSHARE: &str = "mutation($id: ID!, $g: [ID!]!) { unshareProject(input: {id: $id, groupIds: $g}) { id version sharedWith { id } } }";
@@ -126,7 +127,10 @@ impl World<'_> {
         for (group, members) in MEMBERS {
             let id = s.cli(&["group", "create", group]).1.trim().to_owned();
             for m in *members {
-                assert!(s.cli(&["group", "add-member", &id, m]).0, "{m} joins {group}");
+                assert!(
+                    s.cli(&["group", "add-member", &id, m]).0,
+                    "{m} joins {group}"
+                );
             }
             groups.push((*group, id));
         }
@@ -256,7 +260,11 @@ async fn check_reads(w: &World<'_>, who: &str, key: &str, may: May) {
         .map(|g| w.group(g).to_owned())
         .filter(|g| may == Write || mine.contains(g))
         .collect();
-    assert_eq!(ids(&p["sharedWith"]), expected, "{cell} sees shares: {read}");
+    assert_eq!(
+        ids(&p["sharedWith"]),
+        expected,
+        "{cell} sees shares: {read}"
+    );
     // The owner's groups: only the owner themself and admins see them.
     let owner = owner_of(key);
     let expected = if who == owner || who == "ada" {
@@ -290,20 +298,21 @@ async fn check_listings(w: &World<'_>, who: &str) {
         ),
     ];
     for (owner, _) in ROLES {
-        if *owner == "anonymous" {
-            continue;
-        }
         filters.push((
             "owner",
             json!({ "owner": w.user_id(owner) }),
             readable(&|k| owner_of(k) == *owner),
         ));
     }
+    // By group: what the viewer reads and is shared with that group, as far as they see the
+    // share (their own projects, or a group they are in; an admin sees every share).
+    let member = w.groups_of(who);
     for (group, _) in MEMBERS {
+        let sees = |k: &str| may(who, k) == Write || member.contains(group);
         filters.push((
             "sharedWithGroup",
             json!({ "sharedWithGroup": w.group(group) }),
-            readable(&|k| shared_groups(k).contains(group)),
+            readable(&|k| shared_groups(k).contains(group) && sees(k)),
         ));
     }
     for (name, filter, expected) in filters {
@@ -320,7 +329,12 @@ async fn check_listings(w: &World<'_>, who: &str) {
         );
         // A listing shows shares by the same rule as a read.
         for e in edges.as_array().unwrap() {
-            let key = w.projects.iter().find(|p| p.1 == e["node"]["id"]).unwrap().0;
+            let key = w
+                .projects
+                .iter()
+                .find(|p| p.1 == e["node"]["id"])
+                .unwrap()
+                .0;
             let mine = w.group_ids_of(who);
             let expected: BTreeSet<String> = shared_groups(key)
                 .iter()
@@ -329,6 +343,25 @@ async fn check_listings(w: &World<'_>, who: &str) {
                 .collect();
             assert_eq!(ids(&e["node"]["sharedWith"]), expected, "{who} lists {key}");
         }
+    }
+    if who == "anonymous" {
+        return;
+    }
+    // `Group.projects` of each of the viewer's groups: what they read that is shared with it.
+    let (_, answer) = c
+        .raw(
+            "{ groups { id projects { edges { node { id } } } } }",
+            json!({}),
+        )
+        .await;
+    for g in answer["data"]["groups"].as_array().unwrap() {
+        let name = w.groups.iter().find(|(_, id)| g["id"] == *id).unwrap().0;
+        let expected = readable(&|k| shared_groups(k).contains(&name));
+        assert_eq!(
+            ids(&g["projects"]["edges"]),
+            expected,
+            "{who}: projects of {name}: {answer}"
+        );
     }
 }
 
@@ -339,7 +372,10 @@ async fn check_refusals(w: &World<'_>, who: &str, key: &str, may: May) {
     let cell = format!("{who} × {key} ({may:?})");
     let expected = refusal(who, may);
     // A group the viewer belongs to (sharing with it would be allowed to the owner).
-    let group = w.groups_of(who).first().map_or(w.group("club"), |g| w.group(g));
+    let group = w
+        .groups_of(who)
+        .first()
+        .map_or(w.group("club"), |g| w.group(g));
     let before = w.state(key).await;
     let version = before.0["version"].clone();
     let attempts = [
@@ -348,7 +384,11 @@ async fn check_refusals(w: &World<'_>, who: &str, key: &str, may: May) {
         ("delete", DELETE, json!({ "id": id, "v": 999 })),
         ("delete", DELETE, json!({ "id": id })),
         ("share", SHARE, json!({ "id": id, "g": [group] })),
-        ("unshare", UNSHARE, json!({ "id": id, "g": [w.group("club")] })),
+        (
+            "unshare",
+            UNSHARE,
+            json!({ "id": id, "g": [w.group("club")] }),
+        ),
     ];
     for (what, query, vars) in attempts {
         let (_, answer) = c.raw(query, vars).await;
@@ -358,7 +398,12 @@ async fn check_refusals(w: &World<'_>, who: &str, key: &str, may: May) {
             "{cell} {what}: {answer}"
         );
         assert!(
-            answer["data"].is_null() || answer["data"].as_object().unwrap().values().all(Value::is_null),
+            answer["data"].is_null()
+                || answer["data"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .all(Value::is_null),
             "{cell} {what} answered data: {answer}"
         );
         assert_eq!(w.state(key).await, before, "{cell} {what} changed nothing");
@@ -367,20 +412,41 @@ async fn check_refusals(w: &World<'_>, who: &str, key: &str, may: May) {
     let (_, copied) = c.raw(COPY, json!({ "id": id })).await;
     if may == Read {
         let copy = &copied["data"]["copyProject"];
-        assert_eq!(copy["owner"]["id"], w.user_id(who), "{cell} copies: {copied}");
+        assert_eq!(
+            copy["owner"]["id"],
+            w.user_id(who),
+            "{cell} copies: {copied}"
+        );
         assert_eq!(copy["remixedFrom"]["id"], id, "{cell} copies: {copied}");
         assert_eq!(copy["version"], 1);
-        assert_eq!(w.s.count("projects").await, before.1 + 1, "{cell} copies once");
-        assert_eq!(w.state(key).await.0, before.0, "{cell}: the source is unchanged");
+        assert_eq!(
+            w.s.count("projects").await,
+            before.1 + 1,
+            "{cell} copies once"
+        );
+        assert_eq!(
+            w.state(key).await.0,
+            before.0,
+            "{cell}: the source is unchanged"
+        );
         // The copy is theirs: they may delete it (and leave the world as it was).
-        let (_, deleted) = c
-            .raw(DELETE, json!({ "id": copy["id"] }))
-            .await;
-        assert_eq!(deleted["data"]["deleteProject"], copy["id"], "{cell}: {deleted}");
+        let (_, deleted) = c.raw(DELETE, json!({ "id": copy["id"] })).await;
+        assert_eq!(
+            deleted["data"]["deleteProject"], copy["id"],
+            "{cell}: {deleted}"
+        );
     } else {
-        assert_eq!(code(&copied["errors"][0]), expected, "{cell} copies: {copied}");
+        assert_eq!(
+            code(&copied["errors"][0]),
+            expected,
+            "{cell} copies: {copied}"
+        );
     }
-    assert_eq!(w.state(key).await, before, "{cell} copy left the world as it was");
+    assert_eq!(
+        w.state(key).await,
+        before,
+        "{cell} copy left the world as it was"
+    );
 }
 
 /// Everything a writer may do, short of deleting: rename, copy, share and unshare.
@@ -416,7 +482,11 @@ async fn check_writes(w: &World<'_>, who: &str, key: &str) {
         ids(&shared["shareProject"]["sharedWith"]).contains(group),
         "{cell} shares: {shared}"
     );
-    assert_eq!(shared["shareProject"]["version"], v + 1, "sharing keeps the version");
+    assert_eq!(
+        shared["shareProject"]["version"],
+        v + 1,
+        "sharing keeps the version"
+    );
     assert_eq!(w.s.count("project_shares").await, shares + 1);
     let unshared = c.data(UNSHARE, json!({ "id": id, "g": [group] })).await;
     assert!(!ids(&unshared["unshareProject"]["sharedWith"]).contains(group));
@@ -425,7 +495,9 @@ async fn check_writes(w: &World<'_>, who: &str, key: &str) {
     if who != "ada" {
         // An owner may not share with a group they are not in: FORBIDDEN, nothing shared.
         let state = w.state(key).await;
-        let e = c.error(SHARE, json!({ "id": id, "g": [w.group("7C")] })).await;
+        let e = c
+            .error(SHARE, json!({ "id": id, "g": [w.group("7C")] }))
+            .await;
         assert_eq!(code(&e), "FORBIDDEN", "{cell} shares with 7C: {e}");
         assert_eq!(w.state(key).await, state);
         // ... but may take their project back from a group they are not in (an admin shared
@@ -433,7 +505,31 @@ async fn check_writes(w: &World<'_>, who: &str, key: &str) {
         w.client("ada")
             .data(SHARE, json!({ "id": id, "g": [w.group("7C")] }))
             .await;
-        let unshared = c.data(UNSHARE, json!({ "id": id, "g": [w.group("7C")] })).await;
+        // They see that share, in the project and by a listing of the group, and so do the
+        // group's members; a reader outside 7C sees neither.
+        let by_group = json!({ "f": { "sharedWithGroup": w.group("7C") } });
+        let others = [("otto", true), ("mia", false), ("tess", false)];
+        for (viewer, sees) in [(who, true)]
+            .into_iter()
+            .chain(others)
+            .filter(|o| o.0 != who || o.1)
+        {
+            let listed = w.client(viewer).data(LIST, by_group.clone()).await;
+            let listed = ids(&listed["projects"]["edges"]);
+            assert_eq!(listed.contains(id), sees, "{viewer} lists {key} by 7C");
+            let read = w.client(viewer).data(READ, json!({ "id": id })).await;
+            let shares = &read["project"]["sharedWith"];
+            if !read["project"].is_null() {
+                assert_eq!(
+                    ids(shares).contains(w.group("7C")),
+                    sees,
+                    "{viewer}: {read}"
+                );
+            }
+        }
+        let unshared = c
+            .data(UNSHARE, json!({ "id": id, "g": [w.group("7C")] }))
+            .await;
         assert!(
             !ids(&unshared["unshareProject"]["sharedWith"]).contains(w.group("7C")),
             "{cell} unshares from 7C: {unshared}"
@@ -491,7 +587,12 @@ async fn remixed_from_and_remixes_show_only_readable_projects(s: TestServer) {
     let ada = s.user_with_role("ada", "admin").await;
     let club = s.cli(&["group", "create", "club"]).1.trim().to_owned();
     let class = s.cli(&["group", "create", "8A"]).1.trim().to_owned();
-    for (g, m) in [(&club, "sam"), (&club, "mia"), (&class, "mia"), (&class, "mtea")] {
+    for (g, m) in [
+        (&club, "sam"),
+        (&club, "mia"),
+        (&class, "mia"),
+        (&class, "mtea"),
+    ] {
         assert!(s.cli(&["group", "add-member", g, m]).0);
     }
     let p = sam.create_project("sam's", empty_project()).await["id"]
@@ -517,8 +618,14 @@ async fn remixed_from_and_remixes_show_only_readable_projects(s: TestServer) {
     assert!(seen["remixedFrom"].is_null(), "{seen}");
     // The source's remixes: the copier and an admin see the copy, its owner (who may not read
     // mia's project) does not.
-    assert_eq!(ids(&source(&mia, &p).await["remixes"]["edges"]), [r.clone()].into());
-    assert_eq!(ids(&source(&ada, &p).await["remixes"]["edges"]), [r.clone()].into());
+    assert_eq!(
+        ids(&source(&mia, &p).await["remixes"]["edges"]),
+        [r.clone()].into()
+    );
+    assert_eq!(
+        ids(&source(&ada, &p).await["remixes"]["edges"]),
+        [r.clone()].into()
+    );
     assert!(ids(&source(&sam, &p).await["remixes"]["edges"]).is_empty());
     // The teacher may copy what they may read; the copy's source is visible to them.
     let t = mias_teacher.data(COPY, json!({ "id": r })).await["copyProject"].clone();
@@ -566,7 +673,10 @@ async fn save_item(c: &Client, n: usize) -> (u16, Value) {
             "map",
             json!({ "0": ["variables.b"], "1": ["variables.th"] }).to_string(),
         )
-        .part("0", reqwest::multipart::Part::bytes(svg(n)).file_name("body"))
+        .part(
+            "0",
+            reqwest::multipart::Part::bytes(svg(n)).file_name("body"),
+        )
         .part(
             "1",
             reqwest::multipart::Part::bytes(png(n)).file_name("thumb.png"),
@@ -629,7 +739,10 @@ async fn every_cell_of_the_backpack_matrix(s: TestServer) {
     // An absent item and an unknown part are 404 even for the owner and an admin.
     for c in [&sam, &ada] {
         assert_eq!(get_status(&s, c, "/backpack/999999/body").await, 404);
-        assert_eq!(get_status(&s, c, &format!("/backpack/{id}/other")).await, 404);
+        assert_eq!(
+            get_status(&s, c, &format!("/backpack/{id}/other")).await,
+            404
+        );
     }
 
     // Refused deletes: the exact code, nothing deleted.
@@ -660,7 +773,10 @@ async fn every_cell_of_the_backpack_matrix(s: TestServer) {
     );
     assert_eq!(get_status(&s, &sam, &urls[0]).await, 404);
     let (_, saved) = save_item(&sam, 3).await;
-    let id = saved["data"]["saveBackpackItem"]["id"].as_str().unwrap().to_owned();
+    let id = saved["data"]["saveBackpackItem"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(
         sam.data(DELETE_ITEM, json!({ "id": id })).await["deleteBackpackItem"],
         id
@@ -701,11 +817,18 @@ async fn groups_and_assets_by_viewer(s: TestServer) {
     assert_eq!(seen(&sam).await, [class.clone()].into());
 
     // Assets: public by default.
-    const ASSET: &str = "query($m: String!) { asset(md5: $m, assetType: IMAGE_VECTOR) { md5 url } }";
+    const ASSET: &str =
+        "query($m: String!) { asset(md5: $m, assetType: IMAGE_VECTOR) { md5 url } }";
     let up = sam.upload(svg(1), "IMAGE_VECTOR").await;
-    let (md5, url) = (up["asset"]["md5"].clone(), up["asset"]["url"].as_str().unwrap().to_owned());
+    let (md5, url) = (
+        up["asset"]["md5"].clone(),
+        up["asset"]["url"].as_str().unwrap().to_owned(),
+    );
     for c in [&s.anonymous(), &tess] {
-        assert_eq!(c.data(ASSET, json!({ "m": md5 })).await["asset"]["md5"], md5);
+        assert_eq!(
+            c.data(ASSET, json!({ "m": md5 })).await["asset"]["md5"],
+            md5
+        );
         assert_eq!(get_status(&s, c, &url).await, 200);
     }
     let (status, body) = s.anonymous().upload_raw(svg(2), "IMAGE_VECTOR", None).await;
@@ -713,11 +836,18 @@ async fn groups_and_assets_by_viewer(s: TestServer) {
     assert_eq!(code(&body["errors"][0]), "UNAUTHENTICATED");
 
     // Signed-in users only.
-    let private = TestServer::start_with(s.backend, &[("ATELIER_ASSET_ACCESS", "authenticated")]).await;
+    let private =
+        TestServer::start_with(s.backend, &[("ATELIER_ASSET_ACCESS", "authenticated")]).await;
     let bob = private.user("bob").await;
     let up = bob.upload(svg(3), "IMAGE_VECTOR").await;
-    let (md5, url) = (up["asset"]["md5"].clone(), up["asset"]["url"].as_str().unwrap().to_owned());
-    assert_eq!(bob.data(ASSET, json!({ "m": md5 })).await["asset"]["md5"], md5);
+    let (md5, url) = (
+        up["asset"]["md5"].clone(),
+        up["asset"]["url"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(
+        bob.data(ASSET, json!({ "m": md5 })).await["asset"]["md5"],
+        md5
+    );
     assert_eq!(get_status(&private, &bob, &url).await, 200);
     let e = private.anonymous().error(ASSET, json!({ "m": md5 })).await;
     assert_eq!(code(&e), "UNAUTHENTICATED");
