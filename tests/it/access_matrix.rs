@@ -30,6 +30,7 @@ both_backends!(
     remixed_from_and_remixes_show_only_readable_projects,
     every_cell_of_the_backpack_matrix,
     groups_and_assets_by_viewer,
+    membership_and_role_changes_apply_to_the_next_request,
 );
 
 /// What one viewer may do with one project.
@@ -852,4 +853,87 @@ async fn groups_and_assets_by_viewer(s: TestServer) {
     let e = private.anonymous().error(ASSET, json!({ "m": md5 })).await;
     assert_eq!(code(&e), "UNAUTHENTICATED");
     assert_eq!(get_status(&private, &private.anonymous(), &url).await, 401);
+}
+
+/// Runs one statement on the test database, as the identity provider's sync would.
+async fn execute(s: &TestServer, sql: &str) {
+    use sea_orm::ConnectionTrait;
+    let db = s.db().await;
+    db.execute_unprepared(sql).await.unwrap();
+    let _ = db.close().await;
+}
+
+/// Access follows the stored memberships and roles, not what they were when the viewer signed
+/// in: a student who leaves a group stops reading what is shared with it, a teacher stops
+/// reading a student who left their class or who is no longer a student.
+async fn membership_and_role_changes_apply_to_the_next_request(s: TestServer) {
+    let sam = s.user("sam").await;
+    let mia = s.user("mia").await;
+    let tess = s.user_with_role("tess", "teacher").await;
+    let class = s.cli(&["group", "create", "7B"]).1.trim().to_owned();
+    let club = s.cli(&["group", "create", "club"]).1.trim().to_owned();
+    for (g, m) in [
+        (&class, "sam"),
+        (&class, "tess"),
+        (&club, "sam"),
+        (&club, "mia"),
+    ] {
+        assert!(s.cli(&["group", "add-member", g, m]).0);
+    }
+    let id = sam.create_project("P", empty_project()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sam.data(SHARE, json!({ "id": id, "g": [club] })).await;
+    let reads = |c: &Client| {
+        let (c, id) = (c.clone(), id.clone());
+        async move { !c.data(READ, json!({ "id": id })).await["project"].is_null() }
+    };
+    assert!(reads(&mia).await && reads(&tess).await);
+
+    // Mia leaves the club: the project is gone for her, a change NOT_FOUND, not FORBIDDEN.
+    let user = |name: &str| format!("(SELECT id FROM users WHERE subject = '{name}')");
+    execute(
+        &s,
+        &format!(
+            "DELETE FROM group_members WHERE group_id = {club} AND user_id = {}",
+            user("mia")
+        ),
+    )
+    .await;
+    assert!(!reads(&mia).await);
+    let e = mia.error(UPDATE, json!({ "id": id, "v": 1 })).await;
+    assert_eq!(code(&e), "NOT_FOUND", "{e}");
+    let e = mia.error(COPY, json!({ "id": id })).await;
+    assert_eq!(code(&e), "NOT_FOUND", "{e}");
+
+    // Sam becomes a teacher: his class's teacher no longer reads his projects.
+    execute(
+        &s,
+        "UPDATE users SET role = 'teacher' WHERE subject = 'sam'",
+    )
+    .await;
+    assert!(!reads(&tess).await);
+    execute(
+        &s,
+        "UPDATE users SET role = 'student' WHERE subject = 'sam'",
+    )
+    .await;
+    assert!(reads(&tess).await);
+    // Sam leaves the class: the same.
+    execute(
+        &s,
+        &format!(
+            "DELETE FROM group_members WHERE group_id = {class} AND user_id = {}",
+            user("sam")
+        ),
+    )
+    .await;
+    assert!(!reads(&tess).await);
+    let e = tess.error(UPDATE, json!({ "id": id, "v": 1 })).await;
+    assert_eq!(code(&e), "NOT_FOUND", "{e}");
+    // Nothing of it changed the project.
+    let state = sam.data(STATE, json!({ "id": id })).await;
+    assert_eq!(state["project"]["version"], 1);
+    assert_eq!(ids(&state["project"]["sharedWith"]), [club.clone()].into());
 }
