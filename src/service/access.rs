@@ -206,14 +206,10 @@ pub async fn require_share_with<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Whether `viewer`, who may change the project, may stop sharing it with `group`: any group
+/// Whether a viewer who may change the project may stop sharing it with `group`: any group
 /// that exists (membership is not needed to take one's own project back). An absent group is
 /// `NOT_FOUND`.
-pub async fn require_unshare_from<C: ConnectionTrait>(
-    conn: &C,
-    _viewer: Viewer,
-    group: i64,
-) -> AppResult<()> {
+pub async fn require_unshare_from<C: ConnectionTrait>(conn: &C, group: i64) -> AppResult<()> {
     require_group_exists(conn, group).await
 }
 

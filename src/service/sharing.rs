@@ -52,7 +52,7 @@ pub async fn change(
             for g in &groups {
                 match change {
                     Change::Share => access::require_share_with(txn, viewer, g.0).await?,
-                    Change::Unshare => access::require_unshare_from(txn, viewer, g.0).await?,
+                    Change::Unshare => access::require_unshare_from(txn, g.0).await?,
                 }
             }
             match change {
