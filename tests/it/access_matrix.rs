@@ -806,6 +806,8 @@ async fn groups_and_assets_by_viewer(s: TestServer) {
     assert!(groups(&ada).await.is_empty(), "an admin's own groups: none");
     let e = s.anonymous().error("{ groups { id } }", json!({})).await;
     assert_eq!(code(&e), "UNAUTHENTICATED");
+    let anonymous = s.anonymous().data("{ viewer { id } }", json!({})).await;
+    assert!(anonymous["viewer"].is_null(), "{anonymous}");
     // Tess reads sam's project (she teaches him) but not his groups; an admin does.
     let p = sam.create_project("p", empty_project()).await["id"].clone();
     let q = "query($id: ID!) { project(id: $id) { owner { groups { id } } } }";
