@@ -53,7 +53,7 @@ impl From<ItemKind> for BackpackItemType {
     }
 }
 
-/// A piece kept in the viewer's backpack. Only its owner ever sees it.
+/// A piece kept in a backpack. Only its owner (and an admin) ever sees it.
 pub struct BackpackItem(pub backpack_item::Model);
 
 #[Object]
@@ -75,12 +75,12 @@ impl BackpackItem {
         &self.0.mime
     }
 
-    /// Where the owner fetches the body (with their token).
+    /// Where the owner (or an admin) fetches the body (with their token).
     async fn body_url(&self) -> String {
         format!("/backpack/{}/body", self.0.id)
     }
 
-    /// Where the owner fetches the thumbnail (with their token).
+    /// Where the owner (or an admin) fetches the thumbnail (with their token).
     async fn thumbnail_url(&self) -> String {
         format!("/backpack/{}/thumbnail", self.0.id)
     }
@@ -166,7 +166,7 @@ impl BackpackMutation {
         Ok(BackpackItem(saved))
     }
 
-    /// Deletes one of the viewer's backpack items; returns its id.
+    /// Deletes one of the viewer's backpack items (an admin: anyone's); returns its id.
     async fn delete_backpack_item(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<ID> {
         let viewer = require_viewer(ctx).gql()?;
         let id: i64 = id

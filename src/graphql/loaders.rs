@@ -14,7 +14,7 @@ use std::{
 };
 
 use async_graphql::dataloader::{DataLoader, Loader, NoCache};
-use entity::{asset, group, project, project_asset, project_share, user};
+use entity::{asset, group, group_member, project, project_asset, project_share, user};
 use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder};
 
 use crate::service::Services;
@@ -97,6 +97,9 @@ pub struct ProjectKey(pub i64);
 /// The groups a project is shared with, by project id.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SharesKey(pub i64);
+/// The ids of the groups a user belongs to, by user id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MemberOfKey(pub i64);
 /// The assets a project references, by project id.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ProjectAssetsKey(pub i64);
@@ -241,6 +244,26 @@ impl Loader<SharesKey> for Batch {
                     .or_default()
                     .push(group);
             }
+        }
+        Ok(out)
+    }
+}
+
+impl Loader<MemberOfKey> for Batch {
+    type Value = Vec<i64>;
+    type Error = DbErr;
+
+    async fn load(&self, keys: &[MemberOfKey]) -> Result<HashMap<MemberOfKey, Vec<i64>>, DbErr> {
+        let rows = group_member::Entity::find()
+            .filter(group_member::Column::UserId.is_in(keys.iter().map(|k| k.0)))
+            .all(self.0.db.conn())
+            .await?;
+        let mut out: HashMap<MemberOfKey, Vec<i64>> =
+            keys.iter().map(|k| (*k, Vec::new())).collect();
+        for m in rows {
+            out.entry(MemberOfKey(m.user_id))
+                .or_default()
+                .push(m.group_id);
         }
         Ok(out)
     }

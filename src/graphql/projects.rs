@@ -14,7 +14,7 @@ use super::{
     errors::GqlResultExt,
     identity::{Group, User},
     loaders as l,
-    loaders::{ProjectAssetsKey, ProjectKey, RemixesKey, SharesKey, UserKey, load},
+    loaders::{MemberOfKey, ProjectAssetsKey, ProjectKey, RemixesKey, SharesKey, UserKey, load},
     prefetched, require_viewer, services, viewer,
 };
 use crate::{
@@ -102,13 +102,30 @@ impl Project {
         Ok(assets.into_iter().map(Asset).collect())
     }
 
-    /// The groups the project is shared with.
+    /// The groups the project is shared with: all of them for its owner and admins, for
+    /// anyone else only those they belong to.
     async fn shared_with(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Group>> {
         let groups = load::<SharesKey, _>(ctx, SharesKey(self.0.id))
             .await
             .gql()?
             .unwrap_or_default();
-        Ok(groups.into_iter().map(Group).collect())
+        let viewer = viewer(ctx);
+        // The owner and admins see every share: no need to know their groups.
+        let sees_all = service::access::can_see_share(viewer, &self.0, false);
+        let member_of = match viewer {
+            Some(v) if !groups.is_empty() && !sees_all => {
+                load::<MemberOfKey, Vec<i64>>(ctx, MemberOfKey(v.id.0))
+                    .await
+                    .gql()?
+                    .unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        Ok(groups
+            .into_iter()
+            .filter(|g| service::access::can_see_share(viewer, &self.0, member_of.contains(&g.id)))
+            .map(Group)
+            .collect())
     }
 
     /// The project this one was copied from, if it still exists and the viewer may see it.
@@ -195,7 +212,18 @@ pub async fn prefetch_page(ctx: &Context<'_>, rows: &[project::Model]) -> AppRes
         if !wants("sharedWith") {
             return Ok(());
         }
-        l::prefetch(&batch, store, ids().map(SharesKey)).await
+        // The viewer's groups decide which shares they see, unless every row is theirs.
+        let viewer = viewer(ctx)
+            .filter(|v| {
+                rows.iter()
+                    .any(|p| !service::access::can_see_share(Some(*v), p, false))
+            })
+            .map(|v| MemberOfKey(v.id.0));
+        tokio::try_join!(
+            l::prefetch(&batch, store, ids().map(SharesKey)),
+            l::prefetch(&batch, store, viewer),
+        )?;
+        Ok(())
     };
     let sources = async {
         if !wants("remixedFrom") {

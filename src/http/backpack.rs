@@ -1,5 +1,6 @@
-//! `GET /backpack/{id}/{body|thumbnail}`: a backpack item's bytes, for its owner only (bearer
-//! token). Anyone else, and an absent item, gets 404: a backpack is private.
+//! `GET /backpack/{id}/{body|thumbnail}`: a backpack item's bytes, for its owner (and admins;
+//! the rule is `access::backpack_items`). Anyone else, and an absent item, gets 404: a
+//! backpack is private.
 
 use axum::{
     extract::{Path, State},

@@ -14,9 +14,16 @@
 //! - an admin may do everything;
 //! - anyone else does not see the project at all.
 //!
+//! Sharing with a group needs the right to change the project and membership of the group
+//! (admins: any group); unsharing needs only the right to change the project, so an owner who
+//! left a class can still take a project back from it. A reader sees the groups a project is
+//! shared with only where they are members themselves; the owner and admins see them all.
+//!
+//! A backpack is its owner's (and, like everything, an admin's): nobody else sees its items.
+//!
 //! Invisible is `null` / `NOT_FOUND`; visible but not allowed is `FORBIDDEN`.
 
-use entity::{group_member, project, project_share, user};
+use entity::{backpack_item, group_member, project, project_share, user};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
     sea_query::{Query, SelectStatement},
@@ -101,6 +108,66 @@ pub fn writable_projects(viewer: Viewer) -> Condition {
     }
 }
 
+/// Whether a viewer who may read project `p` sees that it is shared with a group: the owner
+/// and admins see every share; any other reader only the shares with groups they belong to
+/// (a group is otherwise private to its members, see [`can_see_groups_of`]).
+pub fn can_see_share(viewer: Option<Viewer>, p: &project::Model, viewer_is_member: bool) -> bool {
+    viewer.is_some_and(|v| v.is_admin() || v.id.0 == p.owner_id || viewer_is_member)
+}
+
+/// The projects whose share with `group` the viewer sees (the rule of [`can_see_share`]), as a
+/// SQL condition on `projects`: a listing filtered by a group never tells a viewer what is
+/// shared with a group they are not in. Combine with [`readable_projects`].
+pub fn shared_with_group_seen_by(viewer: Viewer, group: i64) -> Condition {
+    let shared = || {
+        Query::select()
+            .column(project_share::Column::ProjectId)
+            .from(project_share::Entity)
+            .and_where(project_share::Column::GroupId.eq(group))
+            .to_owned()
+    };
+    if viewer.is_admin() {
+        return Condition::all().add(project::Column::Id.in_subquery(shared()));
+    }
+    let as_member = shared()
+        .and_where(project_share::Column::GroupId.in_subquery(groups_of(viewer.id)))
+        .to_owned();
+    Condition::any()
+        .add(project::Column::Id.in_subquery(as_member))
+        .add(
+            Condition::all()
+                .add(project::Column::OwnerId.eq(viewer.id.0))
+                .add(project::Column::Id.in_subquery(shared())),
+        )
+}
+
+/// The same rule as a SQL condition on `projects` joined with `project_shares` (one row per
+/// share): the shares the viewer sees.
+pub fn shares_seen_by(viewer: Viewer) -> Condition {
+    if viewer.is_admin() {
+        return Condition::all();
+    }
+    Condition::any()
+        .add(project::Column::OwnerId.eq(viewer.id.0))
+        .add(project_share::Column::GroupId.in_subquery(groups_of(viewer.id)))
+}
+
+/// The backpack items `viewer` may read and delete, as a SQL condition on `backpack_items`:
+/// their own; an admin's reach is every item.
+pub fn backpack_items(viewer: Viewer) -> Condition {
+    if viewer.is_admin() {
+        Condition::all()
+    } else {
+        own_backpack(viewer)
+    }
+}
+
+/// The viewer's own backpack (the `backpack` listing: admins list only theirs too, they reach
+/// others' items by id).
+pub fn own_backpack(viewer: Viewer) -> Condition {
+    Condition::all().add(backpack_item::Column::OwnerId.eq(viewer.id.0))
+}
+
 /// Whether `viewer` may see `user`'s groups: the user themself and admins.
 pub fn can_see_groups_of(viewer: Option<Viewer>, user: UserId) -> bool {
     viewer.is_some_and(|v| v.is_admin() || v.id == user)
@@ -115,17 +182,14 @@ pub fn require_asset_reader(policy: AssetAccess, viewer: Option<Viewer>) -> AppR
     }
 }
 
-/// Whether `viewer` may use `group` (share with it, list what is shared with it): its members,
-/// and admins. An absent group is `NOT_FOUND`, someone else's `FORBIDDEN`.
-pub async fn require_group_member<C: ConnectionTrait>(
+/// Whether `viewer`, who may change the project, may share it with `group`: its members and
+/// admins. An absent group is `NOT_FOUND`, someone else's `FORBIDDEN`.
+pub async fn require_share_with<C: ConnectionTrait>(
     conn: &C,
     viewer: Viewer,
     group: i64,
 ) -> AppResult<()> {
-    use entity::group;
-    if group::Entity::find_by_id(group).one(conn).await?.is_none() {
-        return Err(AppError::NotFound("group"));
-    }
+    require_group_exists(conn, group).await?;
     if viewer.is_admin() {
         return Ok(());
     }
@@ -142,17 +206,36 @@ pub async fn require_group_member<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Projects shared with a group `member` belongs to.
-fn shared_with_member(member: UserId) -> SelectStatement {
-    let groups = Query::select()
+/// Whether a viewer who may change the project may stop sharing it with `group`: any group
+/// that exists (membership is not needed to take one's own project back). An absent group is
+/// `NOT_FOUND`.
+pub async fn require_unshare_from<C: ConnectionTrait>(conn: &C, group: i64) -> AppResult<()> {
+    require_group_exists(conn, group).await
+}
+
+async fn require_group_exists<C: ConnectionTrait>(conn: &C, group: i64) -> AppResult<()> {
+    use entity::group;
+    if group::Entity::find_by_id(group).one(conn).await?.is_none() {
+        return Err(AppError::NotFound("group"));
+    }
+    Ok(())
+}
+
+/// The groups `member` belongs to.
+fn groups_of(member: UserId) -> SelectStatement {
+    Query::select()
         .column(group_member::Column::GroupId)
         .from(group_member::Entity)
         .and_where(group_member::Column::UserId.eq(member.0))
-        .to_owned();
+        .to_owned()
+}
+
+/// Projects shared with a group `member` belongs to.
+fn shared_with_member(member: UserId) -> SelectStatement {
     Query::select()
         .column(project_share::Column::ProjectId)
         .from(project_share::Entity)
-        .and_where(project_share::Column::GroupId.in_subquery(groups))
+        .and_where(project_share::Column::GroupId.in_subquery(groups_of(member)))
         .to_owned()
 }
 
@@ -172,15 +255,10 @@ async fn shared_with<C: ConnectionTrait>(
 
 /// Students in the groups `teacher` belongs to.
 fn students_of(teacher: UserId) -> SelectStatement {
-    let groups = Query::select()
-        .column(group_member::Column::GroupId)
-        .from(group_member::Entity)
-        .and_where(group_member::Column::UserId.eq(teacher.0))
-        .to_owned();
     let members = Query::select()
         .column(group_member::Column::UserId)
         .from(group_member::Entity)
-        .and_where(group_member::Column::GroupId.in_subquery(groups))
+        .and_where(group_member::Column::GroupId.in_subquery(groups_of(teacher)))
         .to_owned();
     Query::select()
         .column(user::Column::Id)

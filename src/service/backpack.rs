@@ -13,7 +13,7 @@ use sea_orm::{
 use crate::{
     domain::{AssetKind, Viewer},
     error::{AppError, AppResult},
-    service::{Services, assets::sniff, now, write::Effect},
+    service::{Services, access, assets::sniff, now, write::Effect},
     storage::StagedUpload,
 };
 
@@ -180,7 +180,7 @@ pub async fn list(
     before_id: Option<i64>,
 ) -> AppResult<(Vec<backpack_item::Model>, bool)> {
     let mut query = backpack_item::Entity::find()
-        .filter(backpack_item::Column::OwnerId.eq(viewer.id.0))
+        .filter(access::own_backpack(viewer))
         .order_by_desc(backpack_item::Column::Id);
     if let Some(id) = before_id {
         query = query.filter(backpack_item::Column::Id.lt(id));
@@ -191,19 +191,20 @@ pub async fn list(
     Ok((rows, has_next))
 }
 
-/// One of the viewer's items; someone else's does not exist for them.
+/// An item the viewer may read (`access::backpack_items`); any other does not exist for them.
 pub async fn get(
     svc: &Services,
     viewer: Viewer,
     id: i64,
 ) -> AppResult<Option<backpack_item::Model>> {
     Ok(backpack_item::Entity::find_by_id(id)
-        .filter(backpack_item::Column::OwnerId.eq(viewer.id.0))
+        .filter(access::backpack_items(viewer))
         .one(svc.db.conn())
         .await?)
 }
 
-/// Deletes one of the viewer's items. Its blobs become garbage for `atelier gc`.
+/// Deletes an item the viewer may delete (`access::backpack_items`); any other is `NOT_FOUND`.
+/// Its blobs become garbage for `atelier gc`.
 pub async fn delete(
     svc: &Services,
     viewer: Viewer,
@@ -214,7 +215,7 @@ pub async fn delete(
         Box::pin(async move {
             let deleted = backpack_item::Entity::delete_many()
                 .filter(backpack_item::Column::Id.eq(id))
-                .filter(backpack_item::Column::OwnerId.eq(viewer.id.0))
+                .filter(access::backpack_items(viewer))
                 .exec(txn)
                 .await?;
             if deleted.rows_affected == 0 {

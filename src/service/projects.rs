@@ -259,7 +259,7 @@ pub async fn list(
         query = query.filter(project::Column::OwnerId.eq(owner.0));
     }
     if let Some(group) = filter.shared_with_group {
-        query = query.filter(super::sharing::shared_with_group(group));
+        query = query.filter(access::shared_with_group_seen_by(viewer, group.0));
     }
     if let Some(source) = filter.remixed_from {
         query = query.filter(super::sharing::remixes_of(source));

@@ -29,8 +29,9 @@ pub enum Change {
 }
 
 /// Shares a project with groups, or stops sharing it: the owner (or an admin), and every
-/// group must exist and, unless the caller is an admin, count the caller as a member. Does not
-/// change the project's version.
+/// group must exist and, for a share by anyone but an admin, count the caller as a member
+/// (the rules are `access::require_share_with` / `require_unshare_from`). Does not change the
+/// project's version.
 pub async fn change(
     svc: &Services,
     viewer: Viewer,
@@ -49,7 +50,10 @@ pub async fn change(
             };
             let project = locked_for_change(txn, viewer, id, action).await?;
             for g in &groups {
-                access::require_group_member(txn, viewer, g.0).await?;
+                match change {
+                    Change::Share => access::require_share_with(txn, viewer, g.0).await?,
+                    Change::Unshare => access::require_unshare_from(txn, g.0).await?,
+                }
             }
             match change {
                 Change::Share => {
@@ -191,16 +195,6 @@ pub fn remixes_of(source: ProjectId) -> sea_orm::Condition {
     sea_orm::Condition::all().add(project::Column::RemixedFrom.eq(source.0))
 }
 
-/// The projects shared with `group`, for listings filtered by group.
-pub fn shared_with_group(group: GroupId) -> sea_orm::Condition {
-    let ids = sea_orm::sea_query::Query::select()
-        .column(project_share::Column::ProjectId)
-        .from(project_share::Entity)
-        .and_where(project_share::Column::GroupId.eq(group.0))
-        .to_owned();
-    sea_orm::Condition::all().add(project::Column::Id.in_subquery(ids))
-}
-
 /// The first `first` copies the viewer can see of each of `sources`, oldest first, in one
 /// statement for all of them (a page of projects asking for their remixes costs one query).
 pub async fn first_remixes(
@@ -251,8 +245,8 @@ struct SharedRow {
     project: project::Model,
 }
 
-/// The first `first` projects shared with each of `groups` that the viewer can see, oldest
-/// first, in one statement for all of them (`Group.projects` on a list of groups).
+/// The first `first` projects shared with each of `groups` that the viewer can see (and whose
+/// share with that group the viewer sees), oldest first, in one statement for all of them (`Group.projects` on a list of groups).
 pub async fn first_shared(
     svc: &Services,
     viewer: Option<Viewer>,
@@ -276,6 +270,7 @@ pub async fn first_shared(
                 .into(),
         )
         .filter(access::readable_projects(viewer))
+        .filter(access::shares_seen_by(viewer))
         .filter(project_share::Column::GroupId.is_in(groups.iter().copied()))
         .column_as(project_share::Column::GroupId, "share_group")
         .column_as(

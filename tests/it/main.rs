@@ -5,6 +5,7 @@ mod api;
 mod harness;
 
 mod access;
+mod access_matrix;
 mod assets;
 mod authority;
 mod backpack;
