@@ -15,6 +15,9 @@
 //   OP_ACCESS_TOKEN_TTL  seconds an access token lives (default 3600)
 //   OP_CONFORM        "false" puts every granted claim in the ID token as well (default:
 //                     the ID token of a code flow carries `sub` only; the rest is at userinfo)
+//   OP_REFRESH        "always": a refresh token for every code exchange (as many providers
+//                     do); default: only when `offline_access` was granted, which
+//                     OpenID Connect Core allows only for a request with `prompt=consent`
 
 import http from 'node:http';
 import readline from 'node:readline';
@@ -63,6 +66,9 @@ server.listen(Number(env.OP_PORT || 0), '127.0.0.1', async () => {
       groups: ['groups'],
     },
     conformIdTokenClaims: env.OP_CONFORM !== 'false',
+    ...(env.OP_REFRESH === 'always'
+      ? { issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token') }
+      : {}),
     ttl: {
       AccessToken: Number(env.OP_ACCESS_TOKEN_TTL || 3600),
     },
