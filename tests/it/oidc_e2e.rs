@@ -224,6 +224,14 @@ impl NodeProvider {
         self.expect_line("ready");
     }
 
+    /// Changes what the provider says of `subject` from now on.
+    fn set_account(&mut self, subject: &str, account: &Value) {
+        let stdin = self.stdin.as_mut().expect("running");
+        writeln!(stdin, "account {subject} {account}").expect("write to the provider's stdin");
+        stdin.flush().unwrap();
+        self.expect_line("ok");
+    }
+
     fn output(&self) -> String {
         self.output.lock().unwrap().clone()
     }
@@ -446,6 +454,7 @@ async fn sign_in_end_to_end(backend: Backend, variant: Variant) {
     let again = viewer(&base, &ada).await;
     assert_eq!(again["id"], v["id"]);
     assert_eq!(again["displayName"], "Ada Lovelace", "{again}");
+    assert_eq!(again["role"], "TEACHER", "{again}");
     assert_eq!(group_names(&again), ["7B", "teachers"]);
     assert_eq!(
         session_of(&s, "ada").await,
@@ -459,6 +468,20 @@ async fn sign_in_end_to_end(backend: Backend, variant: Variant) {
         before + 1,
         "no second refresh"
     );
+
+    // The provider moves her to another class and out of the teachers: the next refresh (with
+    // the rotated refresh token: the first one was consumed) says so.
+    provider.set_account(
+        "ada",
+        &json!({"name": "Ada King", "email": "ada@school.example", "groups": ["7B", "Art"]}),
+    );
+    tokio::time::sleep(Duration::from_secs(ACCESS_TOKEN_TTL + 1)).await;
+    let moved = viewer(&base, &ada).await;
+    assert_eq!(moved["id"], v["id"]);
+    assert_eq!(moved["displayName"], "Ada King", "{moved}");
+    assert_eq!(moved["role"], "STUDENT", "{moved}");
+    assert_eq!(group_names(&moved), ["7B", "Art"]);
+    assert_eq!(session_of(&s, "ada").await, (before + 2, false));
 
     // Logout ends the session: the cookie is cleared and the token refused from then on.
     let token = ada.session().unwrap();

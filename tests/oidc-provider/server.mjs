@@ -7,7 +7,8 @@
 // Listens on 127.0.0.1 (port OP_PORT, default 0: any free port) and prints
 // `issuer <url>` once listening. Atelier's callback URL is only known once Atelier runs, and
 // Atelier needs the issuer to start: so the provider is configured from the first line read on
-// stdin (or OP_REDIRECT_URI when set), then prints `ready`.
+// stdin (or OP_REDIRECT_URI when set), then prints `ready`. Later lines on stdin change what
+// the provider says of a user: `account <subject> <json>` (answered with `ok`).
 //
 // Environment:
 //   OP_CLIENT_ID, OP_CLIENT_SECRET   the one client (confidential, client_secret_basic)
@@ -39,12 +40,7 @@ let handler;
 server.listen(Number(env.OP_PORT || 0), '127.0.0.1', async () => {
   const issuer = `http://127.0.0.1:${server.address().port}`;
   console.log(`issuer ${issuer}`);
-  let redirectUri = env.OP_REDIRECT_URI;
-  if (!redirectUri) {
-    redirectUri = await firstLine();
-    // The test kills this process; stdin closing (the test itself died) ends it too.
-    process.stdin.on('end', () => process.exit(0)).resume();
-  }
+  const redirectUri = env.OP_REDIRECT_URI || (await nextLine());
   const provider = new Provider(issuer, {
     clients: [
       {
@@ -69,6 +65,9 @@ server.listen(Number(env.OP_PORT || 0), '127.0.0.1', async () => {
     ...(env.OP_REFRESH === 'always'
       ? { issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token') }
       : {}),
+    // Every refresh consumes its refresh token and issues a new one; using a consumed one
+    // again revokes the whole grant (the strictest policy; the default rotates only some).
+    rotateRefreshToken: true,
     ttl: {
       AccessToken: Number(env.OP_ACCESS_TOKEN_TTL || 3600),
     },
@@ -99,16 +98,25 @@ server.listen(Number(env.OP_PORT || 0), '127.0.0.1', async () => {
   }
   handler = provider.callback();
   console.log('ready');
+  for (;;) {
+    const [command, sub, ...json] = (await nextLine()).split(' ');
+    if (command === 'account') {
+      accounts[sub] = JSON.parse(json.join(' '));
+      console.log('ok');
+    } else {
+      console.error(`unknown command ${command}`);
+    }
+  }
 });
 
-function firstLine() {
-  return new Promise((resolve, reject) => {
-    const rl = readline.createInterface({ input: process.stdin });
-    rl.once('line', (line) => {
-      resolve(line.trim());
-      rl.close();
-    });
-    rl.once('close', () => reject(new Error('stdin closed before the redirect URI')));
-  });
+// stdin, line by line. The test kills this process; stdin closing (the test itself died)
+// ends it too.
+const lines = [];
+const waiting = [];
+readline.createInterface({ input: process.stdin })
+  .on('line', (line) => (waiting.length ? waiting.shift()(line.trim()) : lines.push(line.trim())))
+  .on('close', () => process.exit(0));
+function nextLine() {
+  return lines.length ? Promise.resolve(lines.shift()) : new Promise((resolve) => waiting.push(resolve));
 }
 
