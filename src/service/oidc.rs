@@ -324,17 +324,16 @@ impl Oidc {
         identity: Identity,
     ) -> AppResult<Identity> {
         let mut identity = if needs_userinfo(&identity) {
-            let info = self
-                .userinfo(client, tokens, &identity.subject)
-                .await
-                .map_err(|why| {
-                    AppError::Unavailable(format!(
+            match self.userinfo(client, tokens, &identity.subject).await {
+                Ok(Some(info)) => merged(identity, info),
+                Ok(None) => identity,
+                // Only a name was missing: not worth refusing the sign-in for.
+                Err(_) if identity.groups.is_some() => identity,
+                Err(why) => {
+                    return Err(AppError::Unavailable(format!(
                         "the identity provider's userinfo endpoint failed ({why}); try again shortly"
-                    ))
-                })?;
-            match info {
-                Some(info) => merged(identity, info),
-                None => identity,
+                    )));
+                }
             }
         } else {
             identity
@@ -415,6 +414,8 @@ impl Oidc {
                     None => info,
                 }),
                 Ok(None) => partial,
+                // Only a name was missing: the refresh stands, the name stays as it was.
+                Err(_) if partial.as_ref().is_some_and(|i| i.groups.is_some()) => partial,
                 Err(why) => return Err(RefreshFailure::Unreachable(why)),
             },
         };
@@ -528,10 +529,12 @@ pub fn groups_of(
 /// A `return_to` is followed only to this server: a path (not `//host`, which browsers read
 /// as another origin), or an absolute URL of our own public origin.
 pub fn safe_return_to(return_to: &str, public_url: &str) -> Option<String> {
-    let r = return_to.trim();
-    if r.chars().any(|c| c.is_control() || c == '\\') {
+    // Control characters anywhere (a trailing newline included) refuse it: checked before
+    // trimming, which would drop them unseen.
+    if return_to.chars().any(|c| c.is_control() || c == '\\') {
         return None;
     }
+    let r = return_to.trim();
     if r.starts_with('/') {
         return (!r.starts_with("//")).then(|| r.to_owned());
     }
@@ -576,6 +579,35 @@ mod tests {
         ] {
             assert_eq!(safe_return_to(bad, ours), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn userinfo_completes_what_the_id_token_left_out() {
+        let who = |name: &str, email: Option<&str>, groups: Option<&[&str]>| Identity {
+            subject: "s1".into(),
+            display_name: name.into(),
+            email: email.map(str::to_owned),
+            groups: groups.map(|g| g.iter().map(|g| (g.to_string(), g.to_string())).collect()),
+        };
+        // A code flow's ID token with `sub` only (oidc-provider's default).
+        let bare = who("", None, None);
+        assert!(needs_userinfo(&bare));
+        let m = merged(bare, who("Ada", Some("a@x"), Some(&["7B"])));
+        assert_eq!(m.display_name, "Ada");
+        assert_eq!(m.email.as_deref(), Some("a@x"));
+        assert_eq!(m.groups.unwrap(), vec![("7B".to_owned(), "7B".to_owned())]);
+        // The ID token wins where both speak; an empty groups claim is a claim.
+        let full = who("Ada L.", Some("ada@x"), Some(&[]));
+        assert!(!needs_userinfo(&full));
+        let m = merged(full, who("Ada", Some("a@x"), Some(&["7B"])));
+        assert_eq!(
+            (m.display_name.as_str(), m.email.as_deref()),
+            ("Ada L.", Some("ada@x"))
+        );
+        assert!(m.groups.unwrap().is_empty());
+        // A name but no groups, and groups but no name, both ask userinfo.
+        assert!(needs_userinfo(&who("Ada", None, None)));
+        assert!(needs_userinfo(&who("", None, Some(&["7B"]))));
     }
 
     #[test]
