@@ -8,11 +8,14 @@
 //! tests) whenever either variable changes.
 //!
 //! It also sets `cfg(atelier_root_tests)` when building as root (tests that mount a tmpfs),
+//! `cfg(atelier_node_tests)` when Node.js runs here or `CI=true` (the sign-in against a real
+//! OpenID Provider),
 //! and `ATELIER_MIGRATIONS_HASH`, which names the PostgreSQL template database.
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(atelier_pg_tests)");
     println!("cargo::rustc-check-cfg=cfg(atelier_root_tests)");
+    println!("cargo::rustc-check-cfg=cfg(atelier_node_tests)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=TEST_DATABASE_URL");
     println!("cargo::rerun-if-env-changed=CI");
@@ -37,6 +40,16 @@ fn main() {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     if set("TEST_DATABASE_URL") || ci {
         println!("cargo::rustc-cfg=atelier_pg_tests");
+    }
+    // The end-to-end sign-in against a real OpenID Provider (tests/oidc-provider) needs Node:
+    // it runs where `node` runs, and always in CI, where a missing Node fails it. (Installing
+    // Node later needs a rebuild of the tests: `touch build.rs`.)
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if node || ci {
+        println!("cargo::rustc-cfg=atelier_node_tests");
     }
     // Tests that mount a filesystem (a real full disk) run as root only; elsewhere they are
     // reported ignored.

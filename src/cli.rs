@@ -323,6 +323,12 @@ fn oidc(
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect(),
+        prompt: auth
+            .oidc_prompt
+            .iter()
+            .flat_map(|p| p.split_whitespace())
+            .map(str::to_owned)
+            .collect(),
         groups_claim: auth.oidc_groups_claim.clone(),
         teacher_groups: auth
             .oidc_teacher_groups

@@ -191,6 +191,14 @@ pub struct AuthConfig {
     )]
     pub oidc_scopes: String,
 
+    /// The `prompt` sent with every sign-in (space-separated: `consent`, `login`,
+    /// `select_account`). Providers that follow OpenID Connect Core to the letter (e.g.
+    /// `oidc-provider`) grant `offline_access`, and so a refresh token, only with
+    /// `prompt=consent`; without a refresh token a session ends when the provider's access
+    /// token expires. Unset: no prompt.
+    #[arg(long, env = "ATELIER_OIDC_PROMPT")]
+    pub oidc_prompt: Option<String>,
+
     /// The ID token (or userinfo) claim that lists the user's groups (classes).
     #[arg(long, env = "ATELIER_OIDC_GROUPS_CLAIM", default_value = "groups")]
     pub oidc_groups_claim: String,
@@ -222,6 +230,7 @@ impl fmt::Debug for AuthConfig {
             .field("oidc_client_id", &self.oidc_client_id)
             .field("public_url", &self.public_url)
             .field("oidc_scopes", &self.oidc_scopes)
+            .field("oidc_prompt", &self.oidc_prompt)
             .field("oidc_groups_claim", &self.oidc_groups_claim)
             .field("oidc_teacher_groups", &self.oidc_teacher_groups)
             .field("session_max_age_hours", &self.session_max_age_hours)

@@ -71,6 +71,9 @@ pub struct OidcSettings {
     /// Where the provider sends the browser back: `<public url>/auth/callback`.
     pub redirect_url: String,
     pub scopes: Vec<String>,
+    /// The `prompt` values every authorization request carries (`consent`: see
+    /// `ATELIER_OIDC_PROMPT`).
+    pub prompt: Vec<String>,
     pub groups_claim: String,
     /// Members of these groups (by external id or name) are teachers.
     pub teacher_groups: Vec<String>,
@@ -80,6 +83,7 @@ pub struct OidcSettings {
 #[derive(Clone, Debug)]
 pub struct Identity {
     pub subject: String,
+    /// Empty: the provider named nobody this time (the user's name is left as it was).
     pub display_name: String,
     pub email: Option<String>,
     /// (external id, name), as the groups claim lists them. `None`: the provider said nothing
@@ -215,6 +219,15 @@ impl Oidc {
                 request = request.add_scope(Scope::new(scope.clone()));
             }
         }
+        for prompt in &self.settings.prompt {
+            request = request.add_prompt(match prompt.as_str() {
+                "none" => CoreAuthPrompt::None,
+                "login" => CoreAuthPrompt::Login,
+                "consent" => CoreAuthPrompt::Consent,
+                "select_account" => CoreAuthPrompt::SelectAccount,
+                other => CoreAuthPrompt::Extension(other.to_owned()),
+            });
+        }
         let (url, state, nonce) = request.url();
         Ok(LoginStart {
             url: url.to_string(),
@@ -257,9 +270,7 @@ impl Oidc {
             }
             ok => ok?,
         };
-        let identity = self
-            .with_userinfo_groups(&client, &tokens, identity)
-            .await?;
+        let identity = self.with_userinfo(&client, &tokens, identity).await?;
         Ok((identity, grant(&tokens, None)))
     }
 
@@ -285,17 +296,17 @@ impl Oidc {
         &self,
         claims: &openidconnect::IdTokenClaims<ExtraClaims, CoreGenderClaim>,
     ) -> Identity {
-        let subject = claims.subject().as_str().to_owned();
-        let display_name = claims
-            .name()
-            .and_then(|n| n.get(None))
-            .map(|n| n.as_str().to_owned())
-            .or_else(|| claims.preferred_username().map(|u| u.as_str().to_owned()))
-            .or_else(|| claims.email().map(|e| e.as_str().to_owned()))
-            .unwrap_or_else(|| subject.clone());
         Identity {
-            subject,
-            display_name,
+            subject: claims.subject().as_str().to_owned(),
+            // Empty when the ID token names nobody: many providers (oidc-provider by default)
+            // put only `sub` in the ID token of a code flow and the profile at userinfo.
+            display_name: claims
+                .name()
+                .and_then(|n| n.get(None))
+                .map(|n| n.as_str().to_owned())
+                .or_else(|| claims.preferred_username().map(|u| u.as_str().to_owned()))
+                .or_else(|| claims.email().map(|e| e.as_str().to_owned()))
+                .unwrap_or_default(),
             email: claims.email().map(|e| e.as_str().to_owned()),
             groups: groups_of(
                 &claims.additional_claims().other,
@@ -304,27 +315,31 @@ impl Oidc {
         }
     }
 
-    /// When the ID token carries no groups claim, the userinfo endpoint may.
-    async fn with_userinfo_groups(
+    /// When the ID token carries no groups claim or no name, the userinfo endpoint may. A user
+    /// nobody names is called by their subject.
+    async fn with_userinfo(
         &self,
         client: &Client,
         tokens: &ProviderTokens,
-        mut identity: Identity,
+        identity: Identity,
     ) -> AppResult<Identity> {
-        if identity.groups.is_some() {
-            return Ok(identity);
-        }
-        let info = self
-            .userinfo(client, tokens, &identity.subject)
-            .await
-            .map_err(|why| {
-                AppError::Unavailable(format!(
-                    "the identity provider's userinfo endpoint failed ({why}); try again shortly"
-                ))
-            })?;
-        if let Some(info) = info {
-            identity.groups = info.groups;
-            identity.email = identity.email.or(info.email);
+        let mut identity = if needs_userinfo(&identity) {
+            match self.userinfo(client, tokens, &identity.subject).await {
+                Ok(Some(info)) => merged(identity, info),
+                Ok(None) => identity,
+                // Only a name was missing: not worth refusing the sign-in for.
+                Err(_) if identity.groups.is_some() => identity,
+                Err(why) => {
+                    return Err(AppError::Unavailable(format!(
+                        "the identity provider's userinfo endpoint failed ({why}); try again shortly"
+                    )));
+                }
+            }
+        } else {
+            identity
+        };
+        if identity.display_name.is_empty() {
+            identity.display_name = identity.subject.clone();
         }
         Ok(identity)
     }
@@ -353,6 +368,8 @@ impl Oidc {
                 .name()
                 .and_then(|n| n.get(None))
                 .map(|n| n.as_str().to_owned())
+                .or_else(|| info.preferred_username().map(|u| u.as_str().to_owned()))
+                .or_else(|| info.email().map(|e| e.as_str().to_owned()))
                 .unwrap_or_default(),
             email: info.email().map(|e| e.as_str().to_owned()),
             groups: groups_of(&info.additional_claims().other, &self.settings.groups_claim),
@@ -387,19 +404,18 @@ impl Oidc {
             }
             None => None,
         };
-        // Groups the ID token does not carry may come from the userinfo endpoint.
+        // Groups (or a name) the ID token does not carry may come from the userinfo endpoint.
+        // A name still empty leaves the user's name as it was.
         let identity = match identity {
-            Some(i) if i.groups.is_some() => Some(i),
+            Some(i) if !needs_userinfo(&i) => Some(i),
             partial => match self.userinfo(&client, &tokens, subject).await {
                 Ok(Some(info)) => Some(match partial {
-                    Some(mut i) => {
-                        i.groups = info.groups;
-                        i.email = i.email.or(info.email);
-                        i
-                    }
+                    Some(i) => merged(i, info),
                     None => info,
                 }),
                 Ok(None) => partial,
+                // Only a name was missing: the refresh stands, the name stays as it was.
+                Err(_) if partial.as_ref().is_some_and(|i| i.groups.is_some()) => partial,
                 Err(why) => return Err(RefreshFailure::Unreachable(why)),
             },
         };
@@ -421,6 +437,26 @@ impl Oidc {
                 .iter()
                 .any(|t| t == id || t == name)
         })
+    }
+}
+
+/// Whether the ID token left out what the userinfo endpoint may know: the groups or a name.
+fn needs_userinfo(identity: &Identity) -> bool {
+    identity.groups.is_none() || identity.display_name.is_empty()
+}
+
+/// The ID token's identity, completed by the userinfo endpoint's (the ID token wins where both
+/// speak).
+fn merged(from_id_token: Identity, userinfo: Identity) -> Identity {
+    Identity {
+        display_name: if from_id_token.display_name.is_empty() {
+            userinfo.display_name
+        } else {
+            from_id_token.display_name
+        },
+        email: from_id_token.email.or(userinfo.email),
+        groups: from_id_token.groups.or(userinfo.groups),
+        subject: from_id_token.subject,
     }
 }
 
@@ -493,10 +529,12 @@ pub fn groups_of(
 /// A `return_to` is followed only to this server: a path (not `//host`, which browsers read
 /// as another origin), or an absolute URL of our own public origin.
 pub fn safe_return_to(return_to: &str, public_url: &str) -> Option<String> {
-    let r = return_to;
-    if r.chars().any(|c| c.is_control() || c == '\\') {
+    // Control characters anywhere (a trailing newline included) refuse it: checked before
+    // trimming, which would drop them unseen.
+    if return_to.chars().any(|c| c.is_control() || c == '\\') {
         return None;
     }
+    let r = return_to.trim();
     if r.starts_with('/') {
         return (!r.starts_with("//")).then(|| r.to_owned());
     }
@@ -541,6 +579,35 @@ mod tests {
         ] {
             assert_eq!(safe_return_to(bad, ours), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn userinfo_completes_what_the_id_token_left_out() {
+        let who = |name: &str, email: Option<&str>, groups: Option<&[&str]>| Identity {
+            subject: "s1".into(),
+            display_name: name.into(),
+            email: email.map(str::to_owned),
+            groups: groups.map(|g| g.iter().map(|g| (g.to_string(), g.to_string())).collect()),
+        };
+        // A code flow's ID token with `sub` only (oidc-provider's default).
+        let bare = who("", None, None);
+        assert!(needs_userinfo(&bare));
+        let m = merged(bare, who("Ada", Some("a@x"), Some(&["7B"])));
+        assert_eq!(m.display_name, "Ada");
+        assert_eq!(m.email.as_deref(), Some("a@x"));
+        assert_eq!(m.groups.unwrap(), vec![("7B".to_owned(), "7B".to_owned())]);
+        // The ID token wins where both speak; an empty groups claim is a claim.
+        let full = who("Ada L.", Some("ada@x"), Some(&[]));
+        assert!(!needs_userinfo(&full));
+        let m = merged(full, who("Ada", Some("a@x"), Some(&["7B"])));
+        assert_eq!(
+            (m.display_name.as_str(), m.email.as_deref()),
+            ("Ada L.", Some("ada@x"))
+        );
+        assert!(m.groups.unwrap().is_empty());
+        // A name but no groups, and groups but no name, both ask userinfo.
+        assert!(needs_userinfo(&who("Ada", None, None)));
+        assert!(needs_userinfo(&who("", None, Some(&["7B"]))));
     }
 
     #[test]

@@ -510,6 +510,20 @@ impl Browser {
         resp
     }
 
+    /// Submits an HTML form (`application/x-www-form-urlencoded`), as a browser does.
+    pub async fn post_form(&self, url: &str, fields: &[(String, String)]) -> reqwest::Response {
+        let resp = self
+            .http
+            .post(url)
+            .header(header::COOKIE, self.cookie_header())
+            .form(fields)
+            .send()
+            .await
+            .unwrap();
+        self.keep_cookies(&resp);
+        resp
+    }
+
     /// A GraphQL request the way the web editor makes it (JSON, with the session cookie).
     pub async fn graphql(&self, base: &str, query: &str, variables: Value) -> (u16, Value) {
         let resp = self

@@ -17,6 +17,7 @@ mod http;
 mod idempotency;
 mod migrations;
 mod oidc;
+mod oidc_e2e;
 mod outage;
 mod pool;
 mod projects;
