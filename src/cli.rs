@@ -237,6 +237,8 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
             asset_access: cfg.asset_access,
             backpack_max_items: cfg.backpack_max_items,
             backpack_max_bytes: cfg.backpack_max_bytes,
+            export_workers: cfg.export_workers,
+            job_lease: Duration::from_millis(cfg.job_lease_ms),
         },
     )
     .await?;
@@ -254,7 +256,10 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
         let first =
             service::identity::spawn_auth_listener(svc.tokens.clone(), store.database_url());
         let _ = tokio::time::timeout(Duration::from_secs(5), first).await;
+        service::jobs::spawn_listener(svc.clone(), store.database_url());
     }
+    // Exports left pending or running by a process that died are taken up from the start.
+    let job_sweeper = tokio::spawn(service::jobs::sweep_forever(svc.clone()));
     let state = http::AppState {
         schema: graphql::build_schema(svc.clone()),
         documents: std::sync::Arc::new(graphql::DocumentCache::new(
@@ -279,6 +284,7 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
     .await
     .map_err(AppError::internal)?;
     sweeper.abort();
+    job_sweeper.abort();
     svc.db.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -155,6 +155,15 @@ pub struct ServeConfig {
     /// How long an `Idempotency-Key` and its recorded answer are remembered.
     #[arg(long, env = "ATELIER_IDEMPOTENCY_TTL_HOURS", default_value_t = 24)]
     pub idempotency_ttl_hours: u64,
+
+    /// How many `.sb3` exports this process builds at once.
+    #[arg(long, env = "ATELIER_EXPORT_WORKERS", default_value_t = 2)]
+    pub export_workers: usize,
+
+    /// How long a worker holds a job without renewing it, in milliseconds: a job whose worker
+    /// died (kill -9) is taken by another worker after at most this long.
+    #[arg(long, env = "ATELIER_JOB_LEASE_MS", default_value_t = 30_000)]
+    pub job_lease_ms: u64,
 }
 
 /// Who may read asset bytes and metadata.
@@ -173,6 +182,9 @@ pub struct Limits {
     /// Per-user backpack quota: items, and bytes of bodies and thumbnails.
     pub backpack_max_items: u64,
     pub backpack_max_bytes: u64,
+    /// Background export workers per process, and the lease a worker holds a job for.
+    pub export_workers: usize,
+    pub job_lease: Duration,
 }
 
 impl Default for Limits {
@@ -183,6 +195,8 @@ impl Default for Limits {
             asset_access: AssetAccess::Public,
             backpack_max_items: 200,
             backpack_max_bytes: 100 * 1024 * 1024,
+            export_workers: 2,
+            job_lease: Duration::from_secs(30),
         }
     }
 }

@@ -3,10 +3,12 @@
 
 mod assets;
 mod backpack;
+mod exports;
 mod graphiql;
 mod graphql;
 mod health;
 mod upload;
+mod ws;
 
 pub use upload::Uploads;
 
@@ -43,7 +45,9 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/graphql", get(graphiql::page).post(graphql::post))
+        .route("/graphql/ws", get(ws::upgrade))
         .route("/graphiql/{file}", get(graphiql::asset))
+        .route("/exports/{name}", get(exports::get))
         .route("/assets/{name}", get(assets::get))
         .route("/backpack/{id}/{part}", get(backpack::get))
         .route("/healthz", get(health::healthz))

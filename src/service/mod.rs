@@ -5,8 +5,10 @@ pub mod access;
 pub mod assets;
 pub mod backpack;
 pub mod coalesce;
+pub mod export;
 pub mod idempotency;
 pub mod identity;
+pub mod jobs;
 pub mod maintenance;
 pub mod pacing;
 pub mod projects;
@@ -24,6 +26,8 @@ pub struct Services {
     pub tokens: std::sync::Arc<identity::TokenCache>,
     pub pacer: std::sync::Arc<pacing::Pacer>,
     pub project_reads: std::sync::Arc<coalesce::ProjectReads>,
+    /// This process's background job workers (exports).
+    pub jobs: std::sync::Arc<jobs::JobRunner>,
 }
 
 impl Services {
@@ -37,10 +41,12 @@ impl Services {
             }
             _ => identity::TokenCache::default(),
         };
+        let jobs = std::sync::Arc::new(jobs::JobRunner::new(limits.export_workers, limits.job_lease));
         Services {
             db,
             blobs,
             limits,
+            jobs,
             tokens: std::sync::Arc::new(tokens),
             pacer: Default::default(),
             project_reads: Default::default(),
