@@ -239,6 +239,7 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
             backpack_max_bytes: cfg.backpack_max_bytes,
             export_workers: cfg.export_workers,
             job_lease: Duration::from_millis(cfg.job_lease_ms),
+            job_poll: Duration::from_millis(cfg.job_poll_ms.max(10)),
         },
     )
     .await?;

@@ -164,6 +164,11 @@ pub struct ServeConfig {
     /// died (kill -9) is taken by another worker after at most this long.
     #[arg(long, env = "ATELIER_JOB_LEASE_MS", default_value_t = 30_000)]
     pub job_lease_ms: u64,
+
+    /// How often a `jobChanged` subscription re-reads its job when no notification came, in
+    /// milliseconds (notifications normally deliver every change at once).
+    #[arg(long, env = "ATELIER_JOB_POLL_MS", default_value_t = 2_000)]
+    pub job_poll_ms: u64,
 }
 
 /// Who may read asset bytes and metadata.
@@ -185,6 +190,7 @@ pub struct Limits {
     /// Background export workers per process, and the lease a worker holds a job for.
     pub export_workers: usize,
     pub job_lease: Duration,
+    pub job_poll: Duration,
 }
 
 impl Default for Limits {
@@ -197,6 +203,7 @@ impl Default for Limits {
             backpack_max_bytes: 100 * 1024 * 1024,
             export_workers: 2,
             job_lease: Duration::from_secs(30),
+            job_poll: Duration::from_secs(2),
         }
     }
 }

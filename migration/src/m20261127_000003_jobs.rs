@@ -73,12 +73,7 @@ impl MigrationTrait for Migration {
             Jobs::RequestedBy,
         ] {
             manager
-                .alter_table(
-                    Table::alter()
-                        .table(Jobs::Table)
-                        .drop_column(column)
-                        .take(),
-                )
+                .alter_table(Table::alter().table(Jobs::Table).drop_column(column).take())
                 .await?;
         }
         Ok(())

@@ -87,11 +87,12 @@ pub async fn get(
         }
     };
     set(header::CONTENT_LENGTH, &bundle.size.to_string());
-    tracing::info!(job.id = id, project.id = bundle.job.subject_id, "export_downloaded");
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-        file,
-        64 * 1024,
-    ));
+    tracing::info!(
+        job.id = id,
+        project.id = bundle.job.subject_id,
+        "export_downloaded"
+    );
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024));
     (StatusCode::OK, out, body).into_response()
 }
 

@@ -56,7 +56,11 @@ pub async fn build(svc: &Services, job: &job::Model) -> AppResult<StagedBlob> {
     for r in refs {
         wanted.insert(
             r.md5ext.clone(),
-            (r.md5.as_str().to_owned(), r.kind.as_str().to_owned(), r.format),
+            (
+                r.md5.as_str().to_owned(),
+                r.kind.as_str().to_owned(),
+                r.format,
+            ),
         );
     }
     let md5s: Vec<String> = wanted.values().map(|(m, _, _)| m.clone()).collect();

@@ -50,8 +50,6 @@ pub const KIND_EXPORT_SB3: &str = "export_sb3";
 pub const CHANNEL: &str = "atelier_jobs";
 /// Workers that died holding a job this many times make it FAILED instead of taken again.
 pub const MAX_ATTEMPTS: i32 = 3;
-/// How often a subscription re-reads its job without a notification.
-const POLL_EVERY: Duration = Duration::from_secs(2);
 /// A pending job younger than this is left to the process that claimed it.
 const PENDING_GRACE: Duration = Duration::from_secs(1);
 
@@ -100,12 +98,14 @@ pub struct JobRunner {
     /// Names this process in `claimed_by` (with a per-run suffix).
     worker_id: String,
     lease: Duration,
+    /// How often a subscription re-reads its job without a notification.
+    poll: Duration,
     builds: AtomicU64,
     failures: AtomicU64,
 }
 
 impl JobRunner {
-    pub fn new(workers: usize, lease: Duration) -> JobRunner {
+    pub fn new(workers: usize, lease: Duration, poll: Duration) -> JobRunner {
         JobRunner {
             permits: Arc::new(Semaphore::new(workers.max(1))),
             in_flight: Mutex::default(),
@@ -116,6 +116,7 @@ impl JobRunner {
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
             ),
             lease: lease.max(Duration::from_millis(100)),
+            poll,
             builds: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         }
@@ -163,10 +164,7 @@ pub async fn export_project(
     viewer: Viewer,
     id: ProjectId,
 ) -> AppResult<job::Model> {
-    let (job, created) = svc
-        .db
-        .write(|txn| Box::pin(claim(txn, viewer, id)))
-        .await?;
+    let (job, created) = svc.db.write(|txn| Box::pin(claim(txn, viewer, id))).await?;
     if created {
         tracing::info!(job.id = job.id, project.id = %id, project.version = job.subject_version, user.id = %viewer.id, "export_claimed");
     } else {
@@ -278,7 +276,10 @@ pub async fn visible(
     let Some(job) = job::Entity::find_by_id(id).one(conn).await? else {
         return Ok(None);
     };
-    let Some(project) = project::Entity::find_by_id(job.subject_id).one(conn).await? else {
+    let Some(project) = project::Entity::find_by_id(job.subject_id)
+        .one(conn)
+        .await?
+    else {
         return Ok(None);
     };
     if access::project(conn, viewer, &project).await?.can_read() {
@@ -345,6 +346,15 @@ pub fn kick(svc: &Services, id: i64) {
 
 /// Takes job `id` if nobody holds it, builds, and records the outcome.
 async fn run(svc: &Services, id: i64) -> AppResult<()> {
+    // Tests keep a job PENDING for a while (`return(ms)`), e.g. to subscribe before it runs.
+    let pause: Option<u64> = (|| {
+        fail::fail_point!("jobs::before_take", |ms: Option<String>| ms
+            .and_then(|m| m.parse().ok()));
+        None
+    })();
+    if let Some(ms) = pause {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let token = format!(
         "{}/{}",
         svc.jobs.worker_id,
@@ -356,7 +366,13 @@ async fn run(svc: &Services, id: i64) -> AppResult<()> {
     };
     svc.jobs.changed(id);
     svc.jobs.builds.fetch_add(1, Relaxed);
-    tracing::info!(job.id = id, job.attempt = job.attempts, project.id = job.subject_id, project.version = job.subject_version, "export_build_started");
+    tracing::info!(
+        job.id = id,
+        job.attempt = job.attempts,
+        project.id = job.subject_id,
+        project.version = job.subject_version,
+        "export_build_started"
+    );
     let built = tokio::select! {
         built = build(svc, &job) => built,
         lost = keep_lease(svc, id, &token) => Err(lost),
@@ -665,8 +681,7 @@ pub fn spawn_listener(svc: Services, url: String) {
 }
 
 async fn listen_once(svc: &Services, url: &str) -> String {
-    let mut listener = match super::identity::connect_listener(url, "atelier-job-listener").await
-    {
+    let mut listener = match super::identity::connect_listener(url, "atelier-job-listener").await {
         Ok(l) => l,
         Err(e) => return e.to_string(),
     };
@@ -718,7 +733,7 @@ pub fn watch(
         }
         loop {
             if w.last.is_some() {
-                wait_for_change(&mut w.rx, w.id).await;
+                wait_for_change(&mut w.rx, w.id, w.svc.jobs.poll).await;
             }
             match get(&w.svc, w.viewer, w.id).await {
                 Err(e) => {
@@ -745,8 +760,8 @@ pub fn watch(
 
 /// Returns when job `id` may have changed: a notification for it, missed notifications
 /// (lagged), or the poll interval passing.
-async fn wait_for_change(rx: &mut broadcast::Receiver<i64>, id: i64) {
-    let deadline = tokio::time::sleep(POLL_EVERY);
+async fn wait_for_change(rx: &mut broadcast::Receiver<i64>, id: i64, poll: Duration) {
+    let deadline = tokio::time::sleep(poll);
     tokio::pin!(deadline);
     loop {
         tokio::select! {

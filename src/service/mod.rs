@@ -41,7 +41,11 @@ impl Services {
             }
             _ => identity::TokenCache::default(),
         };
-        let jobs = std::sync::Arc::new(jobs::JobRunner::new(limits.export_workers, limits.job_lease));
+        let jobs = std::sync::Arc::new(jobs::JobRunner::new(
+            limits.export_workers,
+            limits.job_lease,
+            limits.job_poll,
+        ));
         Services {
             db,
             blobs,
