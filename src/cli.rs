@@ -237,12 +237,14 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
             asset_access: cfg.asset_access,
             backpack_max_items: cfg.backpack_max_items,
             backpack_max_bytes: cfg.backpack_max_bytes,
-            export_workers: cfg.export_workers,
-            job_lease: Duration::from_millis(cfg.job_lease_ms),
-            job_poll: Duration::from_millis(cfg.job_poll_ms.max(10)),
         },
     )
-    .await?;
+    .await?
+    .with_jobs(service::jobs::JobRunner::new(
+        cfg.export_workers,
+        Duration::from_millis(cfg.job_lease_ms),
+        Duration::from_millis(cfg.job_poll_ms.max(10)),
+    ));
     service::maintenance::recover(&svc).await?;
     let sweeper = tokio::spawn(sweep_forever(
         svc.clone(),

@@ -187,10 +187,6 @@ pub struct Limits {
     /// Per-user backpack quota: items, and bytes of bodies and thumbnails.
     pub backpack_max_items: u64,
     pub backpack_max_bytes: u64,
-    /// Background export workers per process, and the lease a worker holds a job for.
-    pub export_workers: usize,
-    pub job_lease: Duration,
-    pub job_poll: Duration,
 }
 
 impl Default for Limits {
@@ -201,9 +197,6 @@ impl Default for Limits {
             asset_access: AssetAccess::Public,
             backpack_max_items: 200,
             backpack_max_bytes: 100 * 1024 * 1024,
-            export_workers: 2,
-            job_lease: Duration::from_secs(30),
-            job_poll: Duration::from_secs(2),
         }
     }
 }

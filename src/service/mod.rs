@@ -42,9 +42,9 @@ impl Services {
             _ => identity::TokenCache::default(),
         };
         let jobs = std::sync::Arc::new(jobs::JobRunner::new(
-            limits.export_workers,
-            limits.job_lease,
-            limits.job_poll,
+            2,
+            std::time::Duration::from_secs(30),
+            std::time::Duration::from_secs(2),
         ));
         Services {
             db,
@@ -54,6 +54,16 @@ impl Services {
             tokens: std::sync::Arc::new(tokens),
             pacer: Default::default(),
             project_reads: Default::default(),
+        }
+    }
+}
+
+impl Services {
+    /// The same services with these job workers (the server's configured ones).
+    pub fn with_jobs(self, jobs: jobs::JobRunner) -> Services {
+        Services {
+            jobs: std::sync::Arc::new(jobs),
+            ..self
         }
     }
 }
