@@ -94,12 +94,21 @@ async fn referenced_keys<C: ConnectionTrait>(
             .into_tuple()
             .all(conn)
             .await?;
-        // An export's bundle, and the content of the version a job exports (a job may be built
-        // after the project changed: its version's content must outlive the change).
+        // An export's bundle while its project exists (nobody may download it after), and the
+        // content of the version a job exports (a job may be built after the project changed:
+        // its version's content must outlive the change).
         let bundles: Vec<Option<String>> = job::Entity::find()
             .select_only()
             .column(job::Column::BundleKey)
             .filter(job::Column::BundleKey.is_in(chunk.clone()))
+            .filter(
+                job::Column::SubjectId.in_subquery(
+                    sea_orm::sea_query::Query::select()
+                        .column(project::Column::Id)
+                        .from(project::Entity)
+                        .to_owned(),
+                ),
+            )
             .into_tuple()
             .all(conn)
             .await?;

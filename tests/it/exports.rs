@@ -379,6 +379,30 @@ async fn who_may_export_and_download(s: TestServer) {
     assert_bundle(&bytes, &content, &assets);
     assert_eq!(s.count("jobs").await, 1);
     assert_eq!(s.metric("atelier_export_builds_total").await, 1);
+
+    // The project deleted: its export is gone for everyone, and gc may collect the bundle.
+    let key = bundle_key(&s, &job).await;
+    let bundle_files = |s: &TestServer| {
+        s.blob_files()
+            .iter()
+            .filter(|p| p.file_name().unwrap().to_string_lossy() == key)
+            .count()
+    };
+    assert_eq!(bundle_files(&s), 1);
+    alice
+        .data(
+            "mutation($id: ID!) { deleteProject(input: {id: $id}) }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(get(&s, &alice, &path).await.0, 404);
+    assert_eq!(
+        alice.data(JOB, json!({ "id": job })).await["job"],
+        Value::Null
+    );
+    let (ok, out) = s.cli(&["gc", "--grace-secs", "0"]);
+    assert!(ok, "{out}");
+    assert_eq!(bundle_files(&s), 0, "{out}");
 }
 
 type Ws =

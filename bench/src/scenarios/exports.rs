@@ -72,7 +72,11 @@ pub async fn e1(ctx: &mut Ctx<'_>) -> Result<Vec<Row>> {
     }
     let project = ctx
         .api
-        .graphql(&token, CREATE, json!({ "t": "e1", "c": content(&sounds, 0) }))
+        .graphql(
+            &token,
+            CREATE,
+            json!({ "t": "e1", "c": content(&sounds, 0) }),
+        )
         .await
         .context("creating E1's project")?["createProject"]["id"]
         .as_str()
@@ -110,7 +114,9 @@ pub async fn e1(ctx: &mut Ctx<'_>) -> Result<Vec<Row>> {
                 tokio::spawn(async move {
                     barrier.wait().await;
                     let began = Instant::now();
-                    let r = api.graphql(&token, EXPORT, json!({ "id": &*project })).await;
+                    let r = api
+                        .graphql(&token, EXPORT, json!({ "id": &*project }))
+                        .await;
                     (began.elapsed(), r)
                 })
             })
