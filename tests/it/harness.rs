@@ -108,80 +108,66 @@ async fn execute_when_free(admin: &DatabaseConnection, sql: &str) {
 /// other test sees either no template or a complete one.
 async fn ensure_template(admin_url: &str) {
     TEMPLATE_READY
-        .get_or_init(|| async {
-            let mut options = sea_orm::ConnectOptions::new(admin_url.to_owned());
-            // One session: the advisory lock belongs to it.
-            options
-                .max_connections(1)
-                .min_connections(1)
-                .sqlx_logging(false);
-            let admin = Database::connect(options)
-                .await
-                .unwrap_or_else(|e| panic!("PostgreSQL at TEST_DATABASE_URL is unreachable: {e}"));
-            admin
-                .execute_unprepared(&format!("SELECT pg_advisory_lock({TEMPLATE_LOCK})"))
-                .await
-                .expect("take the template lock");
-            let exists = admin
-                .query_one_raw(sea_orm::Statement::from_string(
-                    sea_orm::DbBackend::Postgres,
-                    format!("SELECT 1 AS x FROM pg_database WHERE datname = '{TEMPLATE}'"),
-                ))
-                .await
-                .expect("look for the template")
-                .is_some();
-            if !exists {
-                let building = format!("{TEMPLATE}_building");
-                // Left over by a run that died while building: nobody else holds the lock.
-                admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
-                    .await
-                    .expect("drop a half-built template");
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE {building}"))
-                    .await
-                    .expect("create the template");
-                let db = Database::connect(database_url_for(admin_url, &building))
-                    .await
-                    .expect("connect to the template");
-                {
-                    use migration::MigratorTrait;
-                    migration::Migrator::up(&db, None)
-                        .await
-                        .expect("migrate the template");
-                }
-                let _ = db.close().await;
-                execute_when_free(
-                    &admin,
-                    &format!("ALTER DATABASE {building} RENAME TO {TEMPLATE}"),
-                )
-                .await;
-                // Templates of earlier migration sets (best effort: one may be in use).
-                let old = admin
-                    .query_all_raw(sea_orm::Statement::from_string(
-                        sea_orm::DbBackend::Postgres,
-                        format!(
-                            "SELECT datname::text AS name FROM pg_database \
-                             WHERE datname LIKE 'atelier\\_test\\_tpl\\_%' AND datname <> '{TEMPLATE}'"
-                        ),
-                    ))
-                    .await
-                    .unwrap_or_default();
-                for row in old {
-                    if let Ok(name) = row.try_get::<String>("", "name") {
-                        let _ = admin
-                            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
-                            .await;
-                    }
-                }
-            }
-            admin
-                .execute_unprepared(&format!("SELECT pg_advisory_unlock({TEMPLATE_LOCK})"))
-                .await
-                .expect("release the template lock");
-            let _ = admin.close().await;
-        })
+        .get_or_init(|| build_template(admin_url))
         .await;
+}
+
+/// Migrates the template unless it exists. Templates of other migration sets are left alone:
+/// test runs of other branches (other migration sets) may be using theirs on the same server.
+async fn build_template(admin_url: &str) {
+    let mut options = sea_orm::ConnectOptions::new(admin_url.to_owned());
+    // One session: the advisory lock belongs to it.
+    options
+        .max_connections(1)
+        .min_connections(1)
+        .sqlx_logging(false);
+    let admin = Database::connect(options)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at TEST_DATABASE_URL is unreachable: {e}"));
+    admin
+        .execute_unprepared(&format!("SELECT pg_advisory_lock({TEMPLATE_LOCK})"))
+        .await
+        .expect("take the template lock");
+    let exists = admin
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!("SELECT 1 AS x FROM pg_database WHERE datname = '{TEMPLATE}'"),
+        ))
+        .await
+        .expect("look for the template")
+        .is_some();
+    if !exists {
+        let building = format!("{TEMPLATE}_building");
+        // Left over by a run that died while building: nobody else holds the lock.
+        admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
+            .await
+            .expect("drop a half-built template");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {building}"))
+            .await
+            .expect("create the template");
+        let db = Database::connect(database_url_for(admin_url, &building))
+            .await
+            .expect("connect to the template");
+        {
+            use migration::MigratorTrait;
+            migration::Migrator::up(&db, None)
+                .await
+                .expect("migrate the template");
+        }
+        let _ = db.close().await;
+        execute_when_free(
+            &admin,
+            &format!("ALTER DATABASE {building} RENAME TO {TEMPLATE}"),
+        )
+        .await;
+    }
+    admin
+        .execute_unprepared(&format!("SELECT pg_advisory_unlock({TEMPLATE_LOCK})"))
+        .await
+        .expect("release the template lock");
+    let _ = admin.close().await;
 }
 
 impl PgDatabase {
@@ -221,11 +207,24 @@ impl PgDatabase {
             .await
             .unwrap_or_else(|e| panic!("PostgreSQL at TEST_DATABASE_URL is unreachable: {e}"));
         if migrated {
-            execute_when_free(
-                &admin,
-                &format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"),
-            )
-            .await;
+            // Another run may have dropped the template meanwhile (older harnesses drop the
+            // templates of other migration sets): then it is built again.
+            for attempt in 0.. {
+                let sql = format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}");
+                match admin.execute_unprepared(&sql).await {
+                    Ok(_) => break,
+                    Err(e) if attempt < 100 && e.to_string().contains("does not exist") => {
+                        build_template(&admin_url).await
+                    }
+                    Err(e)
+                        if attempt < 100
+                            && e.to_string().contains("being accessed by other users") =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    Err(e) => panic!("{sql}: {e}"),
+                }
+            }
         } else {
             admin
                 .execute_unprepared(&format!("CREATE DATABASE {name}"))
