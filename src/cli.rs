@@ -239,7 +239,12 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
             backpack_max_bytes: cfg.backpack_max_bytes,
         },
     )
-    .await?;
+    .await?
+    .with_jobs(service::jobs::JobRunner::new(
+        cfg.export_workers,
+        Duration::from_millis(cfg.job_lease_ms),
+        Duration::from_millis(cfg.job_poll_ms.max(10)),
+    ));
     // Bound before anything else that needs the address: with port 0, the default public
     // URL (OIDC redirect, cookie and origin checks) is the one actually bound.
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -265,7 +270,10 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
         let first =
             service::identity::spawn_auth_listener(svc.tokens.clone(), store.database_url());
         let _ = tokio::time::timeout(Duration::from_secs(5), first).await;
+        service::jobs::spawn_listener(svc.clone(), store.database_url());
     }
+    // Exports left pending or running by a process that died are taken up from the start.
+    let job_sweeper = tokio::spawn(service::jobs::sweep_forever(svc.clone()));
     let state = http::AppState {
         schema: graphql::build_schema(svc.clone()),
         documents: std::sync::Arc::new(graphql::DocumentCache::new(
@@ -287,6 +295,7 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
     .await
     .map_err(AppError::internal)?;
     sweeper.abort();
+    job_sweeper.abort();
     svc.db.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -156,6 +156,20 @@ pub struct ServeConfig {
     #[arg(long, env = "ATELIER_IDEMPOTENCY_TTL_HOURS", default_value_t = 24)]
     pub idempotency_ttl_hours: u64,
 
+    /// How many `.sb3` exports this process builds at once.
+    #[arg(long, env = "ATELIER_EXPORT_WORKERS", default_value_t = 2)]
+    pub export_workers: usize,
+
+    /// How long a worker holds a job without renewing it, in milliseconds: a job whose worker
+    /// died (kill -9) is taken by another worker after at most this long.
+    #[arg(long, env = "ATELIER_JOB_LEASE_MS", default_value_t = 30_000)]
+    pub job_lease_ms: u64,
+
+    /// How often a `jobChanged` subscription re-reads its job when no notification came, in
+    /// milliseconds (notifications normally deliver every change at once).
+    #[arg(long, env = "ATELIER_JOB_POLL_MS", default_value_t = 2_000)]
+    pub job_poll_ms: u64,
+
     #[command(flatten)]
     pub auth: AuthConfig,
 }

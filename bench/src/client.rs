@@ -188,6 +188,38 @@ impl Api {
         Ok((status, body))
     }
 
+    /// `GET path` with a bearer token: status and body bytes.
+    pub async fn get_bytes(
+        &self,
+        token: &str,
+        path: &str,
+    ) -> Result<(StatusCode, bytes::Bytes), CallError> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| CallError::Transport(error_chain(&e)))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| CallError::Transport(error_chain(&e)))?;
+        Ok((status, body))
+    }
+
+    /// One counter of `/metrics`.
+    pub async fn metric(&self, name: &str) -> Result<u64> {
+        let (status, text) = self.get("/metrics").await.context("GET /metrics")?;
+        if status != StatusCode::OK {
+            crate::error::bail!("GET /metrics answered {status}");
+        }
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .context(format_args!("no {name} in /metrics"))
+    }
+
     /// The statement and request counters. This request itself is counted in the next read.
     pub async fn counters(&self) -> Result<Counters> {
         let (status, text) = self.get("/metrics").await.context("GET /metrics")?;

@@ -6,13 +6,14 @@ mod backpack;
 mod documents;
 mod errors;
 mod identity;
+mod jobs;
 mod loaders;
 mod projects;
 
 use std::sync::Arc;
 
 use async_graphql::{
-    EmptySubscription, Schema,
+    Schema,
     dataloader::DataLoader,
     runtime::{TokioSpawner, TokioTimer},
 };
@@ -29,6 +30,7 @@ pub struct Query(
     assets::AssetsQuery,
     backpack::BackpackQuery,
     identity::IdentityQuery,
+    jobs::JobsQuery,
 );
 
 /// The mutation root, merged the same way.
@@ -37,13 +39,16 @@ pub struct Mutation(
     projects::ProjectsMutation,
     assets::AssetsMutation,
     backpack::BackpackMutation,
+    jobs::JobsMutation,
 );
 
-pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+pub use jobs::Subscription;
+
+pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
 /// Builds the schema; `Services` is shared by every request.
 pub fn build_schema(services: Services) -> AppSchema {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+    Schema::build(Query::default(), Mutation::default(), Subscription)
         .data(services)
         .limit_depth(16)
         .limit_complexity(10_000)
@@ -52,7 +57,7 @@ pub fn build_schema(services: Services) -> AppSchema {
 
 /// The SDL, as checked in at `schema.graphql`.
 pub fn sdl() -> String {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+    Schema::build(Query::default(), Mutation::default(), Subscription)
         .finish()
         .sdl()
 }

@@ -137,7 +137,8 @@ pub async fn caller(state: &AppState, headers: &HeaderMap) -> AppResult<Caller> 
     }
 }
 
-async fn by_token(state: &AppState, token: &str) -> AppResult<Viewer> {
+/// The viewer of a bearer token: an API token, or a session token (`ses_…`).
+pub async fn by_token(state: &AppState, token: &str) -> AppResult<Viewer> {
     if token.starts_with(SESSION_PREFIX) {
         service::sessions::authenticate(&state.services, token).await
     } else {
@@ -157,6 +158,21 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(|(_, v)| v.trim_matches('"'))
 }
 
+/// Refuses a cookie-authenticated request whose `Origin` (when sent) is neither ours nor an
+/// allowed one.
+pub fn check_origin(web: &WebConfig, headers: &HeaderMap) -> AppResult<()> {
+    match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        Some(origin) if !web.origin_allowed(origin) => {
+            tracing::info!(%origin, "cross_site_request_refused");
+            Err(AppError::Forbidden(format!(
+                "cross-site request refused: origin {origin} may not call this API with the \
+                 session cookie (ATELIER_CORS_ORIGINS)"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Refuses a cookie-authenticated request a cross-site page could have made (see the module
 /// documentation). `multipart` says whether the body is a multipart upload.
 pub fn check_cross_site(web: &WebConfig, headers: &HeaderMap, multipart: bool) -> AppResult<()> {
@@ -166,13 +182,7 @@ pub fn check_cross_site(web: &WebConfig, headers: &HeaderMap, multipart: bool) -
             "cross-site request refused: {why}"
         )))
     };
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
-        && !web.origin_allowed(origin)
-    {
-        return refuse(&format!(
-            "origin {origin} may not call this API with the session cookie (ATELIER_CORS_ORIGINS)"
-        ));
-    }
+    check_origin(web, headers)?;
     if multipart {
         if !CSRF_HEADERS
             .iter()

@@ -4,10 +4,12 @@
 mod assets;
 mod auth;
 mod backpack;
+mod exports;
 mod graphiql;
 mod graphql;
 mod health;
 mod upload;
+mod ws;
 
 pub use auth::WebConfig;
 pub use upload::Uploads;
@@ -47,7 +49,9 @@ pub fn router(state: AppState) -> Router {
     let cors = auth::cors(&state.web);
     let app = Router::new()
         .route("/graphql", get(graphiql::page).post(graphql::post))
+        .route("/graphql/ws", get(ws::upgrade))
         .route("/graphiql/{file}", get(graphiql::asset))
+        .route("/exports/{name}", get(exports::get))
         .route("/assets/{name}", get(assets::get))
         .route("/backpack/{id}/{part}", get(backpack::get))
         .route("/healthz", get(health::healthz))

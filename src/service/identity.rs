@@ -403,7 +403,7 @@ pub fn spawn_auth_listener(
 /// A `PgListener` on a connection of its own, named `application_name` in
 /// `pg_stat_activity` (a pool of one, as `PgListener::connect` makes, which only hands the
 /// listener its connection).
-async fn connect_listener(
+pub(crate) async fn connect_listener(
     url: &str,
     application_name: &str,
 ) -> Result<sea_orm::sqlx::postgres::PgListener, sea_orm::sqlx::Error> {

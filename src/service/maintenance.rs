@@ -3,7 +3,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use entity::{asset, backpack_item, project};
+use entity::{asset, backpack_item, job, project};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use crate::{error::AppResult, service::Services, storage::RecoveryReport};
@@ -90,10 +90,38 @@ async fn referenced_keys<C: ConnectionTrait>(
         let thumbs: Vec<Option<String>> = backpack_item::Entity::find()
             .select_only()
             .column(backpack_item::Column::ThumbnailKey)
-            .filter(backpack_item::Column::ThumbnailKey.is_in(chunk))
+            .filter(backpack_item::Column::ThumbnailKey.is_in(chunk.clone()))
             .into_tuple()
             .all(conn)
             .await?;
+        // An export's bundle while its project exists (nobody may download it after), and the
+        // content of the version a job exports (a job may be built after the project changed:
+        // its version's content must outlive the change).
+        let bundles: Vec<Option<String>> = job::Entity::find()
+            .select_only()
+            .column(job::Column::BundleKey)
+            .filter(job::Column::BundleKey.is_in(chunk.clone()))
+            .filter(
+                job::Column::SubjectId.in_subquery(
+                    sea_orm::sea_query::Query::select()
+                        .column(project::Column::Id)
+                        .from(project::Entity)
+                        .to_owned(),
+                ),
+            )
+            .into_tuple()
+            .all(conn)
+            .await?;
+        let sources: Vec<Option<String>> = job::Entity::find()
+            .select_only()
+            .column(job::Column::SourceKey)
+            .filter(job::Column::SourceKey.is_in(chunk))
+            .filter(job::Column::Status.is_in(["pending", "running"]))
+            .into_tuple()
+            .all(conn)
+            .await?;
+        out.extend(bundles.into_iter().flatten());
+        out.extend(sources.into_iter().flatten());
         out.extend(projects);
         out.extend(assets);
         out.extend(bodies);

@@ -5,8 +5,10 @@ pub mod access;
 pub mod assets;
 pub mod backpack;
 pub mod coalesce;
+pub mod export;
 pub mod idempotency;
 pub mod identity;
+pub mod jobs;
 pub mod maintenance;
 pub mod oidc;
 pub mod pacing;
@@ -29,6 +31,8 @@ pub struct Services {
     pub project_reads: std::sync::Arc<coalesce::ProjectReads>,
     /// OpenID Connect sign-in, when configured (`ATELIER_OIDC_ISSUER`, …).
     pub oidc: Option<std::sync::Arc<oidc::Oidc>>,
+    /// This process's background job workers (exports).
+    pub jobs: std::sync::Arc<jobs::JobRunner>,
 }
 
 impl Services {
@@ -42,14 +46,30 @@ impl Services {
             }
             _ => identity::TokenCache::default(),
         };
+        let jobs = std::sync::Arc::new(jobs::JobRunner::new(
+            2,
+            std::time::Duration::from_secs(30),
+            std::time::Duration::from_secs(2),
+        ));
         Services {
             db,
             blobs,
             limits,
+            jobs,
             tokens: std::sync::Arc::new(tokens),
             pacer: Default::default(),
             project_reads: Default::default(),
             oidc: None,
+        }
+    }
+}
+
+impl Services {
+    /// The same services with these job workers (the server's configured ones).
+    pub fn with_jobs(self, jobs: jobs::JobRunner) -> Services {
+        Services {
+            jobs: std::sync::Arc::new(jobs),
+            ..self
         }
     }
 }

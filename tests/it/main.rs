@@ -13,6 +13,7 @@ mod cli;
 mod commit_boundary;
 mod crash;
 mod errors;
+mod exports;
 mod http;
 mod idempotency;
 mod migrations;

@@ -2,6 +2,7 @@
 //! baselines — and the measuring wrapper that reads the server's counters and RSS around a
 //! load run.
 
+mod exports;
 mod memory;
 mod reads;
 mod sharing;
@@ -44,6 +45,7 @@ pub enum Scenario {
     U2,
     C1,
     B1,
+    E1,
     M1,
     S1,
 }
@@ -123,6 +125,11 @@ pub const TABLE: &[Spec] = &[
         id: Scenario::B1,
         run: Run::Server(|ctx| Box::pin(sharing::b1(ctx))),
         baseline: Baseline::Hashing,
+    },
+    Spec {
+        id: Scenario::E1,
+        run: Run::Server(|ctx| Box::pin(exports::e1(ctx))),
+        baseline: Baseline::None,
     },
     Spec {
         id: Scenario::M1,
