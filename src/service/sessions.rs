@@ -154,8 +154,7 @@ pub async fn finish_login(
                 oidc.clone(),
             );
             Box::pin(async move {
-                let (user, role_changed) =
-                    sync_identity(txn, &oidc, &provider, &identity).await?;
+                let (user, role_changed) = sync_identity(txn, &oidc, &provider, &identity).await?;
                 let at = now();
                 session::Entity::insert(session::ActiveModel {
                     user_id: Set(user.id),
