@@ -12,7 +12,7 @@ use atelier_testkit::oidc::{Browser, FakeProvider};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 
-use super::{Ctx, reads::project_readers_as};
+use super::{Ctx, Measured, reads::project_readers_as};
 use crate::{
     client::Credential,
     error::{Context, Result, bail},
@@ -75,21 +75,30 @@ async fn sql_count(ctx: &Ctx<'_>, statement: &str) -> Result<u64> {
         .context(format_args!("`{statement}` printed {out:?}, not a count"))
 }
 
-/// One sign-in through the whole dance; returns the session token the server set.
+/// One sign-in through the whole dance, in a browser of its own; returns the session token
+/// the server set.
 async fn sign_in(base: &str, subject: &str) -> Result<String, String> {
-    let browser = Browser::default();
-    browser
-        .sign_in_to(base, subject, None)
-        .await
-        .map_err(|(status, body)| format!("HTTP {status}: {}", body.trim()))?;
-    browser
-        .session()
-        .ok_or_else(|| "signed in, but no session cookie was set".to_owned())
+    let (base, subject) = (base.to_owned(), subject.to_owned());
+    // A task of its own: the test browser panics on a transport error, which must count as
+    // this sign-in's failure instead of ending the run.
+    let task = tokio::spawn(async move {
+        let browser = Browser::default();
+        browser
+            .sign_in_to(&base, &subject, None)
+            .await
+            .map_err(|(status, body)| format!("HTTP {status}: {}", body.trim()))?;
+        browser
+            .session()
+            .ok_or_else(|| "signed in, but no session cookie was set".to_owned())
+    });
+    task.await
+        .unwrap_or_else(|e| Err(format!("the sign-in failed: {e}")))
 }
 
 /// A1: R1's workload (the same seeded projects, the same 64 clients, the same random ids per
-/// client), first with R1's bearer API token, then with session cookies of 64 users who signed
-/// in through the provider, one per client. The cookie row's baseline is the bearer row.
+/// client), with R1's bearer API token and with session cookies of 64 users who signed in
+/// through the provider, one per client, alternating. The cookie row's baseline is the bearer
+/// row.
 ///
 /// R1 reads as an admin (every project is visible), so the signed-in users are made admins
 /// after signing in, directly in the database, before any of their sessions is used: a
@@ -127,15 +136,32 @@ pub async fn a1(ctx: &mut Ctx<'_>) -> Result<Vec<Row>> {
     let refreshes_before = provider.refresh_calls();
 
     let bearer = [Credential::Bearer(admin.as_str().into())];
-    let readers = project_readers_as(&ctx.api, &bearer, &ids, A1_CLIENTS);
-    let by_token = ctx.measure(readers, ctx.profile.phases).await?;
-
     let cookies: Vec<Credential> = sessions
         .iter()
         .map(|s| Credential::SessionCookie(s.as_str().into()))
         .collect();
-    let readers = project_readers_as(&ctx.api, &cookies, &ids, A1_CLIENTS);
-    let by_cookie = ctx.measure(readers, ctx.profile.phases).await?;
+    // Bearer, cookie, cookie, bearer, each half of R1's phases: on a shared machine the load
+    // drifts, and this order gives both the same share of early and late minutes.
+    let half = ctx.profile.short_phases();
+    let mut by_token: Option<Measured> = None;
+    let mut by_cookie: Option<Measured> = None;
+    for round in 0..4 {
+        let (credentials, slot) = if round == 0 || round == 3 {
+            (&bearer[..], &mut by_token)
+        } else {
+            (&cookies[..], &mut by_cookie)
+        };
+        let readers = project_readers_as(&ctx.api, credentials, &ids, A1_CLIENTS);
+        let m = ctx.measure(readers, half).await?;
+        match slot {
+            Some(sum) => sum.merge(m),
+            None => *slot = Some(m),
+        }
+    }
+    let (by_token, by_cookie) = (
+        by_token.context("no bearer run")?,
+        by_cookie.context("no cookie run")?,
+    );
     let refreshes = provider.refresh_calls() - refreshes_before;
 
     let bearer_rps = by_token.load.ops_per_sec();
@@ -196,8 +222,7 @@ pub async fn a2(ctx: &mut Ctx<'_>) -> Result<Vec<Row>> {
     let before = ctx.api.counters().await?;
     let rss = RssSampler::start(ctx.server.pid());
     let began = Instant::now();
-    // Each login in a task of its own, all released at once: the browser panics on a transport
-    // error, which then counts as that login's failure instead of ending the run.
+    // Each login in a task of its own, all released at once.
     let start = Arc::new(tokio::sync::Barrier::new(A2_LOGINS));
     let tasks: Vec<_> = subjects
         .iter()

@@ -314,6 +314,19 @@ pub struct Measured {
     pub stmts_per_req: f64,
 }
 
+impl Measured {
+    /// Two measurements of the same workload as one: statements per request weighted by
+    /// operations, the higher peak.
+    pub fn merge(&mut self, other: Measured) {
+        let (a, b) = (self.load.ops as f64, other.load.ops as f64);
+        if a + b > 0.0 {
+            self.stmts_per_req = (self.stmts_per_req * a + other.stmts_per_req * b) / (a + b);
+        }
+        self.peak_rss = self.peak_rss.max(other.peak_rss);
+        self.load.merge(other.load);
+    }
+}
+
 impl<'a> Ctx<'a> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
