@@ -4,9 +4,9 @@
 //! A call succeeds only when the body has `data` and no `errors`: GraphQL errors arrive with
 //! HTTP 200, so the status code alone would count failures as successes.
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
-use reqwest::{StatusCode, multipart};
+use reqwest::{StatusCode, header::COOKIE, multipart};
 use serde_json::{Value, json};
 
 use crate::error::{Context, Result};
@@ -63,6 +63,18 @@ impl fmt::Display for CallError {
     }
 }
 
+/// The session cookie an OIDC sign-in sets.
+pub const SESSION_COOKIE: &str = "atelier_session";
+
+/// How a request proves who is calling.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    /// `Authorization: Bearer <token>` (an API token from `atelier token create`).
+    Bearer(Arc<str>),
+    /// `Cookie: atelier_session=<token>` (a session from a sign-in).
+    SessionCookie(Arc<str>),
+}
+
 /// Server counters from `GET /metrics`.
 #[derive(Clone, Copy, Debug)]
 pub struct Counters {
@@ -105,6 +117,29 @@ impl Api {
             .http
             .post(format!("{}/graphql", self.base))
             .bearer_auth(token)
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await;
+        data_of(response).await
+    }
+
+    /// Runs a GraphQL operation as `credential` and returns its `data`. A cookie request is
+    /// made as the web editor makes it: JSON body (`Content-Type: application/json`, which
+    /// the server requires of cookie-authenticated requests), no `Authorization`.
+    pub async fn graphql_as(
+        &self,
+        credential: &Credential,
+        query: &str,
+        variables: Value,
+    ) -> Result<Value, CallError> {
+        let request = self.http.post(format!("{}/graphql", self.base));
+        let request = match credential {
+            Credential::Bearer(token) => request.bearer_auth(token),
+            Credential::SessionCookie(token) => {
+                request.header(COOKIE, format!("{SESSION_COOKIE}={token}"))
+            }
+        };
+        let response = request
             .json(&json!({ "query": query, "variables": variables }))
             .send()
             .await;

@@ -105,6 +105,18 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
+    /// Adds `other`'s window, operations, latencies and errors to this one (two runs of the
+    /// same workload reported as one).
+    pub fn merge(&mut self, other: LoadResult) {
+        self.ops += other.ops;
+        self.units += other.units;
+        self.window += other.window;
+        self.errors.merge(other.errors);
+        let mut micros = std::mem::take(&mut self.latencies.0);
+        micros.extend(other.latencies.0);
+        self.latencies = Latencies::from_unsorted(micros);
+    }
+
     pub fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.window.as_secs_f64()
     }

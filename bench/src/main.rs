@@ -32,6 +32,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use atelier_testkit::oidc::FakeProvider;
 use clap::{Parser, ValueEnum, builder::PossibleValue};
 
 use crate::{
@@ -230,9 +231,17 @@ async fn run_backend(
         }
         Backend::Sqlite => None,
     };
+    // Only runs that sign in start a provider, so that the other scenarios measure the
+    // server as it runs without one.
+    let provider = if scenarios.iter().any(|s| s.spec().needs_provider) {
+        Some(FakeProvider::start().await)
+    } else {
+        None
+    };
     let store = Store {
         data_dir: dir.path().join("data"),
         database_url: database.as_ref().map(TempDatabase::url),
+        serve_env: provider.as_ref().map(FakeProvider::env).unwrap_or_default(),
     };
     let log = dir.path().join("server.log");
     let server = Server::start(ws, &store, &log).await?;
@@ -252,6 +261,7 @@ async fn run_backend(
         dir.path(),
         baselines,
         idle_rss,
+        provider.as_ref(),
     );
     for &scenario in scenarios {
         eprintln!("atelier-bench: -- {scenario} on {backend}");

@@ -89,6 +89,9 @@ impl Workspace {
 pub struct Store {
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    /// More environment for `serve` only (the fake OpenID Provider's settings), not for the
+    /// CLI commands run against the store.
+    pub serve_env: Vec<(String, String)>,
 }
 
 impl Store {
@@ -128,6 +131,7 @@ impl Server {
         let mut child = ws
             .command(store)
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .envs(store.serve_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()

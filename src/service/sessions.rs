@@ -154,7 +154,7 @@ pub async fn finish_login(
                 oidc.clone(),
             );
             Box::pin(async move {
-                let user = sync_identity(txn, &oidc, &provider, &identity).await?;
+                let (user, role_changed) = sync_identity(txn, &oidc, &provider, &identity).await?;
                 let at = now();
                 session::Entity::insert(session::ActiveModel {
                     user_id: Set(user.id),
@@ -175,12 +175,18 @@ pub async fn finish_login(
                 })
                 .exec_without_returning(txn)
                 .await?;
-                Ok(user)
+                Ok((user, role_changed))
             })
         })
         .await?;
+    let (user, role_changed) = user;
     // A role change made by this sign-in holds for the user's other sessions and tokens too.
-    await_authority_propagated(svc).await;
+    // Only then: a sign-in that changed no authority (every first login of a student, most
+    // sign-ins) has nothing for caches to forget, and waiting for every process would cost
+    // each login a connection of its own (PostgreSQL) and clear every cache for nothing.
+    if role_changed {
+        await_authority_propagated(svc).await;
+    }
     tracing::info!(user.id = user.id, "signed_in");
     Ok(SignedIn {
         token,
@@ -192,13 +198,14 @@ pub async fn finish_login(
 /// Makes the database say what the provider says of a user: the user (created if new; name
 /// and email updated; teacher or student by the teacher groups, an admin stays an admin) and
 /// their memberships in this provider's groups (exactly those of the claim). Locks the user's
-/// row first, so concurrent sign-ins of one user apply one after the other.
+/// row first, so concurrent sign-ins of one user apply one after the other. Also says whether
+/// the role changed (announced to every process; the caller awaits it after the commit).
 pub async fn sync_identity(
     txn: &DatabaseTransaction,
     oidc: &Oidc,
     provider: &str,
     identity: &Identity,
-) -> AppResult<user::Model> {
+) -> AppResult<(user::Model, bool)> {
     let created = identity::get_or_create_user(
         txn,
         provider,
@@ -224,8 +231,9 @@ pub async fn sync_identity(
     } else {
         identity.display_name.clone()
     };
-    if user.display_name != name || user.email != identity.email || user.role != role.as_str() {
-        if user.role != role.as_str() {
+    let role_changed = user.role != role.as_str();
+    if user.display_name != name || user.email != identity.email || role_changed {
+        if role_changed {
             tracing::info!(user.id = user.id, from = %user.role, to = role.as_str(), "user_role_changed");
             announce_authority_change(txn, &format!("role:{}", user.id)).await?;
         }
@@ -238,7 +246,7 @@ pub async fn sync_identity(
     if let Some(groups) = &identity.groups {
         sync_memberships(txn, provider, UserId(user.id), groups).await?;
     }
-    Ok(user)
+    Ok((user, role_changed))
 }
 
 /// The user's memberships in `provider`'s groups become exactly `groups` (sorted by id, so
@@ -330,8 +338,9 @@ pub async fn authenticate(svc: &Services, token: &str) -> AppResult<Viewer> {
 
 /// What a locked look at an expired session decided.
 enum Refreshed {
-    /// Someone else refreshed it while this request waited for the lock (or it refreshed now).
-    Current(i64),
+    /// Someone else refreshed it while this request waited for the lock (or it refreshed now):
+    /// the user, and whether this refresh changed their role.
+    Current(i64, bool),
     /// The session is over (ended before, or the provider refused now).
     Over,
 }
@@ -362,7 +371,7 @@ async fn refresh(svc: &Services, session_id: i64) -> AppResult<Viewer> {
                 }
                 if s.expires_at.is_none_or(|at| at > chrono::Utc::now()) {
                     tracing::debug!(session.id = s.id, "session_refresh_reused");
-                    return Ok(Refreshed::Current(s.user_id));
+                    return Ok(Refreshed::Current(s.user_id, false));
                 }
                 let mut answer = answered.lock().await;
                 if answer.is_none() {
@@ -392,8 +401,10 @@ async fn refresh(svc: &Services, session_id: i64) -> AppResult<Viewer> {
                         Ok(Refreshed::Over)
                     }
                     Ok((grant, identity)) => {
+                        let mut role_changed = false;
                         if let Some(identity) = identity {
-                            sync_identity(txn, &oidc, &s.provider, identity).await?;
+                            role_changed =
+                                sync_identity(txn, &oidc, &s.provider, identity).await?.1;
                         }
                         let mut active: session::ActiveModel = s.clone().into();
                         active.access_token =
@@ -406,7 +417,7 @@ async fn refresh(svc: &Services, session_id: i64) -> AppResult<Viewer> {
                         active.version = Set(s.version + 1);
                         active.updated_at = Set(now());
                         active.update(txn).await?;
-                        Ok(Refreshed::Current(s.user_id))
+                        Ok(Refreshed::Current(s.user_id, role_changed))
                     }
                 }
             })
@@ -417,7 +428,11 @@ async fn refresh(svc: &Services, session_id: i64) -> AppResult<Viewer> {
             await_authority_propagated(svc).await;
             Err(AppError::Unauthenticated)
         }
-        Refreshed::Current(user_id) => {
+        Refreshed::Current(user_id, role_changed) => {
+            // The new role holds for the user's other sessions and tokens too, everywhere.
+            if role_changed {
+                await_authority_propagated(svc).await;
+            }
             let u = identity::user(svc, UserId(user_id))
                 .await?
                 .ok_or(AppError::Unauthenticated)?;

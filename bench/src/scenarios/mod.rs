@@ -1,7 +1,8 @@
 //! The scenarios (R1 … S1) and their table, what they share — the running server, tokens, seeded data, the
-//! baselines — and the measuring wrapper that reads the server's counters and RSS around a
+//! baselines, the fake OpenID Provider — and the measuring wrapper that reads the server's counters and RSS around a
 //! load run.
 
+mod auth;
 mod exports;
 mod memory;
 mod reads;
@@ -18,6 +19,7 @@ use std::{
     time::Duration,
 };
 
+use atelier_testkit::oidc::FakeProvider;
 use clap::ValueEnum;
 use futures::{StreamExt, TryStreamExt, future::LocalBoxFuture};
 use serde_json::{Value, json};
@@ -46,6 +48,8 @@ pub enum Scenario {
     C1,
     B1,
     E1,
+    A1,
+    A2,
     M1,
     S1,
 }
@@ -54,6 +58,8 @@ pub enum Scenario {
 pub struct Spec {
     pub id: Scenario,
     pub run: Run,
+    /// The server signs in through a fake OpenID Provider (started for the run).
+    pub needs_provider: bool,
     pub baseline: Baseline,
 }
 
@@ -89,51 +95,73 @@ pub const TABLE: &[Spec] = &[
     Spec {
         id: Scenario::R1,
         run: Run::Server(|ctx| Box::pin(reads::r1(ctx))),
+        needs_provider: false,
         baseline: Baseline::Pgbench(Workload::SelectOnly, reads::R1_CLIENTS as u32),
     },
     Spec {
         id: Scenario::R2,
         run: Run::Server(|ctx| Box::pin(reads::r2(ctx))),
+        needs_provider: false,
         baseline: Baseline::None,
     },
     Spec {
         id: Scenario::W1,
         run: Run::Server(|ctx| Box::pin(writes::w1(ctx))),
+        needs_provider: false,
         baseline: Baseline::Pgbench(Workload::SimpleUpdate, writes::W1_CLIENTS as u32),
     },
     Spec {
         id: Scenario::W2,
         run: Run::Server(|ctx| Box::pin(writes::w2(ctx))),
+        needs_provider: false,
         baseline: Baseline::Pgbench(Workload::HotRow, writes::W2_CLIENTS as u32),
     },
     Spec {
         id: Scenario::U1,
         run: Run::Server(|ctx| Box::pin(uploads::u1(ctx))),
+        needs_provider: false,
         baseline: Baseline::Hashing,
     },
     Spec {
         id: Scenario::U2,
         run: Run::Server(|ctx| Box::pin(uploads::u2(ctx))),
+        needs_provider: false,
         baseline: Baseline::None,
     },
     Spec {
         id: Scenario::C1,
         run: Run::Server(|ctx| Box::pin(sharing::c1(ctx))),
+        needs_provider: false,
         baseline: Baseline::None,
     },
     Spec {
         id: Scenario::B1,
         run: Run::Server(|ctx| Box::pin(sharing::b1(ctx))),
+        needs_provider: false,
         baseline: Baseline::Hashing,
     },
     Spec {
         id: Scenario::E1,
         run: Run::Server(|ctx| Box::pin(exports::e1(ctx))),
+        needs_provider: false,
+        baseline: Baseline::None,
+    },
+    Spec {
+        id: Scenario::A1,
+        run: Run::Server(|ctx| Box::pin(auth::a1(ctx))),
+        needs_provider: true,
+        baseline: Baseline::None,
+    },
+    Spec {
+        id: Scenario::A2,
+        run: Run::Server(|ctx| Box::pin(auth::a2(ctx))),
+        needs_provider: true,
         baseline: Baseline::None,
     },
     Spec {
         id: Scenario::M1,
         run: Run::FreshServer(|ctx| Box::pin(memory::m1(ctx))),
+        needs_provider: false,
         baseline: Baseline::None,
     },
     Spec {
@@ -141,6 +169,7 @@ pub const TABLE: &[Spec] = &[
         run: Run::OwnServers(|ws, scratch, profile| {
             Box::pin(startup::s1(ws, scratch, profile.starts))
         }),
+        needs_provider: false,
         baseline: Baseline::None,
     },
 ];
@@ -280,6 +309,8 @@ pub struct Ctx<'a> {
     pub baselines: &'a mut Baselines,
     /// RSS a moment after the server became ready, before any load.
     pub idle_rss: u64,
+    /// The OpenID Provider the server signs in through, when a selected scenario needs one.
+    pub provider: Option<&'a FakeProvider>,
     tokens: HashMap<String, String>,
     read_ids: Option<Arc<[String]>>,
 }
@@ -289,6 +320,19 @@ pub struct Measured {
     pub load: LoadResult,
     pub peak_rss: u64,
     pub stmts_per_req: f64,
+}
+
+impl Measured {
+    /// Two measurements of the same workload as one: statements per request weighted by
+    /// operations, the higher peak.
+    pub fn merge(&mut self, other: Measured) {
+        let (a, b) = (self.load.ops as f64, other.load.ops as f64);
+        if a + b > 0.0 {
+            self.stmts_per_req = (self.stmts_per_req * a + other.stmts_per_req * b) / (a + b);
+        }
+        self.peak_rss = self.peak_rss.max(other.peak_rss);
+        self.load.merge(other.load);
+    }
 }
 
 impl<'a> Ctx<'a> {
@@ -303,6 +347,7 @@ impl<'a> Ctx<'a> {
         scratch: &'a Path,
         baselines: &'a mut Baselines,
         idle_rss: u64,
+        provider: Option<&'a FakeProvider>,
     ) -> Ctx<'a> {
         Ctx {
             backend,
@@ -314,6 +359,7 @@ impl<'a> Ctx<'a> {
             scratch,
             baselines,
             idle_rss,
+            provider,
             tokens: HashMap::new(),
             read_ids: None,
         }

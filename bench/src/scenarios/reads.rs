@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{Ctx, compare_with_pgbench, seed_projects};
 use crate::{
-    client::{Api, CallError, UploadFile},
+    client::{Api, CallError, Credential, UploadFile},
     error::{Context, Result},
     load::{Outcome, Worker},
     payload,
@@ -32,23 +32,33 @@ const PROJECTS_QUERY: &str = "query($n: Int!) { projects(first: $n) { \
 /// Reads random projects by id.
 pub struct ProjectReader {
     api: Api,
-    token: Arc<str>,
+    credential: Credential,
     ids: Arc<[String]>,
     rng: SmallRng,
 }
 
-/// `clients` readers of `ids`, each with its own random sequence.
+/// `clients` readers of `ids` with one bearer token, each with its own random sequence.
 pub fn project_readers(
     api: &Api,
     token: &str,
     ids: &Arc<[String]>,
     clients: usize,
 ) -> Vec<ProjectReader> {
-    let token: Arc<str> = token.into();
+    project_readers_as(api, &[Credential::Bearer(token.into())], ids, clients)
+}
+
+/// `clients` readers of `ids`, client `i` calling as `credentials[i % len]`; client `i`
+/// reads the same random sequence whatever its credential.
+pub fn project_readers_as(
+    api: &Api,
+    credentials: &[Credential],
+    ids: &Arc<[String]>,
+    clients: usize,
+) -> Vec<ProjectReader> {
     (0..clients)
         .map(|i| ProjectReader {
             api: api.clone(),
-            token: Arc::clone(&token),
+            credential: credentials[i % credentials.len()].clone(),
             ids: Arc::clone(ids),
             rng: SmallRng::seed_from_u64(i as u64),
         })
@@ -60,7 +70,7 @@ impl Worker for ProjectReader {
         let id = &self.ids[self.rng.random_range(0..self.ids.len())];
         let data = self
             .api
-            .graphql(&self.token, PROJECT_QUERY, json!({ "id": id }))
+            .graphql_as(&self.credential, PROJECT_QUERY, json!({ "id": id }))
             .await?;
         if data["project"]["id"].as_str() != Some(id) {
             return Err(CallError::Malformed(format!("project {id} not returned")));

@@ -28,6 +28,7 @@ pub async fn s1(ws: &Workspace, scratch: &Path, starts: usize) -> Result<Vec<Row
         let store = Store {
             data_dir,
             database_url: None,
+            serve_env: Vec::new(),
         };
         let began = Instant::now();
         let server = Server::start(ws, &store, &dir.path().join("server.log")).await?;
