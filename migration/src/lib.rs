@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_initial;
 mod m20261126_000001_idempotency;
 mod m20261126_000002_backpack;
+mod m20261127_000002_imports;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_initial::Migration),
             Box::new(m20261126_000001_idempotency::Migration),
             Box::new(m20261126_000002_backpack::Migration),
+            Box::new(m20261127_000002_imports::Migration),
         ]
     }
 }

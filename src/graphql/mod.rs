@@ -6,6 +6,7 @@ mod backpack;
 mod documents;
 mod errors;
 mod identity;
+mod imports;
 mod loaders;
 mod projects;
 
@@ -37,6 +38,7 @@ pub struct Mutation(
     projects::ProjectsMutation,
     assets::AssetsMutation,
     backpack::BackpackMutation,
+    imports::ImportsMutation,
 );
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;

@@ -7,9 +7,11 @@ pub mod backpack;
 pub mod coalesce;
 pub mod idempotency;
 pub mod identity;
+pub mod imports;
 pub mod maintenance;
 pub mod pacing;
 pub mod projects;
+pub mod sb3;
 pub mod sharing;
 pub mod write;
 
