@@ -247,6 +247,10 @@ async fn import(store: &StoreConfig, args: ImportArgs) -> AppResult<()> {
         ..Limits::default()
     };
     let svc = services(store, limits).await?;
+    // An import killed before (kill -9 between its COMMIT and the publish of its staged blobs)
+    // left committed rows whose blobs are still in its staging directory: settle such dead
+    // directories first, as a server start does. Live processes' directories are untouched.
+    service::maintenance::recover(&svc).await?;
     let owner = service::imports::local_owner(&svc, &args.owner).await?;
     let (files, missing) = service::imports::collect_files(&args.paths);
     let bar = if args.json {

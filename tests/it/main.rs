@@ -14,6 +14,7 @@ mod crash;
 mod errors;
 mod http;
 mod idempotency;
+mod imports;
 mod migrations;
 mod outage;
 mod pool;
