@@ -124,6 +124,14 @@ async fn claim(
     claimer: &str,
     lease: Duration,
 ) -> AppResult<Claim> {
+    // Read first: a re-run over files imported before is then reads only (no write lock on
+    // SQLite, no row lock on PostgreSQL). The statement below decides everything else.
+    if let Some(run) = find_run(svc, source, hash).await?
+        && run.status == "completed"
+        && let Some(project) = run.project_id
+    {
+        return Ok(Claim::Completed(project));
+    }
     for _ in 0..5 {
         let at = now();
         let until = at + chrono::Duration::from_std(lease).map_err(AppError::internal)?;
@@ -168,12 +176,7 @@ async fn claim(
             tracing::debug!(import_run.id = id, "import_run_claimed");
             return Ok(Claim::Claimed(id));
         }
-        let Some(run) = import_run::Entity::find()
-            .filter(import_run::Column::Source.eq(source))
-            .filter(import_run::Column::ContentHash.eq(hash))
-            .one(svc.db.conn())
-            .await?
-        else {
+        let Some(run) = find_run(svc, source, hash).await? else {
             continue;
         };
         match (run.status.as_str(), run.project_id, run.claimed_by) {
@@ -207,6 +210,14 @@ async fn claim(
     Err(AppError::Unavailable(
         "the import claim keeps changing; retry".to_owned(),
     ))
+}
+
+async fn find_run(svc: &Services, source: &str, hash: &str) -> AppResult<Option<import_run::Model>> {
+    Ok(import_run::Entity::find()
+        .filter(import_run::Column::Source.eq(source))
+        .filter(import_run::Column::ContentHash.eq(hash))
+        .one(svc.db.conn())
+        .await?)
 }
 
 /// `?` placeholders as the backend wants them.

@@ -22,6 +22,7 @@ both_backends!(
     concurrent_import_processes,
     killed_import_runs_again,
     malformed_files_fail_alone,
+    claims_of_others_wait_for_their_lease,
     import_project_upload,
     concurrent_identical_uploads,
     round_trip,
@@ -488,6 +489,76 @@ async fn malformed_files_fail_alone(s: TestServer) {
     // A path that does not exist fails alone too.
     let (ok, summary) = import(&s, &["/nonexistent/x.sb3", "--owner", "teacher1"]);
     assert!(!ok && summary["failed"] == 1, "{summary:#}");
+}
+
+/// A pending run held by a process of another host is left alone while its lease runs
+/// ("taken", not a failure), and claimed once the lease has passed.
+async fn claims_of_others_wait_for_their_lease(s: TestServer) {
+    use entity::import_run;
+    use sea_orm::{ActiveValue::Set, EntityTrait};
+    use sha2::Digest;
+
+    let dir = s.root.path().join("school");
+    let files = write_fixtures(&dir, 0..3);
+    s.user("teacher1").await;
+    let owner = scalar(&s, "SELECT id AS n FROM users WHERE subject = 'teacher1'").await;
+    let hash = |p: &PathBuf| hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()));
+    let now = chrono::Utc::now();
+    let db = s.db().await;
+    for (file, lease) in [
+        (&files[0], chrono::Duration::hours(1)),
+        (&files[1], chrono::Duration::minutes(-1)),
+    ] {
+        import_run::Entity::insert(import_run::ActiveModel {
+            source: Set(format!("cli:{owner}")),
+            content_hash: Set(hash(file)),
+            status: Set("pending".into()),
+            attempts: Set(1),
+            claimed_by: Set(Some("another-host:4242:x".into())),
+            lease_until: Set(Some(now + lease)),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        })
+        .exec_without_returning(&db)
+        .await
+        .unwrap();
+    }
+    let (ok, summary) = import(&s, &[dir.to_str().unwrap(), "--owner", "teacher1"]);
+    assert!(ok, "a file another import holds is not a failure: {summary:#}");
+    assert_eq!(
+        (summary["imported"].clone(), summary["taken"].clone()),
+        (json!(2), json!(1)),
+        "{summary:#}"
+    );
+    let taken = &by_status(&summary, "taken")[0];
+    assert_eq!(taken["path"], files[0].display().to_string());
+    assert_eq!(s.count("projects").await, 2);
+    assert_eq!(
+        scalar(&s, "SELECT CAST(attempts AS BIGINT) AS n FROM import_runs WHERE claimed_by IS NULL OR claimed_by NOT LIKE 'another-host:%' ORDER BY attempts DESC LIMIT 1").await,
+        2,
+        "the expired claim was taken over"
+    );
+    // The holder's lease passes: the next import claims it.
+    use sea_orm::{ColumnTrait, QueryFilter, sea_query::Expr};
+    import_run::Entity::update_many()
+        .col_expr(
+            import_run::Column::LeaseUntil,
+            Expr::value(Some(now - chrono::Duration::seconds(1))),
+        )
+        .filter(import_run::Column::Status.eq("pending"))
+        .exec(&db)
+        .await
+        .unwrap();
+    let _ = db.close().await;
+    let (ok, summary) = import(&s, &[dir.to_str().unwrap(), "--owner", "teacher1"]);
+    assert!(ok, "{summary:#}");
+    assert_eq!(
+        (summary["imported"].clone(), summary["skipped"].clone()),
+        (json!(1), json!(2)),
+        "{summary:#}"
+    );
+    assert_imported_exactly_once(&s, 3).await;
 }
 
 const IMPORT: &str = "mutation($f: Upload!, $t: String) { importProject(file: $f, title: $t) { id title version content owner { displayName } assets { md5 } } }";

@@ -1,7 +1,8 @@
-//! The scenarios (R1 … S1) and their table, what they share — the running server, tokens, seeded data, the
+//! The scenarios (R1 … S1, I1) and their table, what they share — the running server, tokens, seeded data, the
 //! baselines — and the measuring wrapper that reads the server's counters and RSS around a
 //! load run.
 
+mod imports;
 mod memory;
 mod reads;
 mod sharing;
@@ -44,6 +45,7 @@ pub enum Scenario {
     U2,
     C1,
     B1,
+    I1,
     M1,
     S1,
 }
@@ -123,6 +125,11 @@ pub const TABLE: &[Spec] = &[
         id: Scenario::B1,
         run: Run::Server(|ctx| Box::pin(sharing::b1(ctx))),
         baseline: Baseline::Hashing,
+    },
+    Spec {
+        id: Scenario::I1,
+        run: Run::Server(|ctx| Box::pin(imports::i1(ctx))),
+        baseline: Baseline::None,
     },
     Spec {
         id: Scenario::M1,
