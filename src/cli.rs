@@ -89,7 +89,12 @@ pub struct ImportArgs {
     pub json: bool,
     /// How long a claim on a file lasts unless renewed; the claims of an import that died
     /// on another host become claimable after it (on this host, at once).
-    #[arg(long, env = "ATELIER_IMPORT_LEASE_SECS", default_value_t = 60, hide = true)]
+    #[arg(
+        long,
+        env = "ATELIER_IMPORT_LEASE_SECS",
+        default_value_t = 60,
+        hide = true
+    )]
     pub lease_secs: u64,
     /// Upper bound of project.json, as the server's `--max-content-bytes`.
     #[arg(long, env = "ATELIER_MAX_CONTENT_BYTES", default_value_t = Limits::default().max_content_bytes)]
@@ -293,11 +298,9 @@ async fn import(store: &StoreConfig, args: ImportArgs) -> AppResult<()> {
     } else {
         for f in &summary.files {
             match f.status {
-                FileStatus::Failed => println!(
-                    "failed   {}: {}",
-                    f.path,
-                    f.reason.as_deref().unwrap_or("")
-                ),
+                FileStatus::Failed => {
+                    println!("failed   {}: {}", f.path, f.reason.as_deref().unwrap_or(""))
+                }
                 FileStatus::Taken => println!("taken    {} (another import holds it)", f.path),
                 _ => {}
             }

@@ -26,8 +26,10 @@ use std::{
 use entity::{asset, import_run, project};
 use futures::StreamExt;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
-    DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QuerySelect, Statement,
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
+    QueryFilter, QuerySelect, Statement,
     sea_query::{Expr, ExprTrait},
 };
 use sha2::{Digest, Sha256};
@@ -114,6 +116,9 @@ enum Claim {
     Completed(i64),
     /// Another live import holds it.
     Held,
+    /// This claimer holds it already: the same bytes twice in one import (two copies of a
+    /// file); the other copy is imported.
+    OwnAlready,
 }
 
 /// Claims the run of (source, hash) for `claimer` until `lease` from now (see module docs).
@@ -201,6 +206,7 @@ async fn claim(
                     return Ok(Claim::Claimed(run.id));
                 }
             }
+            ("pending", _, Some(holder)) if holder == claimer => return Ok(Claim::OwnAlready),
             ("pending", _, _) => return Ok(Claim::Held),
             // Changed between our statement and the read (failed, or its project deleted):
             // claim again.
@@ -212,7 +218,11 @@ async fn claim(
     ))
 }
 
-async fn find_run(svc: &Services, source: &str, hash: &str) -> AppResult<Option<import_run::Model>> {
+async fn find_run(
+    svc: &Services,
+    source: &str,
+    hash: &str,
+) -> AppResult<Option<import_run::Model>> {
     Ok(import_run::Entity::find()
         .filter(import_run::Column::Source.eq(source))
         .filter(import_run::Column::ContentHash.eq(hash))
@@ -361,7 +371,10 @@ async fn restage(svc: &Services, plan: &Plan, sb3: &Sb3) -> AppResult<Vec<Staged
 }
 
 /// The (md5, kind) → sha256 of the file's assets that are stored already.
-async fn stored_assets(svc: &Services, sb3: &Sb3) -> AppResult<HashMap<(String, AssetKind), String>> {
+async fn stored_assets(
+    svc: &Services,
+    sb3: &Sb3,
+) -> AppResult<HashMap<(String, AssetKind), String>> {
     let mut out = HashMap::new();
     for chunk in sb3.assets.chunks(200) {
         let mut any = Condition::any();
@@ -526,15 +539,19 @@ pub async fn import_upload(
                 }
                 // Deleted just now: the next claim imports it again.
             }
-            Claim::Held if started.elapsed() < UPLOAD_WAIT => {
+            // (A claimer per request: `OwnAlready` cannot happen here.)
+            Claim::Held | Claim::OwnAlready if started.elapsed() < UPLOAD_WAIT => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Claim::Held => {
+            Claim::Held | Claim::OwnAlready => {
                 return Err(AppError::Unavailable(
                     "an import of the same file is still in progress; retry shortly".to_owned(),
                 ));
             }
             Claim::Claimed(run_id) => {
+                // Bounds the memory of concurrent imports: an upload may decompress to the
+                // content limit plus ten asset limits.
+                let _slot = upload_slots().acquire().await.map_err(AppError::internal)?;
                 let title = title
                     .clone()
                     .map(Title::into_inner)
@@ -565,6 +582,16 @@ pub async fn import_upload(
             }
         }
     }
+}
+
+/// Uploads unpacked at once in this process: one per CPU.
+fn upload_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| {
+        tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+        )
+    })
 }
 
 /// `CODE: message`, as a run's `error` and the CLI report show it.
@@ -747,6 +774,11 @@ async fn prepare_path(
             return Step::Done(index, report(&path, FileStatus::Skipped, Some(project)));
         }
         Ok(Claim::Held) => return Step::Done(index, report(&path, FileStatus::Taken, None)),
+        Ok(Claim::OwnAlready) => {
+            let mut r = report(&path, FileStatus::Skipped, None);
+            r.reason = Some("the same bytes as another file of this import".to_owned());
+            return Step::Done(index, r);
+        }
         Err(e) => return fail(e),
     };
     match prepare_file(&svc, bytes, run_id, title_of(&path)).await {
@@ -854,7 +886,10 @@ pub async fn import_files(
     for (i, r) in reports.into_iter().enumerate() {
         // A file whose task panicked is reported, never silently dropped.
         let r = r.unwrap_or_else(|| {
-            failed_report(&paths[i], &AppError::internal("the import of this file crashed"))
+            failed_report(
+                &paths[i],
+                &AppError::internal("the import of this file crashed"),
+            )
         });
         match r.status {
             FileStatus::Imported => summary.imported += 1,
@@ -899,11 +934,16 @@ async fn write_batch(
         Ok(ids) => {
             tracing::info!(import.batch = n, "import_batch_written");
             for ((index, _, _), id) in items.iter().zip(ids) {
-                out.push((*index, report(&paths[*index], FileStatus::Imported, Some(id))));
+                out.push((
+                    *index,
+                    report(&paths[*index], FileStatus::Imported, Some(id)),
+                ));
             }
             return out;
         }
-        Err(e) => tracing::info!(import.batch = n, error = %e, "import_batch_failed_retrying_one_by_one"),
+        Err(e) => {
+            tracing::info!(import.batch = n, error = %e, "import_batch_failed_retrying_one_by_one")
+        }
     }
     // The batch's staged blobs are gone with it (or kept pending for the database to decide,
     // and then the run is found completed below): stage each file's again.

@@ -44,9 +44,10 @@ impl From<&Limits> for Sb3Limits {
             max_entries: Sb3Limits::MAX_ENTRIES,
             max_content_bytes: l.max_content_bytes,
             max_asset_bytes: l.max_asset_bytes,
-            max_total_bytes: l
-                .max_content_bytes
-                .saturating_add(l.max_asset_bytes.saturating_mul(Self::MAX_ASSETS_OF_MAX_SIZE)),
+            max_total_bytes: l.max_content_bytes.saturating_add(
+                l.max_asset_bytes
+                    .saturating_mul(Self::MAX_ASSETS_OF_MAX_SIZE),
+            ),
         }
     }
 }
@@ -188,7 +189,12 @@ fn check_name(name: &str) -> AppResult<()> {
 
 /// Reads at most `limit` bytes (and at most `budget`, what is left of the total): whatever
 /// the entry's header claims, one byte more than allowed refuses the file.
-fn read_limited(entry: &mut impl Read, limit: u64, budget: u64, what: &'static str) -> AppResult<Vec<u8>> {
+fn read_limited(
+    entry: &mut impl Read,
+    limit: u64,
+    budget: u64,
+    what: &'static str,
+) -> AppResult<Vec<u8>> {
     let cap = limit.min(budget);
     let mut data = Vec::new();
     entry
@@ -216,9 +222,9 @@ pub fn build_sb3(
 ) -> io::Result<Vec<u8>> {
     use zip::write::SimpleFileOptions;
     let mut zip = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
-    let options =
-        SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
-    zip.start_file(PROJECT_JSON, options).map_err(io::Error::other)?;
+    let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    zip.start_file(PROJECT_JSON, options)
+        .map_err(io::Error::other)?;
     zip.write_all(project_json)?;
     for (name, bytes) in assets {
         zip.start_file(name, options).map_err(io::Error::other)?;
@@ -268,8 +274,11 @@ mod tests {
         );
 
         for trick in ["../x.svg", "/etc/passwd", "a/b.svg", "a\\b.svg", "C:x"] {
-            let z = build_sb3(&project(&name), [(trick.to_owned(), svg.clone())].into_iter())
-                .unwrap();
+            let z = build_sb3(
+                &project(&name),
+                [(trick.to_owned(), svg.clone())].into_iter(),
+            )
+            .unwrap();
             let e = read_sb3(&z, &limits()).unwrap_err();
             assert!(e.to_string().contains("plain file names"), "{trick}: {e}");
         }

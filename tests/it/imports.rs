@@ -110,7 +110,11 @@ fn write_fixtures(dir: &Path, range: std::ops::Range<usize>) -> Vec<PathBuf> {
     std::fs::create_dir_all(dir.join("class-b")).unwrap();
     range
         .map(|n| {
-            let sub = if n % 2 == 0 { dir.to_owned() } else { dir.join("class-b") };
+            let sub = if n % 2 == 0 {
+                dir.to_owned()
+            } else {
+                dir.join("class-b")
+            };
             let path = sub.join(format!("project-{n:03}.sb3"));
             std::fs::write(&path, fixture(n).0).unwrap();
             path
@@ -173,7 +177,11 @@ async fn assert_imported_exactly_once(s: &TestServer, files: usize) {
     assert_eq!(s.count("projects").await, files as i64);
     assert_eq!(s.count("import_runs").await, files as i64);
     assert_eq!(
-        scalar(s, "SELECT COUNT(*) AS n FROM import_runs WHERE status = 'completed'").await,
+        scalar(
+            s,
+            "SELECT COUNT(*) AS n FROM import_runs WHERE status = 'completed'"
+        )
+        .await,
         files as i64
     );
     assert_eq!(
@@ -191,7 +199,11 @@ async fn import_directory_twice(s: TestServer) {
     let (ok, first) = import(&s, &[d, "--owner", "teacher1", "--batch", "5"]);
     assert!(ok, "{first:#}");
     assert_eq!(
-        (first["imported"].clone(), first["skipped"].clone(), first["failed"].clone()),
+        (
+            first["imported"].clone(),
+            first["skipped"].clone(),
+            first["failed"].clone()
+        ),
         (json!(12), json!(0), json!(0)),
         "{first:#}"
     );
@@ -257,21 +269,46 @@ async fn import_directory_twice(s: TestServer) {
         out.contains("imported 0, skipped 12"),
         "summary line: {out}"
     );
+
+    // Two copies of one file in one import: one project.
+    let dups = s.root.path().join("dups");
+    std::fs::create_dir_all(&dups).unwrap();
+    std::fs::write(dups.join("a.sb3"), fixture(50).0).unwrap();
+    std::fs::write(dups.join("b.sb3"), fixture(50).0).unwrap();
+    let (ok, summary) = import(&s, &[dups.to_str().unwrap(), "--owner", "teacher3"]);
+    assert!(ok, "{summary:#}");
+    assert_eq!(
+        (summary["imported"].clone(), summary["skipped"].clone()),
+        (json!(1), json!(1)),
+        "{summary:#}"
+    );
+    assert_eq!(s.count("projects").await, 25);
 }
 
 /// Spawns `atelier import --json` on `dir` without waiting.
-fn spawn_import(s: &TestServer, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+fn spawn_import(
+    s: &TestServer,
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Child {
     let mut cmd = s.command();
     cmd.env_remove("FAILPOINTS");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.args(["import", "--json", dir.to_str().unwrap(), "--owner", "teacher1"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn atelier import")
+    cmd.args([
+        "import",
+        "--json",
+        dir.to_str().unwrap(),
+        "--owner",
+        "teacher1",
+    ])
+    .args(extra)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn atelier import")
 }
 
 fn summary_of(child: std::process::Child) -> (bool, Value) {
@@ -311,7 +348,11 @@ async fn concurrent_import_processes(s: TestServer) {
         imported.extend(projects_by_path(summary, "imported").into_keys());
     }
     let distinct: HashSet<String> = imported.iter().cloned().collect();
-    assert_eq!(imported.len(), FILES, "every file imported exactly once in total");
+    assert_eq!(
+        imported.len(),
+        FILES,
+        "every file imported exactly once in total"
+    );
     assert_eq!(distinct, all);
     assert_imported_exactly_once(&s, FILES).await;
     // The others saw each file as done or in progress, and a run afterwards skips them all.
@@ -352,7 +393,11 @@ async fn killed_import_runs_again(s: TestServer) {
         (12..FILES as i64).contains(&done_before),
         "killed half way: {done_before} completed"
     );
-    let pending = scalar(&s, "SELECT COUNT(*) AS n FROM import_runs WHERE status = 'pending'").await;
+    let pending = scalar(
+        &s,
+        "SELECT COUNT(*) AS n FROM import_runs WHERE status = 'pending'",
+    )
+    .await;
     assert!(pending > 0, "the killed import held claims");
     // Nothing half-written: every project has its completed run.
     assert_eq!(s.count("projects").await, done_before);
@@ -373,7 +418,10 @@ async fn malformed_files_fail_alone(s: TestServer) {
     let (good, project, names) = fixture(99);
     let names: Vec<String> = names.into_iter().collect();
     let entries = |skip: Option<&str>| -> Vec<(String, Vec<u8>)> {
-        let mut out = vec![("project.json".to_owned(), serde_json::to_vec(&project).unwrap())];
+        let mut out = vec![(
+            "project.json".to_owned(),
+            serde_json::to_vec(&project).unwrap(),
+        )];
         let mut z = zip::ZipArchive::new(std::io::Cursor::new(good.clone())).unwrap();
         for i in 0..z.len() {
             let mut f = z.by_index(i).unwrap();
@@ -388,13 +436,21 @@ async fn malformed_files_fail_alone(s: TestServer) {
         out
     };
     let bad: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("not-a-zip.sb3", b"PK but not really a zip".to_vec(), "BAD_USER_INPUT"),
+        (
+            "not-a-zip.sb3",
+            b"PK but not really a zip".to_vec(),
+            "BAD_USER_INPUT",
+        ),
         (
             "no-project-json.sb3",
             zip_of(&entries(Some("project.json")).split_off(1)),
             "BAD_USER_INPUT",
         ),
-        ("bad-json.sb3", zip_of(&[("project.json".into(), b"{\"targets\": [".to_vec())]), "BAD_USER_INPUT"),
+        (
+            "bad-json.sb3",
+            zip_of(&[("project.json".into(), b"{\"targets\": [".to_vec())]),
+            "BAD_USER_INPUT",
+        ),
         (
             "md5-mismatch.sb3",
             {
@@ -437,7 +493,9 @@ async fn malformed_files_fail_alone(s: TestServer) {
             "missing-asset.sb3",
             // Validated fine, refused in the write transaction: the batch it is in fails
             // and is retried file by file.
-            zip_of(&entries(Some(names.iter().find(|n| n.ends_with(".png")).unwrap()))),
+            zip_of(&entries(Some(
+                names.iter().find(|n| n.ends_with(".png")).unwrap(),
+            ))),
             "MISSING_ASSETS",
         ),
     ];
@@ -445,7 +503,16 @@ async fn malformed_files_fail_alone(s: TestServer) {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
     assert!(bad[4].1.len() < 200 * 1024, "the bomb is small on disk");
-    let (ok, summary) = import(&s, &[dir.to_str().unwrap(), "--owner", "teacher1", "--batch", "16"]);
+    let (ok, summary) = import(
+        &s,
+        &[
+            dir.to_str().unwrap(),
+            "--owner",
+            "teacher1",
+            "--batch",
+            "16",
+        ],
+    );
     assert!(!ok, "a failure makes the exit code non-zero");
     assert_eq!(summary["imported"], 5, "{summary:#}");
     assert_eq!(summary["failed"], bad.len(), "{summary:#}");
@@ -465,13 +532,27 @@ async fn malformed_files_fail_alone(s: TestServer) {
         assert_eq!(f["code"], *expected, "{name}: {f:#}");
         assert!(!f["reason"].as_str().unwrap().is_empty());
     }
-    assert!(failed["dot-dot.sb3"]["reason"].as_str().unwrap().contains("../../evil.svg"));
-    assert!(failed["missing-asset.sb3"]["reason"].as_str().unwrap().contains(".png"));
+    assert!(
+        failed["dot-dot.sb3"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("../../evil.svg")
+    );
+    assert!(
+        failed["missing-asset.sb3"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(".png")
+    );
     // Nothing of the bad files was written; their runs say why.
     assert_eq!(s.count("projects").await, 5);
     assert_eq!(s.count("assets").await, assets_of(5));
     assert_eq!(
-        scalar(&s, "SELECT COUNT(*) AS n FROM import_runs WHERE status = 'failed' AND error IS NOT NULL").await,
+        scalar(
+            &s,
+            "SELECT COUNT(*) AS n FROM import_runs WHERE status = 'failed' AND error IS NOT NULL"
+        )
+        .await,
         bad.len() as i64
     );
     // A failed run is claimed again by the next import (and fails again, alone).
@@ -483,7 +564,11 @@ async fn malformed_files_fail_alone(s: TestServer) {
         "{again:#}"
     );
     assert_eq!(
-        scalar(&s, "SELECT CAST(MIN(attempts) AS BIGINT) AS n FROM import_runs WHERE status = 'failed'").await,
+        scalar(
+            &s,
+            "SELECT CAST(MIN(attempts) AS BIGINT) AS n FROM import_runs WHERE status = 'failed'"
+        )
+        .await,
         2
     );
     // A path that does not exist fails alone too.
@@ -525,7 +610,10 @@ async fn claims_of_others_wait_for_their_lease(s: TestServer) {
         .unwrap();
     }
     let (ok, summary) = import(&s, &[dir.to_str().unwrap(), "--owner", "teacher1"]);
-    assert!(ok, "a file another import holds is not a failure: {summary:#}");
+    assert!(
+        ok,
+        "a file another import holds is not a failure: {summary:#}"
+    );
     assert_eq!(
         (summary["imported"].clone(), summary["taken"].clone()),
         (json!(2), json!(1)),
@@ -597,7 +685,10 @@ async fn import_project_upload(s: TestServer) {
     assert_eq!(first["owner"]["displayName"], "alice");
     assert_eq!(first["assets"].as_array().unwrap().len(), 4);
     let again = imported(&alice, bytes.clone()).await;
-    assert_eq!(again["id"], first["id"], "the same file answers the same project");
+    assert_eq!(
+        again["id"], first["id"],
+        "the same file answers the same project"
+    );
     assert_eq!(s.count("projects").await, 1);
     // Another user's import of the same file is theirs.
     let bob = s.user("bob").await;
@@ -631,12 +722,19 @@ async fn import_project_upload(s: TestServer) {
         std::io::Read::read_to_end(&mut f, &mut b).unwrap();
         entries.push((f.name().unwrap().to_string(), b));
     }
-    let svg_name = names.iter().find(|n| n.ends_with(".svg") && *n != &md5ext(&svg(0), "svg")).unwrap();
+    let svg_name = names
+        .iter()
+        .find(|n| n.ends_with(".svg") && *n != &md5ext(&svg(0), "svg"))
+        .unwrap();
     let mut tampered = entries.clone();
     tampered.iter_mut().find(|(n, _)| n == svg_name).unwrap().1 = svg(424_242);
     let mut escaping = entries.clone();
     escaping.push(("../x.svg".into(), svg(5)));
-    let no_json: Vec<_> = entries.iter().filter(|(n, _)| n != "project.json").cloned().collect();
+    let no_json: Vec<_> = entries
+        .iter()
+        .filter(|(n, _)| n != "project.json")
+        .cloned()
+        .collect();
     for (bytes, expected) in [
         (b"definitely not a zip".to_vec(), "BAD_USER_INPUT"),
         (zip_of(&no_json), "BAD_USER_INPUT"),
@@ -667,8 +765,7 @@ async fn concurrent_identical_uploads(s: TestServer) {
     assert_eq!(s.count("assets").await, 4);
     assert_eq!(s.count("import_runs").await, 1);
     // Different files at once: one project each, the shared backdrop stored once.
-    let answers =
-        futures::future::join_all((10..20).map(|n| imported(&alice, fixture(n).0))).await;
+    let answers = futures::future::join_all((10..20).map(|n| imported(&alice, fixture(n).0))).await;
     let ids: HashSet<String> = answers
         .iter()
         .map(|a| a["id"].as_str().unwrap().to_owned())
@@ -693,7 +790,13 @@ async fn round_trip(s: TestServer) {
     let mut assets = Vec::new();
     for a in v["project"]["assets"].as_array().unwrap() {
         let url = format!("{}{}", s.base_url, a["url"].as_str().unwrap());
-        let body = reqwest::get(&url).await.unwrap().bytes().await.unwrap().to_vec();
+        let body = reqwest::get(&url)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
         let name = url.rsplit('/').next().unwrap().to_owned();
         assert_eq!(md5_hex(&body), a["md5"].as_str().unwrap());
         assets.push((name, body));

@@ -146,7 +146,9 @@ async fn import(ctx: &Ctx<'_>, dir: &Path) -> Result<(Duration, Value)> {
 }
 
 pub async fn i1(ctx: &mut Ctx<'_>) -> Result<Vec<Row>> {
-    let dir = ctx.scratch.join(format!("i1-{}", ctx.backend).to_lowercase());
+    let dir = ctx
+        .scratch
+        .join(format!("i1-{}", ctx.backend).to_lowercase());
     let (files, total_bytes) = write_fixtures(&dir)?;
     // Warm the page cache for both sides, then the baseline.
     unzip_md5sum(&files).await?;
@@ -186,7 +188,10 @@ pub async fn i1(ctx: &mut Ctx<'_>) -> Result<Vec<Row>> {
     let speedup = first.as_secs_f64() / second.as_secs_f64();
     again.value = format!("{:.0} ms", second.as_secs_f64() * 1e3);
     again.errors = summary["failed"].as_u64();
-    again.baseline = Some(format!("{:.0} ms (the first run)", first.as_secs_f64() * 1e3));
+    again.baseline = Some(format!(
+        "{:.0} ms (the first run)",
+        first.as_secs_f64() * 1e3
+    ));
     again.ratio = Some(speedup);
     again.target = format!("≥ {SKIP_SPEEDUP_TARGET}× faster than the first run, {FILES} skipped");
     again.met = skipped == Some(FILES as u64) && speedup >= SKIP_SPEEDUP_TARGET;
