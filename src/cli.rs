@@ -78,7 +78,7 @@ pub struct ImportArgs {
     /// The local user who owns the imported projects (created if absent).
     #[arg(long)]
     pub owner: String,
-    /// Files read, unzipped and validated at once (default: the number of CPUs).
+    /// Files read, unzipped and validated at once (default: four per CPU).
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Files written per database transaction.
@@ -274,8 +274,9 @@ async fn import(store: &StoreConfig, args: ImportArgs) -> AppResult<()> {
         .map_err(AppError::internal)?,
     );
     let opts = ImportOptions {
+        // Four per CPU: a file waits on disk and database round trips as much as it computes.
         concurrency: args.concurrency.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+            4 * std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
         }),
         batch: args.batch,
         lease: Duration::from_secs(args.lease_secs),
