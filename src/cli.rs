@@ -1,5 +1,6 @@
 //! The command line: `serve`, `migrate`, `schema`, `fsck`, `gc`, `token create`,
-//! `token revoke TOKEN`, `token revoke --user NAME`, `group create`, `group add-member`.
+//! `token revoke TOKEN`, `token revoke --user NAME`, `group create`, `group add-member`,
+//! `import PATH… --owner NAME`.
 //! Results for scripts go to stdout; logs go to stderr.
 
 use std::time::Duration;
@@ -63,6 +64,44 @@ pub enum Command {
         #[command(subcommand)]
         command: GroupCommand,
     },
+    /// Import `.sb3` files, and directories of them (searched recursively), as projects of a
+    /// local user. Idempotent: a file imported before for the same owner is skipped, so an
+    /// interrupted import is simply run again. Exits non-zero if any file failed.
+    Import(ImportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// `.sb3` files and directories.
+    #[arg(required = true)]
+    pub paths: Vec<std::path::PathBuf>,
+    /// The local user who owns the imported projects (created if absent).
+    #[arg(long)]
+    pub owner: String,
+    /// Files read, unzipped and validated at once (default: four per CPU).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Files written per database transaction.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Print the summary as JSON on stdout (one object: counts and every file's outcome).
+    #[arg(long)]
+    pub json: bool,
+    /// How long a claim on a file lasts unless renewed; the claims of an import that died
+    /// on another host become claimable after it (on this host, at once).
+    #[arg(
+        long,
+        env = "ATELIER_IMPORT_LEASE_SECS",
+        default_value_t = 60,
+        hide = true
+    )]
+    pub lease_secs: u64,
+    /// Upper bound of project.json, as the server's `--max-content-bytes`.
+    #[arg(long, env = "ATELIER_MAX_CONTENT_BYTES", default_value_t = Limits::default().max_content_bytes)]
+    pub max_content_bytes: u64,
+    /// Upper bound of one asset, as the server's `--max-asset-bytes`.
+    #[arg(long, env = "ATELIER_MAX_ASSET_BYTES", default_value_t = Limits::default().max_asset_bytes)]
+    pub max_asset_bytes: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -199,7 +238,87 @@ pub async fn run(cli: Cli) -> AppResult<()> {
             let group = GroupId::parse(&group_id, "group_id")?;
             service::identity::add_local_member(&svc, group, &user_name).await
         }
+        Command::Import(args) => import(&cli.store, args).await,
     }
+}
+
+/// `atelier import`: runs in this process against the database, staging in a directory of
+/// its own, so it is safe next to running servers on the same data dir.
+async fn import(store: &StoreConfig, args: ImportArgs) -> AppResult<()> {
+    use service::imports::{FileStatus, ImportOptions};
+    let limits = Limits {
+        max_content_bytes: args.max_content_bytes,
+        max_asset_bytes: args.max_asset_bytes,
+        ..Limits::default()
+    };
+    let svc = services(store, limits).await?;
+    // An import killed before (kill -9 between its COMMIT and the publish of its staged blobs)
+    // left committed rows whose blobs are still in its staging directory: settle such dead
+    // directories first, as a server start does. Live processes' directories are untouched.
+    service::maintenance::recover(&svc).await?;
+    let owner = service::imports::local_owner(&svc, &args.owner).await?;
+    let (files, missing) = service::imports::collect_files(&args.paths);
+    let bar = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        // Drawn only on a terminal: quiet in scripts and logs.
+        indicatif::ProgressBar::with_draw_target(
+            Some(files.len() as u64),
+            indicatif::ProgressDrawTarget::stderr(),
+        )
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} files  {elapsed_precise}  {msg}",
+        )
+        .map_err(AppError::internal)?,
+    );
+    let opts = ImportOptions {
+        // Four per CPU: a file waits on disk and database round trips as much as it computes.
+        concurrency: args.concurrency.unwrap_or_else(|| {
+            4 * std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+        }),
+        batch: args.batch,
+        lease: Duration::from_secs(args.lease_secs),
+    };
+    let mut summary = service::imports::import_files(&svc, owner, files, opts, |r| {
+        bar.inc(1);
+        if r.status == FileStatus::Failed {
+            bar.set_message(format!("failed: {}", r.path));
+        }
+    })
+    .await?;
+    bar.finish_and_clear();
+    summary.failed += missing.len();
+    summary.files.extend(missing);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).map_err(AppError::internal)?
+        );
+    } else {
+        for f in &summary.files {
+            match f.status {
+                FileStatus::Failed => {
+                    println!("failed   {}: {}", f.path, f.reason.as_deref().unwrap_or(""))
+                }
+                FileStatus::Taken => println!("taken    {} (another import holds it)", f.path),
+                _ => {}
+            }
+        }
+        println!(
+            "imported {}, skipped {} (already imported), taken {} (in progress elsewhere), failed {}",
+            summary.imported, summary.skipped, summary.taken, summary.failed
+        );
+    }
+    svc.db.close().await;
+    if summary.failed > 0 {
+        return Err(AppError::bad_input(
+            "paths",
+            format!("{} file(s) failed to import", summary.failed),
+        ));
+    }
+    Ok(())
 }
 
 impl ServeConfig {

@@ -12,6 +12,12 @@ pub struct Model {
     pub status: String,
     pub attempts: i32,
     pub error: Option<String>,
+    /// Who holds a pending run: `host:pid:uuid` of the importing process.
+    pub claimed_by: Option<String>,
+    /// A pending run whose lease has passed was abandoned: it may be claimed again.
+    pub lease_until: Option<DateTimeUtc>,
+    /// The project a completed run created (NULL once that project is deleted).
+    pub project_id: Option<i64>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

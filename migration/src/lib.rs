@@ -7,6 +7,7 @@ mod m20261123_000001_initial;
 mod m20261126_000001_idempotency;
 mod m20261126_000002_backpack;
 mod m20261127_000001_sessions;
+mod m20261127_000002_imports;
 mod m20261127_000003_jobs;
 
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_idempotency::Migration),
             Box::new(m20261126_000002_backpack::Migration),
             Box::new(m20261127_000001_sessions::Migration),
+            Box::new(m20261127_000002_imports::Migration),
             Box::new(m20261127_000003_jobs::Migration),
         ]
     }

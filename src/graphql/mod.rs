@@ -6,6 +6,7 @@ mod backpack;
 mod documents;
 mod errors;
 mod identity;
+mod imports;
 mod jobs;
 mod loaders;
 mod projects;
@@ -40,6 +41,7 @@ pub struct Mutation(
     assets::AssetsMutation,
     backpack::BackpackMutation,
     jobs::JobsMutation,
+    imports::ImportsMutation,
 );
 
 pub use jobs::Subscription;

@@ -409,7 +409,10 @@ async fn why_not_written<C: ConnectionTrait>(
 /// Ids of the stored assets `refs` names, or MISSING_ASSETS listing (as written) those that
 /// are not stored, or not in the format their extension names: every reference of a saved
 /// project must be servable at `/assets/<md5ext>`.
-async fn resolve_assets<C: ConnectionTrait>(conn: &C, refs: &[AssetRef]) -> AppResult<Vec<i64>> {
+pub(super) async fn resolve_assets<C: ConnectionTrait>(
+    conn: &C,
+    refs: &[AssetRef],
+) -> AppResult<Vec<i64>> {
     if refs.is_empty() {
         return Ok(Vec::new());
     }
@@ -454,7 +457,7 @@ async fn resolve_assets<C: ConnectionTrait>(conn: &C, refs: &[AssetRef]) -> AppR
     Ok(ids)
 }
 
-async fn link_assets<C: ConnectionTrait>(
+pub(super) async fn link_assets<C: ConnectionTrait>(
     conn: &C,
     project: ProjectId,
     asset_ids: &[i64],

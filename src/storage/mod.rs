@@ -75,6 +75,11 @@ impl Drop for StagedBlob {
 }
 
 impl StagedBlob {
+    /// The staged file (to read it back, e.g. an uploaded `.sb3` before it is unpacked).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The transaction's COMMIT was sent and its outcome is unknown: keep the file, renamed
     /// `.pending`, for the database to decide (see [`BlobStore::settle`]). Never deletes it.
     pub fn keep_pending(mut self) {

@@ -16,6 +16,7 @@ mod errors;
 mod exports;
 mod http;
 mod idempotency;
+mod imports;
 mod migrations;
 mod oidc;
 mod oidc_e2e;

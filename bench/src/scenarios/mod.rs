@@ -1,9 +1,10 @@
-//! The scenarios (R1 … S1) and their table, what they share — the running server, tokens, seeded data, the
+//! The scenarios (R1 … S1, I1) and their table, what they share — the running server, tokens, seeded data, the
 //! baselines, the fake OpenID Provider — and the measuring wrapper that reads the server's counters and RSS around a
 //! load run.
 
 mod auth;
 mod exports;
+mod imports;
 mod memory;
 mod reads;
 mod sharing;
@@ -50,6 +51,7 @@ pub enum Scenario {
     E1,
     A1,
     A2,
+    I1,
     M1,
     S1,
 }
@@ -156,6 +158,12 @@ pub const TABLE: &[Spec] = &[
         id: Scenario::A2,
         run: Run::Server(|ctx| Box::pin(auth::a2(ctx))),
         needs_provider: true,
+        baseline: Baseline::None,
+    },
+    Spec {
+        id: Scenario::I1,
+        run: Run::Server(|ctx| Box::pin(imports::i1(ctx))),
+        needs_provider: false,
         baseline: Baseline::None,
     },
     Spec {

@@ -1,0 +1,299 @@
+//! Scratch 3 project files (`.sb3`): a zip with `project.json` at its root and each asset
+//! stored as `<md5>.<ext>`. Reading one validates everything an import relies on before a
+//! byte is stored: bounded entry count and sizes (measured while decompressing, never taken
+//! from the headers), plain root-level names, a valid project document, and assets whose
+//! bytes hash to their names and are what their extensions say.
+
+use std::{
+    collections::HashSet,
+    io::{self, Read, Write},
+    sync::Arc,
+};
+
+use crate::{
+    config::Limits,
+    domain::{DataFormat, Md5, ProjectContent},
+    error::{AppError, AppResult},
+    storage::Hasher,
+};
+
+/// The name of the project document inside an `.sb3`.
+pub const PROJECT_JSON: &str = "project.json";
+
+/// How much an `.sb3` may hold. A zip bomb is refused by these, counted on the decompressed
+/// bytes as they come out.
+#[derive(Clone, Copy, Debug)]
+pub struct Sb3Limits {
+    pub max_entries: usize,
+    pub max_content_bytes: u64,
+    pub max_asset_bytes: u64,
+    /// All entries together, decompressed.
+    pub max_total_bytes: u64,
+}
+
+impl Sb3Limits {
+    /// Scratch projects have tens to hundreds of assets; 1000 entries is far beyond a real one.
+    pub const MAX_ENTRIES: usize = 1000;
+    /// The total never exceeds the project document plus this many maximal assets.
+    const MAX_ASSETS_OF_MAX_SIZE: u64 = 10;
+}
+
+impl From<&Limits> for Sb3Limits {
+    fn from(l: &Limits) -> Self {
+        Sb3Limits {
+            max_entries: Sb3Limits::MAX_ENTRIES,
+            max_content_bytes: l.max_content_bytes,
+            max_asset_bytes: l.max_asset_bytes,
+            max_total_bytes: l.max_content_bytes.saturating_add(
+                l.max_asset_bytes
+                    .saturating_mul(Self::MAX_ASSETS_OF_MAX_SIZE),
+            ),
+        }
+    }
+}
+
+/// One asset entry of an `.sb3`, verified: its bytes hash to the md5 its name carries and
+/// are in the format its extension names.
+#[derive(Clone, Debug)]
+pub struct Sb3Asset {
+    pub md5: Md5,
+    pub format: DataFormat,
+    pub sha256: String,
+    pub bytes: Arc<Vec<u8>>,
+}
+
+/// A validated `.sb3`.
+#[derive(Clone, Debug)]
+pub struct Sb3 {
+    pub content: ProjectContent,
+    /// The asset entries the project references (unreferenced entries are not kept).
+    pub assets: Vec<Sb3Asset>,
+}
+
+/// Why an `.sb3` is refused: BAD_USER_INPUT on `file`, unless a more specific code applies
+/// (CHECKSUM_MISMATCH, PAYLOAD_TOO_LARGE).
+fn bad(message: impl Into<String>) -> AppError {
+    AppError::bad_input("file", message)
+}
+
+/// Reads and validates an `.sb3` held in memory (CPU-bound: call from a blocking task).
+pub fn read_sb3(bytes: &[u8], limits: &Sb3Limits) -> AppResult<Sb3> {
+    let mut zip = zip::ZipArchive::new(io::Cursor::new(bytes))
+        .map_err(|e| bad(format!("not a valid .sb3 (zip) file: {e}")))?;
+    if zip.len() > limits.max_entries {
+        return Err(bad(format!(
+            "the .sb3 has {} entries, more than the {} allowed",
+            zip.len(),
+            limits.max_entries
+        )));
+    }
+    let mut names = HashSet::new();
+    let mut total: u64 = 0;
+    let mut project_json: Option<Vec<u8>> = None;
+    let mut entries: Vec<(String, DataFormat, Vec<u8>)> = Vec::new();
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| bad(format!("entry {i} of the .sb3 cannot be read: {e}")))?;
+        let name = std::str::from_utf8(entry.name_raw())
+            .map_err(|_| bad(format!("entry {i} has a name that is not UTF-8")))?
+            .to_owned();
+        check_name(&name)?;
+        if !names.insert(name.clone()) {
+            return Err(bad(format!("entry {name:?} appears twice")));
+        }
+        let (limit, what) = if name == PROJECT_JSON {
+            (limits.max_content_bytes, "project.json")
+        } else {
+            (limits.max_asset_bytes, "an asset of the .sb3")
+        };
+        let kind = match name.rsplit_once('.') {
+            _ if name == PROJECT_JSON => None,
+            Some((stem, ext)) => match (Md5::parse(stem), DataFormat::from_extension(ext)) {
+                (Some(_), Some(format)) => Some(format),
+                // A file Scratch does not write (e.g. a thumbnail): skipped, not stored.
+                _ => {
+                    tracing::debug!(sb3.entry = %name, "sb3_entry_ignored");
+                    continue;
+                }
+            },
+            None => continue,
+        };
+        let data = read_limited(&mut entry, limit, limits.max_total_bytes - total, what)?;
+        total += data.len() as u64;
+        match kind {
+            None => project_json = Some(data),
+            Some(format) => entries.push((name, format, data)),
+        }
+    }
+    let json = project_json.ok_or_else(|| bad("the .sb3 has no project.json at its root"))?;
+    let value: serde_json::Value = serde_json::from_slice(&json)
+        .map_err(|e| bad(format!("project.json is not valid JSON: {e}")))?;
+    let content = ProjectContent::parse(value, limits.max_content_bytes).map_err(|e| match e {
+        AppError::BadUserInput { message, .. } => bad(format!("project.json: {message}")),
+        other => other,
+    })?;
+    let referenced: HashSet<(String, DataFormat)> = content
+        .asset_refs
+        .iter()
+        .map(|r| (r.md5.as_str().to_owned(), r.format))
+        .collect();
+    let mut assets = Vec::new();
+    for (name, format, data) in entries {
+        let (stem, ext) = name.rsplit_once('.').expect("checked above");
+        let mut hasher = Hasher::default();
+        hasher.update(&data);
+        let (md5, sha256, _) = hasher.finish();
+        if !stem.eq_ignore_ascii_case(&md5) {
+            return Err(AppError::ChecksumMismatch(format!(
+                "asset {name} of the .sb3 hashes to md5 {md5}"
+            )));
+        }
+        let sniffed = super::assets::sniff(format.kind(), &data[..data.len().min(512)]);
+        if sniffed.map(|f| f.extension) != Some(format.extension()) {
+            return Err(bad(format!(
+                "asset {name} of the .sb3 is not a .{ext} file"
+            )));
+        }
+        let md5 = Md5::parse(&md5).expect("a hex digest");
+        if referenced.contains(&(md5.as_str().to_owned(), format)) {
+            assets.push(Sb3Asset {
+                md5,
+                format,
+                sha256,
+                bytes: Arc::new(data),
+            });
+        }
+    }
+    Ok(Sb3 { content, assets })
+}
+
+/// Only plain names at the root: no directories, no `..`, no absolute or Windows paths, no
+/// control characters. Scratch writes nothing else, and nothing else can trick a consumer
+/// that extracts the file later.
+fn check_name(name: &str) -> AppResult<()> {
+    let tricky = name.is_empty()
+        || name.contains('/')
+        || name.contains('\\')
+        || name.contains(':')
+        || name == "."
+        || name == ".."
+        || name.chars().any(char::is_control);
+    if tricky {
+        return Err(bad(format!(
+            "entry {name:?}: only plain file names at the root of an .sb3 are allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads at most `limit` bytes (and at most `budget`, what is left of the total): whatever
+/// the entry's header claims, one byte more than allowed refuses the file.
+fn read_limited(
+    entry: &mut impl Read,
+    limit: u64,
+    budget: u64,
+    what: &'static str,
+) -> AppResult<Vec<u8>> {
+    let cap = limit.min(budget);
+    let mut data = Vec::new();
+    entry
+        .take(cap + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| bad(format!("{what} cannot be decompressed: {e}")))?;
+    if data.len() as u64 > cap {
+        return Err(if cap == limit {
+            AppError::PayloadTooLarge { what, limit }
+        } else {
+            AppError::PayloadTooLarge {
+                what: "the decompressed .sb3",
+                limit: budget,
+            }
+        });
+    }
+    Ok(data)
+}
+
+/// Writes an `.sb3`: `project.json` first, then each asset under its md5ext name (deflated;
+/// already-compressed media would gain little, but one method keeps every reader happy).
+pub fn build_sb3(
+    project_json: &[u8],
+    assets: impl Iterator<Item = (String, Vec<u8>)>,
+) -> io::Result<Vec<u8>> {
+    use zip::write::SimpleFileOptions;
+    let mut zip = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+    let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    zip.start_file(PROJECT_JSON, options)
+        .map_err(io::Error::other)?;
+    zip.write_all(project_json)?;
+    for (name, bytes) in assets {
+        zip.start_file(name, options).map_err(io::Error::other)?;
+        zip.write_all(&bytes)?;
+    }
+    Ok(zip.finish().map_err(io::Error::other)?.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Sb3Limits {
+        Sb3Limits::from(&Limits::default())
+    }
+
+    fn md5_hex(b: &[u8]) -> String {
+        let mut h = Hasher::default();
+        h.update(b);
+        h.finish().0
+    }
+
+    fn project(md5ext: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "targets": [{ "isStage": true, "name": "Stage",
+                "costumes": [{ "name": "c", "md5ext": md5ext, "assetId": md5ext.split('.').next(), "dataFormat": "svg" }],
+                "sounds": [] }],
+            "meta": { "semver": "3.0.0" }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trips_and_refuses_tricks() {
+        let svg = b"<svg xmlns=\"http://www.w3.org/2000/svg\"/>".to_vec();
+        let name = format!("{}.svg", md5_hex(&svg));
+        let ok = build_sb3(&project(&name), [(name.clone(), svg.clone())].into_iter()).unwrap();
+        let sb3 = read_sb3(&ok, &limits()).unwrap();
+        assert_eq!(sb3.assets.len(), 1);
+        assert_eq!(*sb3.assets[0].bytes, svg);
+
+        let wrong = format!("{}.svg", md5_hex(b"other"));
+        let bad = build_sb3(&project(&wrong), [(wrong.clone(), svg.clone())].into_iter()).unwrap();
+        assert_eq!(
+            read_sb3(&bad, &limits()).unwrap_err().code(),
+            crate::error::Code::ChecksumMismatch
+        );
+
+        for trick in ["../x.svg", "/etc/passwd", "a/b.svg", "a\\b.svg", "C:x"] {
+            let z = build_sb3(
+                &project(&name),
+                [(trick.to_owned(), svg.clone())].into_iter(),
+            )
+            .unwrap();
+            let e = read_sb3(&z, &limits()).unwrap_err();
+            assert!(e.to_string().contains("plain file names"), "{trick}: {e}");
+        }
+
+        let zeros = vec![0u8; 2 * 1024 * 1024];
+        let bomb_name = format!("{}.wav", md5_hex(&zeros));
+        let bomb = build_sb3(&project(&name), [(bomb_name, zeros)].into_iter()).unwrap();
+        let small = Sb3Limits {
+            max_asset_bytes: 1024 * 1024,
+            ..limits()
+        };
+        assert_eq!(
+            read_sb3(&bomb, &small).unwrap_err().code(),
+            crate::error::Code::PayloadTooLarge
+        );
+        assert!(read_sb3(b"not a zip", &limits()).is_err());
+    }
+}
