@@ -5,11 +5,7 @@
 //! produce the same bytes, hence the same content-addressed blob key. A build repeated after a
 //! worker died therefore never leaves a second bundle blob behind.
 
-use std::{
-    collections::BTreeMap,
-    io::{Cursor, Write},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use entity::{asset, job};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
@@ -87,30 +83,14 @@ pub async fn build(svc: &Services, job: &job::Model) -> AppResult<StagedBlob> {
         })?;
         entries.push((md5ext.clone(), *format, bytes));
     }
-    let zipped = tokio::task::spawn_blocking(move || zip_bundle(&json, &entries))
-        .await
-        .map_err(AppError::internal)??;
+    let zipped = tokio::task::spawn_blocking(move || {
+        crate::service::sb3::build_sb3(
+            &json,
+            entries.into_iter().map(|(name, _, bytes)| (name, bytes)),
+        )
+    })
+    .await
+    .map_err(AppError::internal)?
+    .map_err(|e| AppError::internal(format!("zipping failed: {e}")))?;
     Ok(svc.blobs.stage_bytes(Arc::new(zipped)).await?)
-}
-
-fn zip_bundle(json: &[u8], assets: &[(String, DataFormat, Vec<u8>)]) -> AppResult<Vec<u8>> {
-    use zip::{CompressionMethod, DateTime, write::SimpleFileOptions};
-    let zip_err = |e: zip::result::ZipError| AppError::internal(format!("zipping failed: {e}"));
-    let base = SimpleFileOptions::default().last_modified_time(DateTime::default());
-    let deflated = base.compression_method(CompressionMethod::Deflated);
-    // Already compressed formats are stored as they are: deflating them again costs CPU and
-    // saves nothing.
-    let stored = base.compression_method(CompressionMethod::Stored);
-    let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    zip.start_file("project.json", deflated).map_err(zip_err)?;
-    zip.write_all(json).map_err(AppError::internal)?;
-    for (name, format, bytes) in assets {
-        let options = match format {
-            DataFormat::Png | DataFormat::Jpeg | DataFormat::Mp3 => stored,
-            DataFormat::Svg | DataFormat::Wav => deflated,
-        };
-        zip.start_file(name.as_str(), options).map_err(zip_err)?;
-        zip.write_all(bytes).map_err(AppError::internal)?;
-    }
-    Ok(zip.finish().map_err(zip_err)?.into_inner())
 }

@@ -214,19 +214,28 @@ fn read_limited(
     Ok(data)
 }
 
-/// Writes an `.sb3`: `project.json` first, then each asset under its md5ext name (deflated;
-/// already-compressed media would gain little, but one method keeps every reader happy).
+/// Writes an `.sb3`, as Scratch does: `project.json` first, then each asset under its md5ext
+/// name. Text formats (SVG, WAV) are deflated; already compressed media is stored as it is
+/// (deflating it again costs CPU and saves nothing). Entries carry a fixed timestamp, so one
+/// project always gives the same bytes (exports of a version rebuilt after a crash land on the
+/// same content-addressed blob).
 pub fn build_sb3(
     project_json: &[u8],
     assets: impl Iterator<Item = (String, Vec<u8>)>,
 ) -> io::Result<Vec<u8>> {
-    use zip::write::SimpleFileOptions;
+    use zip::{CompressionMethod, DateTime, write::SimpleFileOptions};
+    let base = SimpleFileOptions::default().last_modified_time(DateTime::default());
+    let deflated = base.compression_method(CompressionMethod::Deflated);
+    let stored = base.compression_method(CompressionMethod::Stored);
     let mut zip = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
-    let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
-    zip.start_file(PROJECT_JSON, options)
+    zip.start_file(PROJECT_JSON, deflated)
         .map_err(io::Error::other)?;
     zip.write_all(project_json)?;
     for (name, bytes) in assets {
+        let compressed = [".png", ".jpg", ".jpeg", ".gif", ".mp3"]
+            .iter()
+            .any(|ext| name.to_ascii_lowercase().ends_with(ext));
+        let options = if compressed { stored } else { deflated };
         zip.start_file(name, options).map_err(io::Error::other)?;
         zip.write_all(&bytes)?;
     }

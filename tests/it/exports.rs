@@ -25,6 +25,7 @@ both_backends!(
     who_may_export_and_download,
     subscription_reports_each_status_in_order,
     a_killed_worker_s_job_is_reclaimed,
+    an_exported_bundle_imports_back_equal,
 );
 
 /// A project whose content references three uploaded assets (vector, bitmap, sound); returns
@@ -633,4 +634,34 @@ async fn subscription_hears_other_processes() {
         statuses(&mut ws, &job).await.unwrap(),
         ["PENDING", "RUNNING", "READY"]
     );
+}
+
+/// Round trip: what `exportProject` builds imports back (`importProject`, another user) into
+/// an equal project: the same JSON value and the same asset set, without a new asset row.
+async fn an_exported_bundle_imports_back_equal(s: TestServer) {
+    let alice = s.user("alice").await;
+    let (id, content, assets) = project_with_assets(&alice, "round trip", 7).await;
+    let job = export(&alice, &id).await;
+    let job = settled(&alice, job["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "READY", "{job}");
+    let (status, _, bundle) = get(&s, &alice, job["url"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    assert_bundle(&bundle, &content, &assets);
+    let assets_before = s.count("assets").await;
+    let bob = s.user("bob").await;
+    let copy = crate::imports::imported(&bob, bundle).await;
+    assert_ne!(copy["id"], id.as_str());
+    assert_eq!(copy["content"], content, "the same JSON value");
+    let md5s: std::collections::BTreeSet<String> = copy["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["md5"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: std::collections::BTreeSet<String> = assets
+        .iter()
+        .map(|(name, _)| name[..32].to_owned())
+        .collect();
+    assert_eq!(md5s, expected, "the same asset set");
+    assert_eq!(s.count("assets").await, assets_before);
 }

@@ -652,7 +652,7 @@ async fn claims_of_others_wait_for_their_lease(s: TestServer) {
 const IMPORT: &str = "mutation($f: Upload!, $t: String) { importProject(file: $f, title: $t) { id title version content owner { displayName } assets { md5 } } }";
 
 /// `importProject` with `bytes` as the file: the whole response body.
-async fn upload_sb3(c: &Client, bytes: Vec<u8>, title: Option<&str>) -> Value {
+pub(crate) async fn upload_sb3(c: &Client, bytes: Vec<u8>, title: Option<&str>) -> Value {
     let operations = json!({ "query": IMPORT, "variables": { "f": null, "t": title } });
     let form = reqwest::multipart::Form::new()
         .text("operations", operations.to_string())
@@ -670,7 +670,7 @@ async fn upload_sb3(c: &Client, bytes: Vec<u8>, title: Option<&str>) -> Value {
     resp.json().await.unwrap()
 }
 
-async fn imported(c: &Client, bytes: Vec<u8>) -> Value {
+pub(crate) async fn imported(c: &Client, bytes: Vec<u8>) -> Value {
     let body = upload_sb3(c, bytes, None).await;
     assert!(body.get("errors").is_none(), "{body:#}");
     body["data"]["importProject"].clone()
