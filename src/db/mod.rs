@@ -428,5 +428,7 @@ async fn up_to_date(db: &Db) -> bool {
         .iter()
         .filter_map(|r| r.try_get::<String>("", "version").ok())
         .collect();
-    known.iter().all(|k| applied.contains(k))
+    // Exactly the known set: a database that has migrations this binary does not know goes
+    // to the migrator, which refuses it as before.
+    applied.len() == known.len() && known.iter().all(|k| applied.contains(k))
 }
