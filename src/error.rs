@@ -1,5 +1,5 @@
 //! The one error type of Atelier. Every variant maps to a stable `extensions.code`
-//! (DESIGN.md §6); database errors are classified once, here.
+//! (the client contract, docs/api.md); database errors are classified once, here.
 
 use sea_orm::{DbErr, RuntimeErr, SqlErr};
 

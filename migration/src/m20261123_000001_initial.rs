@@ -1,4 +1,4 @@
-//! The whole data model of DESIGN.md §3, so later work adds logic rather than schema churn.
+//! The whole initial data model, so later work adds logic rather than schema churn.
 
 use sea_orm_migration::{prelude::*, schema::*};
 

@@ -362,7 +362,7 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base + rand::random_range(0..=base))
 }
 
-/// Get-or-create without duplicates (DESIGN §4 rule 3): inserts `row` unless a row with the
+/// Get-or-create without duplicates: inserts `row` unless a row with the
 /// same `unique` key exists (`INSERT … ON CONFLICT DO NOTHING`), then reads the one that
 /// stands, `winner`. Every racer gets the same row; `created` tells the one whose insert won.
 pub async fn get_or_create<A, C, I>(

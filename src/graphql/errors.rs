@@ -1,4 +1,4 @@
-//! How an [`AppError`] reaches a GraphQL client: its message and `extensions` (DESIGN §6).
+//! How an [`AppError`] reaches a GraphQL client: its message and `extensions`, with its stable code.
 
 use async_graphql::ErrorExtensions;
 

@@ -199,14 +199,15 @@ fn parse_range(header: &str, size: u64) -> Range {
     }
 }
 
-fn plain(status: StatusCode, msg: &'static str) -> Response {
+/// A short text answer (errors of the plain-HTTP routes), never sniffed as anything else.
+pub(super) fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
     (
         status,
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
-        msg,
+        msg.into(),
     )
         .into_response()
 }

@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{AppState, graphql::authenticate};
+use super::{AppState, assets::plain, graphql::authenticate};
 use crate::{error::AppError, service};
 
 /// The media type Scratch registers for `.sb3` files.
@@ -23,7 +23,7 @@ pub async fn get(
         .and_then(|id| id.parse::<i64>().ok())
         .filter(|id| *id > 0)
     else {
-        return plain(StatusCode::NOT_FOUND, "no such export".to_owned());
+        return plain(StatusCode::NOT_FOUND, "no such export");
     };
     let viewer = match authenticate(&state, &headers).await {
         Ok(Some(v)) => Some(v),
@@ -128,18 +128,6 @@ fn file_name(title: &str) -> String {
     } else {
         name
     }
-}
-
-fn plain(status: StatusCode, msg: String) -> Response {
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        msg,
-    )
-        .into_response()
 }
 
 #[cfg(test)]

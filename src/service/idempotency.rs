@@ -1,4 +1,4 @@
-//! `Idempotency-Key` on mutation requests (DESIGN rule 9): per user, a key is claimed before
+//! `Idempotency-Key` on mutation requests: per user, a key is claimed before
 //! the request executes, and its answer is recorded when it is done. A repeat gets the recorded
 //! answer; a repeat while the first still runs waits for it; a repeat after an answer of
 //! unknown outcome (UNAVAILABLE) executes again, and each mutation field that had committed

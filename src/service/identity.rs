@@ -21,7 +21,7 @@ pub const LOCAL_PROVIDER: &str = "local";
 /// Resolves a bearer token to its user. An unknown, expired or revoked token is an error, not
 /// an anonymous request: a client with a stale token must learn to sign in again.
 ///
-/// Authority takes effect on the next request (DESIGN.md §4 rule 10): the cache answers only
+/// Authority takes effect on the next request: the cache answers only
 /// while this process hears every authority change (see [`TokenCache`]); otherwise the
 /// database does.
 pub async fn authenticate(svc: &Services, token: &str) -> AppResult<Viewer> {

@@ -1,11 +1,11 @@
 //! Idempotent `.sb3` imports, from the command line (many files) and from an upload (one).
 //!
-//! Every file is claimed before any expensive work (DESIGN rule 6): an `import_runs` row
+//! Every file is claimed before any expensive work: an `import_runs` row
 //! keyed by (source, sha256 of the file) is inserted or, if it failed or was abandoned (its
 //! lease passed, or its claimer is a dead process on this host), taken over, in one
 //! `INSERT … ON CONFLICT … DO UPDATE … WHERE … RETURNING` statement. A completed run is
 //! skipped; a run someone else holds is left to them. Files are read, hashed, unzipped and
-//! validated concurrently, then written in bounded batches of short transactions (rule 7);
+//! validated concurrently, then written in bounded batches of short transactions;
 //! each file's assets, project and the completion of its run commit in one transaction, so
 //! a crash can never leave a completed run without its project nor a project whose run a
 //! re-run would import again. A failed batch is retried file by file.

@@ -1,5 +1,5 @@
 //! Background jobs: `.sb3` exports claimed once per (kind, project, version) and built by a
-//! bounded pool of workers (DESIGN §4 rule 6, "claim before expensive work").
+//! bounded pool of workers ("claim before expensive work").
 //!
 //! - **Claim.** `exportProject` inserts a `pending` row with `ON CONFLICT … DO NOTHING` on the
 //!   partial unique index `jobs_live_subject_key` (live = not failed), then reads the live row:

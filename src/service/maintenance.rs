@@ -133,7 +133,7 @@ async fn referenced_keys<C: ConnectionTrait>(
 /// One broken invariant found by [`fsck`].
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Violation {
-    /// `I1`, `I2`, `I3` (DESIGN.md §5) or `STAGING`.
+    /// `I1`, `I2`, `I3` (see `atelier fsck`) or `STAGING`.
     pub invariant: &'static str,
     /// What is broken, e.g. `asset 12` or `project 7`.
     pub subject: String,

@@ -6,7 +6,7 @@
 //! in a virtual queue for that project, one write cycle after the previous loser's, so the
 //! losers come back one at a time instead of as a herd.
 //!
-//! This is advice only (DESIGN.md §4 rule 4): the database still decides every write, clients
+//! This is advice only: the database still decides every write, clients
 //! may ignore it, and each server process keeps its own queue. Nothing here is persisted.
 
 use std::{

@@ -98,7 +98,7 @@ pub(super) fn new_row(
 }
 
 /// Changes a project's title and/or content if its version is still `expected`
-/// (compare-and-set; DESIGN.md §4 rule 1).
+/// (compare-and-set).
 pub async fn update(
     svc: &Services,
     viewer: Viewer,

@@ -1,4 +1,4 @@
-//! Authority takes effect on the next request, in every process (DESIGN.md §4 rule 10): a
+//! Authority takes effect on the next request, in every process: a
 //! demotion or a revoked token is honoured by the very next request, however warm the token
 //! cache is, whichever process serves it, and also while the PostgreSQL notification channel
 //! that keeps the cache honest is down.
