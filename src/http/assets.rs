@@ -79,14 +79,7 @@ pub async fn get(
     set(&mut resp_headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(&mut resp_headers, header::CONTENT_SECURITY_POLICY, CSP);
 
-    if let Some(inm) = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        && inm.split(',').any(|t| {
-            let t = t.trim();
-            t == "*" || t == etag || t.strip_prefix("W/") == Some(etag.as_str())
-        })
-    {
+    if etag_matches(&headers, &etag) {
         return (StatusCode::NOT_MODIFIED, resp_headers).into_response();
     }
 
@@ -197,6 +190,18 @@ fn parse_range(header: &str, size: u64) -> Range {
         }
         _ => Range::Ignore,
     }
+}
+
+/// Whether `If-None-Match` names `etag` (a quoted strong tag), so the answer is a 304. The
+/// comparison is weak, as RFC 9110 §13.1.2 asks: `W/"x"` matches `"x"`.
+pub(super) fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
 }
 
 /// A short text answer (errors of the plain-HTTP routes), never sniffed as anything else.

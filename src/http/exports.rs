@@ -7,7 +7,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{AppState, assets::plain, graphql::authenticate};
+use super::{
+    AppState,
+    assets::{etag_matches, plain},
+    graphql::authenticate,
+};
 use crate::{error::AppError, service};
 
 /// The media type Scratch registers for `.sb3` files.
@@ -66,14 +70,7 @@ pub async fn get(
             file_name(&bundle.project.title)
         ),
     );
-    if let Some(inm) = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        && inm.split(',').any(|t| {
-            let t = t.trim();
-            t == "*" || t == etag || t.strip_prefix("W/") == Some(etag.as_str())
-        })
-    {
+    if etag_matches(&headers, &etag) {
         return (StatusCode::NOT_MODIFIED, out).into_response();
     }
     let file = match open(&state, &bundle.key).await {

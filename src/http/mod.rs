@@ -50,7 +50,7 @@ pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .route("/graphql", get(graphiql::page).post(graphql::post))
         .route("/graphql/ws", get(ws::upgrade))
-        .route("/graphiql/{file}", get(graphiql::asset))
+        .route("/graphiql/{tag}/{file}", get(graphiql::asset))
         .route("/exports/{name}", get(exports::get))
         .route("/assets/{name}", get(assets::get))
         .route("/backpack/{id}/{part}", get(backpack::get))

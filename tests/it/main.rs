@@ -14,6 +14,7 @@ mod commit_boundary;
 mod crash;
 mod errors;
 mod exports;
+mod graphiql;
 mod http;
 mod idempotency;
 mod imports;
