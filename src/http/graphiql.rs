@@ -21,8 +21,9 @@ use tokio::sync::OnceCell;
 
 use super::assets::{etag_matches, plain};
 
-/// The page loads only this server's scripts; GraphiQL sets inline styles, hence
-/// `style-src 'unsafe-inline'` (and `data:` for the fonts and icons its stylesheet embeds).
+/// The page runs only this server's script files (no inline script). `style-src
+/// 'unsafe-inline'` is for the page's own `<style>` block; `data:` for the fonts and icons the
+/// stylesheet embeds.
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
                    img-src 'self' data:; font-src 'self' data:; connect-src 'self' ws: wss:";
 
@@ -59,7 +60,7 @@ const FILES: [(&str, &str, &[u8]); 5] = [
         JS,
         include_bytes!("../../vendor/graphiql/graphiql.min.js"),
     ),
-    // Atelier's own: renders GraphiQL with the signed-in user's token.
+    // Atelier's own: renders GraphiQL, with the token saved in the browser if there is one.
     ("init.js", JS, include_bytes!("graphiql/init.js")),
 ];
 
