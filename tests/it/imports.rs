@@ -884,8 +884,9 @@ async fn duplicate_entries_are_refused(s: TestServer) {
         p["targets"][1]["name"] = json!("Impostor");
         serde_json::to_vec(&p).unwrap()
     };
+    type Entries = Vec<(String, Vec<u8>)>;
     // (file, entries as written, the entry renamed to the name it then shares)
-    let cases: Vec<(&str, Vec<(String, Vec<u8>)>, String)> = vec![
+    let cases: Vec<(&str, Entries, String)> = vec![
         (
             "two-project-json.sb3",
             [(stand_in("project.json"), other_project)]
