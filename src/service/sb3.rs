@@ -297,8 +297,9 @@ fn read_limited(
 }
 
 /// Writes an `.sb3`, as Scratch does: `project.json` first, then each asset under the name
-/// given (the name the project's JSON looks it up by). Text formats (SVG, WAV) are deflated; already compressed media is stored as it is
-/// (deflating it again costs CPU and saves nothing). Entries carry a fixed timestamp, so one
+/// given (the name the project's JSON looks it up by). Text formats (SVG, WAV) are deflated;
+/// already compressed media is stored as it is (deflating it again costs CPU and saves
+/// nothing). Entries carry a fixed timestamp, so one
 /// project always gives the same bytes (exports of a version rebuilt after a crash land on the
 /// same content-addressed blob).
 pub fn build_sb3(
