@@ -1,17 +1,21 @@
 //! Building a `.sb3` bundle: the project JSON of one version and every asset it references,
-//! zipped the way Scratch opens it (`project.json` at the root, assets named `<md5>.<ext>`).
+//! zipped the way Scratch opens it (`project.json` at the root, each asset under the name the
+//! JSON looks it up by, exactly as written there: Scratch's lookup is case-sensitive).
 //!
 //! The bundle is deterministic (fixed entry order, fixed timestamps): two builds of one version
 //! produce the same bytes, hence the same content-addressed blob key. A build repeated after a
 //! worker died therefore never leaves a second bundle blob behind.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use entity::{asset, job};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use crate::{
-    domain::{DataFormat, ProjectContent},
+    domain::{DataFormat, Md5, ProjectContent},
     error::{AppError, AppResult},
     service::Services,
     storage::StagedBlob,
@@ -45,21 +49,14 @@ pub async fn build(svc: &Services, job: &job::Model) -> AppResult<StagedBlob> {
     };
     let value: serde_json::Value = serde_json::from_slice(&json)
         .map_err(|e| AppError::internal(format!("stored project content does not parse: {e}")))?;
-    let refs = ProjectContent::parse(value, u64::MAX)?.asset_refs;
+    // Validates the document as every save did; the names come from the JSON as written.
+    ProjectContent::parse(value.clone(), u64::MAX)?;
+    let wanted = entry_names(&value);
 
-    // One entry per md5ext, in name order.
-    let mut wanted: BTreeMap<String, (String, String, DataFormat)> = BTreeMap::new();
-    for r in refs {
-        wanted.insert(
-            r.md5ext.clone(),
-            (
-                r.md5.as_str().to_owned(),
-                r.kind.as_str().to_owned(),
-                r.format,
-            ),
-        );
-    }
-    let md5s: Vec<String> = wanted.values().map(|(m, _, _)| m.clone()).collect();
+    let md5s: Vec<String> = wanted
+        .values()
+        .map(|(md5, _)| md5.as_str().to_owned())
+        .collect();
     let rows = if md5s.is_empty() {
         Vec::new()
     } else {
@@ -68,29 +65,124 @@ pub async fn build(svc: &Services, job: &job::Model) -> AppResult<StagedBlob> {
             .all(svc.db.conn())
             .await?
     };
+    // One read per asset, however many names it is looked up by.
+    let mut read: HashMap<(Md5, DataFormat), Vec<u8>> = HashMap::new();
     let mut entries = Vec::with_capacity(wanted.len());
-    for (md5ext, (md5, kind, format)) in &wanted {
-        let row = rows
-            .iter()
-            .find(|a| &a.md5 == md5 && &a.asset_type == kind && a.data_format == format.extension())
-            .ok_or_else(|| failed(format!("asset {md5ext} is not stored")))?;
-        let bytes = svc.blobs.read(&row.blob_key).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                AppError::internal(format!("asset {} blob {} is missing", row.id, row.blob_key))
-            } else {
-                e.into()
-            }
-        })?;
-        entries.push((md5ext.clone(), *format, bytes));
+    for (name, (md5, format)) in &wanted {
+        let key = (md5.clone(), *format);
+        if !read.contains_key(&key) {
+            let row = rows
+                .iter()
+                .find(|a| {
+                    a.md5 == md5.as_str()
+                        && a.asset_type == format.kind().as_str()
+                        && a.data_format == format.extension()
+                })
+                .ok_or_else(|| failed(format!("asset {name} is not stored")))?;
+            let bytes = svc.blobs.read(&row.blob_key).await.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    AppError::internal(format!("asset {} blob {} is missing", row.id, row.blob_key))
+                } else {
+                    e.into()
+                }
+            })?;
+            read.insert(key.clone(), bytes);
+        }
+        entries.push((name.clone(), read[&key].clone()));
     }
     let zipped = tokio::task::spawn_blocking(move || {
-        crate::service::sb3::build_sb3(
-            &json,
-            entries.into_iter().map(|(name, _, bytes)| (name, bytes)),
-        )
+        crate::service::sb3::build_sb3(&json, entries.into_iter())
     })
     .await
     .map_err(AppError::internal)?
     .map_err(|e| AppError::internal(format!("zipping failed: {e}")))?;
     Ok(svc.blobs.stage_bytes(Arc::new(zipped)).await?)
+}
+
+/// Every name the project's JSON looks an asset up by, each with the asset it names, in name
+/// order. Scratch looks a costume up in the bundle as `<assetId>.<dataFormat>` and a sound as
+/// its `md5ext`, case-sensitively and byte for byte: a project saying `E8544D….png` needs an
+/// entry of exactly that name, and one saying `….jpeg` for a JPEG stored as `jpg` needs `.jpeg`.
+/// So each costume and sound gives its `md5ext` and its `<assetId>.<dataFormat>` as written,
+/// when they name the asset its reference resolves to (the `md5ext`, else the pair: the rule
+/// every save validated), and a name that names something else is left out.
+fn entry_names(content: &serde_json::Value) -> BTreeMap<String, (Md5, DataFormat)> {
+    let parse = |name: &str| {
+        let (stem, ext) = name.rsplit_once('.')?;
+        Some((
+            Md5::parse(stem)?,
+            DataFormat::from_extension(&ext.to_ascii_lowercase())?,
+        ))
+    };
+    let mut names = BTreeMap::new();
+    let targets = content["targets"].as_array().into_iter().flatten();
+    for target in targets {
+        for list in ["costumes", "sounds"] {
+            for item in target[list].as_array().into_iter().flatten() {
+                let md5ext = item["md5ext"].as_str().map(str::to_owned);
+                let pair = match (item["assetId"].as_str(), item["dataFormat"].as_str()) {
+                    (Some(id), Some(format)) => Some(format!("{id}.{format}")),
+                    _ => None,
+                };
+                let Some(asset) = md5ext
+                    .as_deref()
+                    .map_or_else(|| pair.as_deref().and_then(parse), parse)
+                else {
+                    continue;
+                };
+                for name in [md5ext, pair].into_iter().flatten() {
+                    if parse(&name) == Some(asset.clone()) {
+                        names.insert(name, asset.clone());
+                    }
+                }
+            }
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_named_as_the_json_looks_them_up() {
+        let a = "e8544d5a1fbd3f3a8e9d4b6f1a2b3c4d";
+        let up = a.to_ascii_uppercase();
+        let b = "0123456789abcdef0123456789abcdef";
+        let content = serde_json::json!({ "targets": [
+            { "costumes": [
+                // Upper-case md5: the entry keeps it.
+                { "md5ext": format!("{up}.png"), "assetId": up, "dataFormat": "png" },
+                // A JPEG referenced by both of its extensions.
+                { "md5ext": format!("{b}.jpeg"), "assetId": b, "dataFormat": "jpeg" },
+                { "md5ext": format!("{b}.jpg"), "assetId": b, "dataFormat": "jpg" },
+                // md5ext and the costume lookup differ in case: both names.
+                { "md5ext": format!("{a}.PNG"), "assetId": up, "dataFormat": "png" },
+                // An assetId naming another asset than md5ext: only md5ext counts.
+                { "md5ext": format!("{a}.png"), "assetId": b, "dataFormat": "png" },
+            ], "sounds": [
+                // No md5ext: the pair.
+                { "assetId": up, "dataFormat": "wav" },
+            ] },
+            { "costumes": "not a list" },
+        ]});
+        let names: Vec<(String, String, DataFormat)> = entry_names(&content)
+            .into_iter()
+            .map(|(n, (md5, f))| (n, md5.as_str().to_owned(), f))
+            .collect();
+        let expected = [
+            (format!("{b}.jpeg"), b, DataFormat::Jpeg),
+            (format!("{b}.jpg"), b, DataFormat::Jpeg),
+            (format!("{up}.png"), a, DataFormat::Png),
+            (format!("{up}.wav"), a, DataFormat::Wav),
+            (format!("{a}.PNG"), a, DataFormat::Png),
+            (format!("{a}.png"), a, DataFormat::Png),
+        ];
+        let expected: Vec<(String, String, DataFormat)> = expected
+            .into_iter()
+            .map(|(n, m, f)| (n, m.to_owned(), f))
+            .collect();
+        assert_eq!(names, expected);
+    }
 }

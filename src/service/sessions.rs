@@ -190,7 +190,11 @@ pub async fn finish_login(
     tracing::info!(user.id = user.id, "signed_in");
     Ok(SignedIn {
         token,
-        return_to: login.return_to,
+        // Checked again on the way out: a row written before the rule was tightened (or by
+        // anything else) must not send a signed-in browser elsewhere.
+        return_to: login
+            .return_to
+            .and_then(|r| safe_return_to(&r, &oidc.public_url)),
         user: UserId(user.id),
     })
 }

@@ -26,6 +26,7 @@ both_backends!(
     subscription_reports_each_status_in_order,
     a_killed_worker_s_job_is_reclaimed,
     an_exported_bundle_imports_back_equal,
+    entries_are_named_as_the_json_says,
 );
 
 /// A project whose content references three uploaded assets (vector, bitmap, sound); returns
@@ -664,4 +665,391 @@ async fn an_exported_bundle_imports_back_equal(s: TestServer) {
         .collect();
     assert_eq!(md5s, expected, "the same asset set");
     assert_eq!(s.count("assets").await, assets_before);
+}
+
+/// JPEG magic plus `n`-dependent filler.
+fn jpeg(n: usize) -> Vec<u8> {
+    let mut b = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    b.extend(format!("jfif-{n}").bytes());
+    b
+}
+
+/// One costume or sound of the names table: how the project's JSON names its asset.
+struct Named {
+    /// 0: the stage; 1: the sprite.
+    target: usize,
+    sound: bool,
+    md5ext: String,
+    asset_id: String,
+    data_format: &'static str,
+    /// The asset's bytes.
+    bytes: Vec<u8>,
+    /// The bundle entries this reference needs: its `md5ext`, and `<assetId>.<dataFormat>`
+    /// (how Scratch looks a costume up).
+    entries: Vec<String>,
+}
+
+/// A project whose JSON names its assets in every way Scratch accepts: an md5 in upper case, a
+/// costume whose `md5ext` and `assetId` differ in case, an extension in upper case, a JPEG as
+/// `.jpeg` and as `.jpg`. Returns (project id, content, the table).
+async fn project_naming_assets_every_way(c: &Client, n: usize) -> (String, Value, Vec<Named>) {
+    let (svg_b, png_b, jpeg_b, wav_b) = (svg(n), png(n), jpeg(n), wav(n));
+    for (bytes, ty) in [
+        (&svg_b, "IMAGE_VECTOR"),
+        (&png_b, "IMAGE_BITMAP"),
+        (&jpeg_b, "IMAGE_BITMAP"),
+        (&wav_b, "SOUND"),
+    ] {
+        c.upload(bytes.clone(), ty).await;
+    }
+    let (s, p, j, w) = (
+        md5_hex(&svg_b),
+        md5_hex(&png_b),
+        md5_hex(&jpeg_b),
+        md5_hex(&wav_b),
+    );
+    let up = |m: &str| m.to_ascii_uppercase();
+    let row = |target,
+               sound,
+               md5ext: String,
+               asset_id: String,
+               data_format,
+               bytes: &Vec<u8>,
+               entries: &[String]| Named {
+        target,
+        sound,
+        md5ext,
+        asset_id,
+        data_format,
+        bytes: bytes.clone(),
+        entries: entries.to_vec(),
+    };
+    let table = vec![
+        row(
+            0,
+            false,
+            format!("{}.svg", up(&s)),
+            up(&s),
+            "svg",
+            &svg_b,
+            &[format!("{}.svg", up(&s))],
+        ),
+        row(
+            0,
+            true,
+            format!("{}.wav", up(&w)),
+            up(&w),
+            "wav",
+            &wav_b,
+            &[format!("{}.wav", up(&w))],
+        ),
+        row(
+            1,
+            false,
+            format!("{s}.svg"),
+            up(&s),
+            "svg",
+            &svg_b,
+            &[format!("{s}.svg"), format!("{}.svg", up(&s))],
+        ),
+        row(
+            1,
+            false,
+            format!("{p}.png"),
+            p.clone(),
+            "png",
+            &png_b,
+            &[format!("{p}.png")],
+        ),
+        row(
+            1,
+            false,
+            format!("{j}.jpeg"),
+            j.clone(),
+            "jpeg",
+            &jpeg_b,
+            &[format!("{j}.jpeg")],
+        ),
+        row(
+            1,
+            false,
+            format!("{j}.jpg"),
+            j.clone(),
+            "jpg",
+            &jpeg_b,
+            &[format!("{j}.jpg")],
+        ),
+        row(
+            1,
+            false,
+            format!("{}.PNG", up(&p)),
+            up(&p),
+            "png",
+            &png_b,
+            &[format!("{}.PNG", up(&p)), format!("{}.png", up(&p))],
+        ),
+        row(
+            1,
+            true,
+            format!("{w}.wav"),
+            w.clone(),
+            "wav",
+            &wav_b,
+            &[format!("{w}.wav")],
+        ),
+    ];
+    let items = |target: usize, sound: bool| -> Vec<Value> {
+        table
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.target == target && r.sound == sound)
+            .map(|(i, r)| {
+                let mut item = json!({ "name": format!("item{i}"), "assetId": r.asset_id,
+                                       "md5ext": r.md5ext, "dataFormat": r.data_format });
+                if sound {
+                    item["rate"] = json!(48000);
+                    item["sampleCount"] = json!(1);
+                } else {
+                    item["rotationCenterX"] = json!(0);
+                    item["rotationCenterY"] = json!(0);
+                }
+                item
+            })
+            .collect()
+    };
+    // Shaped as Scratch 3 writes a project (scratch-vm validates it before loading).
+    let content = json!({
+        "targets": [
+            { "isStage": true, "name": "Stage", "variables": {}, "lists": {}, "broadcasts": {},
+              "blocks": {}, "comments": {}, "currentCostume": 0,
+              "costumes": items(0, false), "sounds": items(0, true),
+              "volume": 100, "layerOrder": 0, "tempo": 60 },
+            { "isStage": false, "name": "Sprite1", "variables": {}, "lists": {}, "broadcasts": {},
+              "blocks": {}, "comments": {}, "currentCostume": 0,
+              "costumes": items(1, false), "sounds": items(1, true),
+              "volume": 100, "layerOrder": 1, "visible": true, "x": 0, "y": 0, "size": 100,
+              "direction": 90, "draggable": false, "rotationStyle": "all around" }
+        ],
+        "monitors": [], "extensions": [],
+        "meta": { "semver": "3.0.0", "vm": "0.2.0", "agent": "atelier-tests" }
+    });
+    let id = c.create_project("names", content.clone()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (id, content, table)
+}
+
+/// Exports the project and downloads its bundle.
+async fn exported_bundle(s: &TestServer, c: &Client, id: &str) -> Vec<u8> {
+    let job = export(c, id).await;
+    let job = settled(c, job["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "READY", "{job}");
+    let (status, _, bundle) = get(s, c, job["url"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    bundle
+}
+
+/// Each entry of an export is named exactly as the project's JSON looks it up (Scratch's lookup
+/// is case-sensitive, and tells `.jpg` from `.jpeg`), holds that asset's bytes, and the bundle
+/// imports back into an equal project without a new asset.
+async fn entries_are_named_as_the_json_says(s: TestServer) {
+    let alice = s.user("alice").await;
+    let (id, content, table) = project_naming_assets_every_way(&alice, 11).await;
+    let bundle = exported_bundle(&s, &alice, &id).await;
+    let mut expected: Vec<(String, Vec<u8>)> = table
+        .iter()
+        .flat_map(|r| r.entries.iter().map(|e| (e.clone(), r.bytes.clone())))
+        .collect();
+    expected.sort();
+    expected.dedup();
+    assert_eq!(expected.len(), 9, "nine names for four assets");
+    // Exactly these names (and project.json), each with its asset's bytes.
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bundle)).unwrap();
+    let mut names: Vec<String> = zip.file_names().map(|n| n.unwrap().into_owned()).collect();
+    names.sort();
+    let mut want: Vec<String> = expected.iter().map(|(n, _)| n.clone()).collect();
+    want.push("project.json".into());
+    want.sort();
+    assert_eq!(names, want, "zip entries");
+    for (name, bytes) in &expected {
+        let mut got = Vec::new();
+        zip.by_name(name).unwrap().read_to_end(&mut got).unwrap();
+        assert_eq!(&got, bytes, "{name}");
+    }
+    let mut json = String::new();
+    zip.by_name("project.json")
+        .unwrap()
+        .read_to_string(&mut json)
+        .unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&json).unwrap(), content);
+
+    let assets_before = s.count("assets").await;
+    assert_eq!(assets_before, 4);
+    let bob = s.user("bob").await;
+    let copy = crate::imports::imported(&bob, bundle).await;
+    assert_eq!(
+        copy["content"], content,
+        "the same JSON value, names as written"
+    );
+    let md5s: std::collections::BTreeSet<String> = copy["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["md5"].as_str().unwrap().to_owned())
+        .collect();
+    let want: std::collections::BTreeSet<String> =
+        table.iter().map(|r| md5_hex(&r.bytes)).collect();
+    assert_eq!(md5s, want, "the same asset set");
+    assert_eq!(s.count("assets").await, assets_before);
+}
+
+/// Scratch's own VM (scratch-vm from npm, `tests/scratch-vm`) loads an export of the names
+/// table with a storage that serves nothing: every costume and sound comes out of the bundle,
+/// found under the name the VM looks up.
+mod scratch_vm_loads_the_export {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(
+        not(atelier_node_tests),
+        ignore = "needs Node.js (and `npm ci --prefix tests/scratch-vm`)"
+    )]
+    async fn sqlite() {
+        super::scratch_vm_loads_the_export(crate::harness::Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(
+        not(all(atelier_node_tests, atelier_pg_tests)),
+        ignore = "needs Node.js and TEST_DATABASE_URL"
+    )]
+    async fn postgres() {
+        super::scratch_vm_loads_the_export(crate::harness::Backend::Postgres).await;
+    }
+}
+
+fn scratch_vm_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scratch-vm")
+}
+
+/// Makes sure `tests/scratch-vm/node_modules` is there: CI installs it (`.ci/run`) and fails
+/// without it; a developer's run installs it from the lockfile.
+fn ensure_scratch_vm() {
+    let dir = scratch_vm_dir();
+    let installed = || {
+        dir.join("node_modules/@scratch/scratch-vm/package.json")
+            .exists()
+    };
+    if installed() {
+        return;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !ci,
+        "tests/scratch-vm/node_modules is missing: CI must run `npm ci --prefix tests/scratch-vm` first (.ci/run does)"
+    );
+    // Both backends' tests may get here at once: one installs, the other waits for it.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if installed() {
+        return;
+    }
+    let out = std::process::Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&dir)
+        .output()
+        .expect("npm runs (Node.js is installed: build.rs found `node`)");
+    assert!(
+        out.status.success(),
+        "`npm ci --prefix tests/scratch-vm` failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn scratch_vm_loads_the_export(backend: crate::harness::Backend) {
+    ensure_scratch_vm();
+    let s = TestServer::start(backend).await;
+    let alice = s.user("alice").await;
+    let (id, _, table) = project_naming_assets_every_way(&alice, 12).await;
+    let bundle = exported_bundle(&s, &alice, &id).await;
+    let file = s.root.path().join("export.sb3");
+    std::fs::write(&file, &bundle).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(scratch_vm_dir().join("load-sb3.js"))
+            .arg(&file)
+            .output()
+            .expect("node runs tests/scratch-vm/load-sb3.js")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "scratch-vm did not load the export:\n{stderr}"
+    );
+    let result: Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ATELIER_RESULT "))
+        .map(|j| serde_json::from_str(j).unwrap())
+        .unwrap_or_else(|| panic!("no result line:\n{stdout}\n{stderr}"));
+
+    // Nothing came from anywhere but the bundle.
+    assert_eq!(result["storageLoads"], json!([]), "{result:#}");
+    // The VM found every name it looked for: a costume's `<assetId>.<dataFormat>`, a sound's
+    // `md5ext`, as the JSON wrote them.
+    let mut looked_up: Vec<(String, bool)> = result["lookups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["name"].as_str().unwrap().to_owned(), l["found"] == true))
+        .collect();
+    looked_up.sort();
+    let mut expected: Vec<(String, bool)> = table
+        .iter()
+        .map(|r| {
+            let name = if r.sound {
+                r.md5ext.clone()
+            } else {
+                format!("{}.{}", r.asset_id, r.data_format)
+            };
+            (name, true)
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(looked_up, expected, "{result:#}");
+
+    // Each costume and sound holds its asset's bytes (an SVG's as the VM's sanitizer rewrote
+    // them: the VM names it by the md5 of what it kept).
+    let targets = result["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2, "{result:#}");
+    for (t, target) in targets.iter().enumerate() {
+        for (list, sound) in [("costumes", false), ("sounds", true)] {
+            let rows: Vec<&Named> = table
+                .iter()
+                .filter(|r| r.target == t && r.sound == sound)
+                .collect();
+            let loaded = target[list].as_array().unwrap();
+            assert_eq!(
+                loaded.len(),
+                rows.len(),
+                "{}.{list}: {result:#}",
+                target["name"]
+            );
+            for (got, row) in loaded.iter().zip(rows) {
+                assert_eq!(got["broken"], false, "{got}");
+                assert_eq!(got["assetFormat"], row.data_format, "{got}");
+                let data_md5 = got["dataMd5"].as_str().expect("the asset's bytes");
+                if row.data_format != "svg" {
+                    assert_eq!(data_md5, md5_hex(&row.bytes), "{got}");
+                }
+                assert_eq!(
+                    got["md5ext"],
+                    format!("{data_md5}.{}", row.data_format),
+                    "{got}"
+                );
+            }
+        }
+    }
 }

@@ -26,6 +26,7 @@ both_backends!(
     import_project_upload,
     concurrent_identical_uploads,
     round_trip,
+    duplicate_entries_are_refused,
 );
 
 /// A zip of `entries` (name, bytes), deflated, in order.
@@ -38,6 +39,44 @@ pub fn zip_of(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
         zip.write_all(bytes).unwrap();
     }
     zip.finish().unwrap().into_inner()
+}
+
+/// `zip` with its entries named `from` renamed `to` (as long), in the central directory and
+/// in the local headers: how a zip with two entries of one name is made (zip writers refuse
+/// to write one).
+pub fn renamed(mut zip: Vec<u8>, from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut at = zip::ZipArchive::new(std::io::Cursor::new(&zip))
+        .unwrap()
+        .central_directory_start() as usize;
+    let mut hits = 0;
+    while zip[at..at + 4] == *b"PK\x01\x02" {
+        let len = |o: usize| usize::from(u16::from_le_bytes([zip[at + o], zip[at + o + 1]]));
+        let (n, e, c) = (len(28), len(30), len(32));
+        let local = u32::from_le_bytes(zip[at + 42..at + 46].try_into().unwrap()) as usize;
+        if &zip[at + 46..at + 46 + n] == from.as_bytes() {
+            zip[at + 46..at + 46 + n].copy_from_slice(to.as_bytes());
+            assert_eq!(&zip[local + 30..local + 30 + n], from.as_bytes());
+            zip[local + 30..local + 30 + n].copy_from_slice(to.as_bytes());
+            hits += 1;
+        }
+        at += 46 + n + e + c;
+    }
+    assert!(hits > 0, "no entry named {from}");
+    zip
+}
+
+/// The entries of a zip, in order: (name, bytes).
+fn entries_of(zip: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
+    (0..z.len())
+        .map(|i| {
+            let mut f = z.by_index(i).unwrap();
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut b).unwrap();
+            (f.name().unwrap().to_string(), b)
+        })
+        .collect()
 }
 
 /// The md5ext name of `bytes`.
@@ -828,4 +867,105 @@ async fn round_trip(s: TestServer) {
     };
     assert_eq!(md5s(&second), md5s(&first), "the same asset set");
     assert_eq!(s.count("assets").await, 4);
+}
+
+/// An `.sb3` with two entries of one name is refused, through `importProject` and through
+/// `atelier import`, with the name in the reason, and writes nothing: the zip reader's index
+/// keeps only the last of them, so a bad first copy (which Scratch or an unzip tool may take)
+/// would otherwise pass unseen.
+async fn duplicate_entries_are_refused(s: TestServer) {
+    let (good, _, names) = fixture(5);
+    let entries = entries_of(&good);
+    let svg_name = names.iter().find(|n| n.ends_with(".svg")).unwrap().clone();
+    // The same length as the name it will become, and a name no fixture has.
+    let stand_in = |name: &str| format!("{}X", &name[..name.len() - 1]);
+    let other_project = {
+        let mut p: Value = serde_json::from_slice(&entries[0].1).unwrap();
+        p["targets"][1]["name"] = json!("Impostor");
+        serde_json::to_vec(&p).unwrap()
+    };
+    type Entries = Vec<(String, Vec<u8>)>;
+    // (file, entries as written, the entry renamed to the name it then shares)
+    let cases: Vec<(&str, Entries, String)> = vec![
+        (
+            "two-project-json.sb3",
+            [(stand_in("project.json"), other_project)]
+                .into_iter()
+                .chain(entries.iter().cloned())
+                .collect(),
+            "project.json".to_owned(),
+        ),
+        (
+            "bad-copy-first.sb3",
+            {
+                let mut e = entries.clone();
+                e.insert(1, (stand_in(&svg_name), svg(424_242)));
+                e
+            },
+            svg_name.clone(),
+        ),
+        (
+            "identical-copies.sb3",
+            {
+                let mut e = entries.clone();
+                let copy = e.iter().find(|(n, _)| *n == svg_name).unwrap().1.clone();
+                e.push((stand_in(&svg_name), copy));
+                e
+            },
+            svg_name.clone(),
+        ),
+    ];
+    let dir = s.root.path().join("duplicates");
+    std::fs::create_dir_all(&dir).unwrap();
+    let alice = s.user("alice").await;
+    let blobs_before = s.blob_files().len();
+    for (file, written, name) in &cases {
+        let bytes = renamed(zip_of(written), &stand_in(name), name);
+        let listed = entries_of(&bytes);
+        assert_eq!(
+            listed.iter().filter(|(n, _)| n == name).count(),
+            1,
+            "{file}: the zip reader itself sees one {name}"
+        );
+        let body = upload_sb3(&alice, bytes.clone(), None).await;
+        let err = &body["errors"][0];
+        assert_eq!(code(err), "BAD_USER_INPUT", "{file}: {body:#}");
+        assert_eq!(err["extensions"]["field"], "file", "{file}: {body:#}");
+        let message = err["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("{name:?} appears more than once")),
+            "{file}: {message}"
+        );
+        std::fs::write(dir.join(file), bytes).unwrap();
+    }
+    let (ok, summary) = import(&s, &[dir.to_str().unwrap(), "--owner", "teacher1"]);
+    assert!(!ok, "{summary:#}");
+    assert_eq!(
+        (summary["imported"].clone(), summary["failed"].clone()),
+        (json!(0), json!(cases.len())),
+        "{summary:#}"
+    );
+    for f in by_status(&summary, "failed") {
+        let path = f["path"].as_str().unwrap();
+        let (_, _, name) = cases
+            .iter()
+            .find(|(file, _, _)| path.ends_with(file))
+            .unwrap();
+        assert_eq!(f["code"], "BAD_USER_INPUT", "{f:#}");
+        assert!(
+            f["reason"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{name:?} appears more than once")),
+            "{f:#}"
+        );
+    }
+    // Nothing was written: no project, asset, link or published blob.
+    for table in ["projects", "assets", "project_assets"] {
+        assert_eq!(s.count(table).await, 0, "{table}");
+    }
+    assert_eq!(s.blob_files().len(), blobs_before);
+    // The same files without the duplicate import.
+    let body = upload_sb3(&alice, zip_of(&entries), None).await;
+    assert!(body.get("errors").is_none(), "{body:#}");
 }
