@@ -27,3 +27,4 @@ mod proxy;
 mod reads;
 mod schema;
 mod sharing;
+mod ws;
