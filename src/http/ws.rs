@@ -62,7 +62,7 @@ use crate::{
     error::{AppError, Code},
     graphql::{RequestAuthority, with_request_data},
     service::{
-        credential::{Authority, Credential},
+        credential::{self, Authority, Credential},
         idempotency, subscriptions,
     },
 };
@@ -297,6 +297,13 @@ async fn write(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<M
     let _ = sink.close().await;
 }
 
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The text of the next client message; `Err` ends the connection.
 fn text_of(msg: Option<Result<Message, axum::Error>>) -> Result<Option<String>, End> {
     match msg {
@@ -318,6 +325,8 @@ impl Connection {
             return end;
         }
         let mut authority_changes = self.state.services.tokens.changes();
+        // When to check the credential again, after an authority change was heard.
+        let mut recheck_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 biased;
@@ -327,9 +336,16 @@ impl Connection {
                         return end;
                     },
                 },
-                // Finished operations are reaped as they end.
+                // Finished subscriptions are reaped as they end.
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 Ok(()) = authority_changes.changed(), if !self.credential.is_anonymous() => {
+                    recheck_at.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + credential::recheck_delay()
+                    });
+                }
+                () = sleep_until(recheck_at), if recheck_at.is_some() => {
+                    recheck_at = None;
+                    authority_changes.borrow_and_update();
                     if let Some(end) = self.recheck().await {
                         return end;
                     }

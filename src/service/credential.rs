@@ -65,6 +65,18 @@ impl Credential {
     }
 }
 
+/// How long long-running work waits, after hearing of an authority change, before it checks
+/// its own authority again: a random moment within this, so that the sockets and
+/// subscriptions of a process do not all look their tokens up at the same instant (each
+/// change empties the token cache), and the two notifications of one change are answered
+/// with one check.
+const RECHECK_SPREAD_MS: u64 = 250;
+
+/// A random delay within [`RECHECK_SPREAD_MS`].
+pub fn recheck_delay() -> std::time::Duration {
+    std::time::Duration::from_millis(rand::random_range(0..=RECHECK_SPREAD_MS))
+}
+
 /// Who a long-running operation acts for, asked again before each thing it does.
 #[derive(Clone, Debug)]
 pub enum Authority {

@@ -41,7 +41,11 @@ use tokio::sync::{Semaphore, broadcast};
 use crate::{
     domain::{ProjectId, Viewer},
     error::{AppError, AppResult},
-    service::{Services, access, credential::Authority, now},
+    service::{
+        Services, access,
+        credential::{self, Authority},
+        now,
+    },
 };
 
 /// `jobs.kind` of an `.sb3` export.
@@ -723,6 +727,8 @@ pub fn watch(
         rx: broadcast::Receiver<i64>,
         authority_changes: tokio::sync::watch::Receiver<u64>,
         last: Option<Status>,
+        /// Who the job was last read for.
+        seen_by: Option<Option<Viewer>>,
         done: bool,
     }
     let rx = svc.jobs.subscribe();
@@ -734,6 +740,7 @@ pub fn watch(
         rx,
         authority_changes,
         last: None,
+        seen_by: None,
         done: false,
     };
     futures::stream::unfold(start, |mut w| async move {
@@ -742,10 +749,32 @@ pub fn watch(
         }
         loop {
             if w.last.is_some() {
-                wait_for_change(&mut w.rx, &mut w.authority_changes, w.id, w.svc.jobs.poll).await;
+                let woke = wait_for_change(
+                    &mut w.rx,
+                    &mut w.authority_changes,
+                    w.id,
+                    w.svc.jobs.poll,
+                )
+                .await;
+                // An authority change elsewhere need not concern this viewer: the job is read
+                // again only if the credential resolves to someone else now (another role),
+                // or no longer holds.
+                if woke == Woke::Authority {
+                    match w.authority.viewer(&w.svc).await {
+                        Ok(viewer) if w.seen_by == Some(viewer) => continue,
+                        Ok(_) => {}
+                        Err(e) => {
+                            w.done = true;
+                            return Some((Err(e), w));
+                        }
+                    }
+                }
             }
             let seen = match w.authority.viewer(&w.svc).await {
-                Ok(viewer) => get(&w.svc, viewer, w.id).await,
+                Ok(viewer) => {
+                    w.seen_by = Some(viewer);
+                    get(&w.svc, viewer, w.id).await
+                }
                 Err(e) => Err(e),
             };
             match seen {
@@ -771,31 +800,46 @@ pub fn watch(
     })
 }
 
+/// Why [`wait_for_change`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Woke {
+    /// The job may have changed (a notification, lagged notifications, the poll).
+    Job,
+    /// This process heard of an authority change.
+    Authority,
+}
+
 /// Returns when job `id` may have changed, or who may see it: a notification for it, missed
-/// notifications (lagged), an authority change, or the poll interval passing.
+/// notifications (lagged), an authority change (after a random moment, see
+/// `credential::recheck_delay`), or the poll interval passing.
 async fn wait_for_change(
     rx: &mut broadcast::Receiver<i64>,
     authority_changes: &mut tokio::sync::watch::Receiver<u64>,
     id: i64,
     poll: Duration,
-) {
+) -> Woke {
     let deadline = tokio::time::sleep(poll);
     tokio::pin!(deadline);
     let mut authority_open = true;
     loop {
         tokio::select! {
-            () = &mut deadline => return,
+            () = &mut deadline => return Woke::Job,
             changed = authority_changes.changed(), if authority_open => match changed {
-                Ok(()) => return,
+                Ok(()) => {
+                    tokio::time::sleep(credential::recheck_delay()).await;
+                    // Changes heard meanwhile are answered by the same check.
+                    authority_changes.borrow_and_update();
+                    return Woke::Authority;
+                }
                 // The cache is gone (shutting down): only the poll is left.
                 Err(_) => authority_open = false,
             },
             heard = rx.recv() => match heard {
                 Ok(changed) if changed != id => {}
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return Woke::Job,
                 Err(broadcast::error::RecvError::Closed) => {
                     deadline.as_mut().await;
-                    return;
+                    return Woke::Job;
                 }
             },
         }
