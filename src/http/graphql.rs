@@ -133,7 +133,7 @@ pub(super) async fn answer(
             // An UNAVAILABLE answer may hide a commit whose outcome is unknown: not recorded,
             // so a retry executes again and replays whatever did commit.
             let body = String::from_utf8_lossy(&done.body).into_owned();
-            idempotency::finish(claim, done.status.as_u16(), &body, !done.unavailable).await;
+            idempotency::finish(*claim, done.status.as_u16(), &body, !done.unavailable).await;
             Ok(Answer::Executed(done))
         }
     }

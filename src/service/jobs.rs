@@ -749,13 +749,9 @@ pub fn watch(
         }
         loop {
             if w.last.is_some() {
-                let woke = wait_for_change(
-                    &mut w.rx,
-                    &mut w.authority_changes,
-                    w.id,
-                    w.svc.jobs.poll,
-                )
-                .await;
+                let woke =
+                    wait_for_change(&mut w.rx, &mut w.authority_changes, w.id, w.svc.jobs.poll)
+                        .await;
                 // An authority change elsewhere need not concern this viewer: the job is read
                 // again only if the credential resolves to someone else now (another role),
                 // or no longer holds.
