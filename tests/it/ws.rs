@@ -1152,6 +1152,8 @@ async fn postgres_changes_in_one_process_reach_sockets_on_another() {
 
     let mut alice_ws = WsClient::connect(&b, alice.token.as_deref()).await;
     let alice_sub = watch(&mut alice_ws, &alice_job).await;
+    // A socket that runs nothing is closed too, without sending anything.
+    let mut alice_idle = WsClient::connect(&b, alice.token.as_deref()).await;
     let mut root_ws = WsClient::connect(&b, root.token.as_deref()).await;
     let root_sub = watch(&mut root_ws, &alice_job).await;
     let mut sam_ws = cookie_socket(&b, &browser).await;
@@ -1168,6 +1170,7 @@ async fn postgres_changes_in_one_process_reach_sockets_on_another() {
     cli_ok(&a, &["token", "revoke", alice.token.as_deref().unwrap()]);
     ends_with_error(&mut alice_ws, &alice_sub, "UNAUTHENTICATED").await;
     assert_eq!(alice_ws.close_code().await, 4401);
+    assert_eq!(alice_idle.close_code().await, 4401);
 
     let resp = browser
         .post(
