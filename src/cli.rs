@@ -373,6 +373,12 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
     let public_url = cfg.auth.public_url(addr);
     let svc = Services {
         oidc: oidc(&cfg.auth, &public_url, &store.data_dir)?,
+        subscriptions: std::sync::Arc::new(service::subscriptions::Subscriptions::new(
+            service::subscriptions::Caps {
+                per_connection: cfg.ws_max_subscriptions,
+                per_user: cfg.ws_max_user_subscriptions,
+            },
+        )),
         ..svc
     };
     service::maintenance::recover(&svc).await?;
@@ -401,6 +407,7 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
         )),
         services: svc.clone(),
         max_request_bytes: cfg.max_request_bytes,
+        ws_send_queue: cfg.ws_send_queue.max(1),
         web: std::sync::Arc::new(http::WebConfig::new(&public_url, &cfg.auth.cors_origins)?),
     };
     tracing::info!(%addr, "listening");

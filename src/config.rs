@@ -170,6 +170,20 @@ pub struct ServeConfig {
     #[arg(long, env = "ATELIER_JOB_POLL_MS", default_value_t = 2_000)]
     pub job_poll_ms: u64,
 
+    /// Subscriptions one WebSocket connection may run at once; more are refused
+    /// (`BAD_USER_INPUT`, `extensions.limit = "subscriptions"`).
+    #[arg(long, env = "ATELIER_WS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub ws_max_subscriptions: usize,
+
+    /// Subscriptions one user may run at once over all their connections to this process.
+    #[arg(long, env = "ATELIER_WS_MAX_USER_SUBSCRIPTIONS", default_value_t = 500)]
+    pub ws_max_user_subscriptions: usize,
+
+    /// Messages queued for one WebSocket client; a client that falls this far behind
+    /// reading is closed (a slow consumer) instead of buffering without bound.
+    #[arg(long, env = "ATELIER_WS_SEND_QUEUE", default_value_t = 256)]
+    pub ws_send_queue: usize,
+
     #[command(flatten)]
     pub auth: AuthConfig,
 }

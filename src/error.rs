@@ -36,6 +36,13 @@ pub enum AppError {
     MissingAssets(Vec<String>),
     #[error("{what} exceeds the limit of {limit} bytes")]
     PayloadTooLarge { what: &'static str, limit: u64 },
+    /// A bound on how much one caller may hold at once was reached (code BAD_USER_INPUT,
+    /// `extensions.limit` names it, e.g. `subscriptions`).
+    #[error("{message}")]
+    LimitExceeded {
+        limit: &'static str,
+        message: String,
+    },
     /// A per-user quota is full (code CONFLICT, reason QUOTA_EXCEEDED).
     #[error("the quota of {limit} {what} is full")]
     QuotaExceeded { what: &'static str, limit: u64 },
@@ -75,7 +82,7 @@ impl AppError {
             AppError::Unauthenticated => Code::Unauthenticated,
             AppError::Forbidden(_) => Code::Forbidden,
             AppError::NotFound(_) => Code::NotFound,
-            AppError::BadUserInput { .. } => Code::BadUserInput,
+            AppError::BadUserInput { .. } | AppError::LimitExceeded { .. } => Code::BadUserInput,
             AppError::VersionConflict { .. } => Code::VersionConflict,
             AppError::Conflict(_)
             | AppError::AlreadyApplied

@@ -138,12 +138,16 @@ impl AssetsQuery {
         md5: String,
         asset_type: AssetType,
     ) -> async_graphql::Result<Option<Asset>> {
-        service::access::require_asset_reader(services(ctx).limits.asset_access, viewer(ctx))
-            .gql()?;
+        service::access::require_asset_reader(
+            services(ctx).gql()?.limits.asset_access,
+            viewer(ctx),
+        )
+        .gql()?;
         let md5 = Md5::parse(&md5)
             .ok_or_else(|| AppError::bad_input("md5", "md5 must be 32 hex digits"))
             .gql()?;
         let found = super::loaders(ctx)
+            .gql()?
             .load_one(AssetKey(md5.as_str().to_owned(), asset_type.into()))
             .await
             .map_err(AppError::from)
@@ -174,7 +178,7 @@ impl AssetsMutation {
             .gql()?;
         let upload = take_upload(ctx, &input.file, "file").gql()?;
         let (asset, created) = service::assets::upload(
-            services(ctx),
+            services(ctx).gql()?,
             viewer,
             upload,
             input.asset_type.into(),

@@ -127,7 +127,7 @@ impl BackpackQuery {
             .map(|c| IdCursor::decode_cursor(&c).map(|c| c.0))
             .transpose()
             .gql()?;
-        let (rows, has_next) = service::backpack::list(services(ctx), viewer, first, after)
+        let (rows, has_next) = service::backpack::list(services(ctx).gql()?, viewer, first, after)
             .await
             .gql()?;
         let mut page = Connection::new(false, has_next);
@@ -160,9 +160,10 @@ impl BackpackMutation {
             body,
             thumbnail,
         };
-        let saved = service::backpack::save(services(ctx), viewer, item, effect(ctx).as_ref())
-            .await
-            .gql()?;
+        let saved =
+            service::backpack::save(services(ctx).gql()?, viewer, item, effect(ctx).as_ref())
+                .await
+                .gql()?;
         Ok(BackpackItem(saved))
     }
 
@@ -173,7 +174,7 @@ impl BackpackMutation {
             .parse()
             .map_err(|_| AppError::bad_input("id", "not a backpack item id"))
             .gql()?;
-        service::backpack::delete(services(ctx), viewer, id, effect(ctx).as_ref())
+        service::backpack::delete(services(ctx).gql()?, viewer, id, effect(ctx).as_ref())
             .await
             .gql()?;
         Ok(ID(id.to_string()))

@@ -36,6 +36,7 @@ impl ErrorExtensions for AppError {
                     ext.set("limit", *limit);
                 }
                 AppError::PayloadTooLarge { limit, .. } => ext.set("limit", *limit),
+                AppError::LimitExceeded { limit, .. } => ext.set("limit", *limit),
                 _ => {}
             }
         })

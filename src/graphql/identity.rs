@@ -50,7 +50,7 @@ impl User {
         if !service::access::can_see_groups_of(viewer(ctx), user) {
             return Ok(Vec::new());
         }
-        let groups = service::identity::groups_of(services(ctx), user)
+        let groups = service::identity::groups_of(services(ctx).gql()?, user)
             .await
             .gql()?;
         Ok(groups.into_iter().map(Group).collect())
@@ -109,14 +109,16 @@ impl IdentityQuery {
         let Some(v) = viewer(ctx) else {
             return Ok(None);
         };
-        let user = service::identity::user(services(ctx), v.id).await.gql()?;
+        let user = service::identity::user(services(ctx).gql()?, v.id)
+            .await
+            .gql()?;
         Ok(user.map(User))
     }
 
     /// The viewer's groups.
     async fn groups(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Group>> {
         let v = require_viewer(ctx).gql()?;
-        let groups = service::identity::groups_of(services(ctx), v.id)
+        let groups = service::identity::groups_of(services(ctx).gql()?, v.id)
             .await
             .gql()?;
         Ok(groups.into_iter().map(Group).collect())

@@ -28,7 +28,7 @@ impl ImportsMutation {
         let viewer = require_viewer(ctx).gql()?;
         let title = title.as_deref().map(Title::parse).transpose().gql()?;
         let upload = take_upload(ctx, &file, "file").gql()?;
-        let project = service::imports::import_upload(services(ctx), viewer, upload, title)
+        let project = service::imports::import_upload(services(ctx).gql()?, viewer, upload, title)
             .await
             .gql()?;
         Ok(Project(project))

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use entity::job;
 use futures::{Stream, StreamExt};
 
-use super::{errors::GqlResultExt, require_viewer, services, viewer};
+use super::{authority, errors::GqlResultExt, require_viewer, services, viewer};
 use crate::{
     domain::ProjectId,
     error::AppError,
@@ -89,7 +89,7 @@ impl JobsQuery {
         let Some(id) = job_id(&id) else {
             return Ok(None);
         };
-        let found = service::jobs::get(services(ctx), viewer(ctx), id)
+        let found = service::jobs::get(services(ctx).gql()?, viewer(ctx), id)
             .await
             .gql()?;
         Ok(found.map(Job))
@@ -108,7 +108,7 @@ impl JobsMutation {
     async fn export_project(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Job> {
         let viewer = require_viewer(ctx).gql()?;
         let id = ProjectId::parse(&id, "id").gql()?;
-        let job = service::jobs::export_project(services(ctx), viewer, id)
+        let job = service::jobs::export_project(services(ctx).gql()?, viewer, id)
             .await
             .gql()?;
         Ok(Job(job))
@@ -123,14 +123,14 @@ pub struct Subscription;
 impl Subscription {
     /// The job's current state, then each status change in order (PENDING → RUNNING →
     /// READY | FAILED); the stream ends after READY or FAILED. NOT_FOUND if the viewer may not
-    /// read the job's project.
+    /// read the job's project (checked again before every event: losing access ends it).
     async fn job_changed(
         &self,
         ctx: &Context<'_>,
         id: ID,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Job>> + use<>> {
         let viewer = require_viewer(ctx).gql()?;
-        let svc = services(ctx).clone();
+        let svc = services(ctx).gql()?.clone();
         let id = job_id(&id).ok_or(AppError::NotFound("job")).gql()?;
         // Refused at once rather than as the stream's first item.
         if service::jobs::get(&svc, Some(viewer), id)
@@ -140,6 +140,6 @@ impl Subscription {
         {
             return Err(AppError::NotFound("job")).gql();
         }
-        Ok(service::jobs::watch(svc, Some(viewer), id).map(|item| item.map(Job).gql()))
+        Ok(service::jobs::watch(svc, authority(ctx), id).map(|item| item.map(Job).gql()))
     }
 }

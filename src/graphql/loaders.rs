@@ -331,8 +331,8 @@ where
     Batch: Loader<K, Value = V, Error = DbErr>,
     V: Send + Sync + Clone + 'static,
 {
-    if let Some(answer) = super::prefetched(ctx).get::<K, V>(&key) {
+    if let Some(answer) = super::prefetched(ctx)?.get::<K, V>(&key) {
         return Ok(answer);
     }
-    Ok(super::loaders(ctx).load_one(key).await?)
+    Ok(super::loaders(ctx)?.load_one(key).await?)
 }

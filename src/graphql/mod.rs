@@ -110,8 +110,18 @@ fn effect(ctx: &async_graphql::Context<'_>) -> Option<crate::service::write::Eff
 #[derive(Clone, Copy, Debug)]
 pub struct RequestViewer(pub Option<Viewer>);
 
-fn services<'a>(ctx: &async_graphql::Context<'a>) -> &'a Services {
-    ctx.data_unchecked::<Services>()
+/// Data every operation needs. Missing data is a bug of ours (an operation prepared without
+/// [`with_request_data`]): answered INTERNAL, never a panic that takes the connection down.
+fn request_data<'a, T: std::any::Any + Send + Sync>(
+    ctx: &async_graphql::Context<'a>,
+    what: &'static str,
+) -> Result<&'a T, AppError> {
+    ctx.data_opt::<T>()
+        .ok_or_else(|| AppError::internal(format!("request data `{what}` is missing")))
+}
+
+fn services<'a>(ctx: &async_graphql::Context<'a>) -> Result<&'a Services, AppError> {
+    request_data::<Services>(ctx, "Services")
 }
 
 fn viewer(ctx: &async_graphql::Context<'_>) -> Option<Viewer> {
@@ -123,10 +133,23 @@ fn require_viewer(ctx: &async_graphql::Context<'_>) -> Result<Viewer, AppError> 
     viewer(ctx).ok_or(AppError::Unauthenticated)
 }
 
-fn loaders<'a>(ctx: &async_graphql::Context<'a>) -> &'a Loaders {
-    ctx.data_unchecked::<Arc<Loaders>>()
+fn loaders<'a>(ctx: &async_graphql::Context<'a>) -> Result<&'a Loaders, AppError> {
+    request_data::<Arc<Loaders>>(ctx, "Loaders").map(|l| &**l)
 }
 
-fn prefetched<'a>(ctx: &async_graphql::Context<'a>) -> &'a Prefetched {
-    ctx.data_unchecked::<Arc<Prefetched>>()
+fn prefetched<'a>(ctx: &async_graphql::Context<'a>) -> Result<&'a Prefetched, AppError> {
+    request_data::<Arc<Prefetched>>(ctx, "Prefetched").map(|p| &**p)
+}
+
+/// Who a long-running operation (a subscription) acts for, asked again before each event:
+/// the socket's credential when it runs on one (see `service::credential`), else the viewer
+/// the operation started with.
+#[derive(Clone, Debug)]
+pub struct RequestAuthority(pub crate::service::credential::Authority);
+
+fn authority(ctx: &async_graphql::Context<'_>) -> crate::service::credential::Authority {
+    match ctx.data_opt::<RequestAuthority>() {
+        Some(a) => a.0.clone(),
+        None => crate::service::credential::Authority::Fixed(viewer(ctx)),
+    }
 }

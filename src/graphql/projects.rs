@@ -87,7 +87,7 @@ impl Project {
     /// The Scratch 3 project JSON.
     async fn content(&self, ctx: &Context<'_>) -> async_graphql::Result<Json<serde_json::Value>> {
         Ok(Json(
-            service::projects::content(services(ctx), &self.0)
+            service::projects::content(services(ctx).gql()?, &self.0)
                 .await
                 .gql()?,
         ))
@@ -136,7 +136,7 @@ impl Project {
         let Some(source) = load::<ProjectKey, _>(ctx, ProjectKey(source)).await.gql()? else {
             return Ok(None);
         };
-        let access = service::access::project(services(ctx).db.conn(), viewer(ctx), &source)
+        let access = service::access::project(services(ctx).gql()?.db.conn(), viewer(ctx), &source)
             .await
             .gql()?;
         Ok(access.can_read().then_some(Project(source)))
@@ -193,8 +193,8 @@ pub async fn prefetch_page(ctx: &Context<'_>, rows: &[project::Model]) -> AppRes
         look.field("edges").field("node").field(field).exists()
             || look.field("nodes").field(field).exists()
     };
-    let batch = l::Batch(services(ctx).clone());
-    let store = prefetched(ctx);
+    let batch = l::Batch(services(ctx)?.clone());
+    let store = prefetched(ctx)?;
     let ids = || rows.iter().map(|p| p.id);
     let owners = async {
         if !wants("owner") {
@@ -286,7 +286,7 @@ impl ProjectsQuery {
     /// A project by id; null if it does not exist or the viewer may not see it.
     async fn project(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Project>> {
         let id = ProjectId::parse(&id, "id").gql()?;
-        let found = service::projects::get(services(ctx), viewer(ctx), id)
+        let found = service::projects::get(services(ctx).gql()?, viewer(ctx), id)
             .await
             .gql()?;
         Ok(found.map(Project))
@@ -334,10 +334,16 @@ async fn change_sharing(
         .collect::<Result<Vec<_>, _>>()
         .gql()?;
     let effect = effect(ctx);
-    let project =
-        service::sharing::change(services(ctx), viewer, id, groups, effect.as_ref(), change)
-            .await
-            .gql()?;
+    let project = service::sharing::change(
+        services(ctx).gql()?,
+        viewer,
+        id,
+        groups,
+        effect.as_ref(),
+        change,
+    )
+    .await
+    .gql()?;
     Ok(Project(project))
 }
 
@@ -354,7 +360,7 @@ pub async fn list(
         .map(|c| IdCursor::decode_cursor(&c).map(|c| ProjectId(c.0)))
         .transpose()
         .gql()?;
-    let page = service::projects::list(services(ctx), viewer(ctx), first, after, filter)
+    let page = service::projects::list(services(ctx).gql()?, viewer(ctx), first, after, filter)
         .await
         .gql()?;
     prefetch_page(ctx, &page.rows).await.gql()?;
@@ -407,10 +413,15 @@ impl ProjectsMutation {
         let viewer = require_viewer(ctx).gql()?;
         let id = ProjectId::parse(&input.id, "id").gql()?;
         let title = input.title.as_deref().map(Title::parse).transpose().gql()?;
-        let project =
-            service::sharing::copy(services(ctx), viewer, id, title, effect(ctx).as_ref())
-                .await
-                .gql()?;
+        let project = service::sharing::copy(
+            services(ctx).gql()?,
+            viewer,
+            id,
+            title,
+            effect(ctx).as_ref(),
+        )
+        .await
+        .gql()?;
         Ok(Project(project))
     }
 
@@ -421,7 +432,7 @@ impl ProjectsMutation {
         input: CreateProjectInput,
     ) -> async_graphql::Result<Project> {
         let viewer = require_viewer(ctx).gql()?;
-        let svc = services(ctx);
+        let svc = services(ctx).gql()?;
         let title = Title::parse(&input.title).gql()?;
         let content = ProjectContent::parse(input.content.0, svc.limits.max_content_bytes).gql()?;
         let project = service::projects::create(svc, viewer, title, content, effect(ctx).as_ref())
@@ -437,7 +448,7 @@ impl ProjectsMutation {
         input: UpdateProjectInput,
     ) -> async_graphql::Result<Project> {
         let viewer = require_viewer(ctx).gql()?;
-        let svc = services(ctx);
+        let svc = services(ctx).gql()?;
         let id = ProjectId::parse(&input.id, "id").gql()?;
         let title = input.title.as_deref().map(Title::parse).transpose().gql()?;
         let content = input
@@ -468,7 +479,7 @@ impl ProjectsMutation {
         let viewer = require_viewer(ctx).gql()?;
         let id = ProjectId::parse(&input.id, "id").gql()?;
         let id = service::projects::delete(
-            services(ctx),
+            services(ctx).gql()?,
             viewer,
             id,
             input.expected_version,

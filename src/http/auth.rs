@@ -18,7 +18,7 @@ use super::{AppState, graphql::error_response};
 use crate::{
     domain::Viewer,
     error::{AppError, AppResult},
-    service::{self, sessions::SESSION_PREFIX},
+    service::{self, credential::Credential, sessions::SESSION_PREFIX},
 };
 
 /// The session cookie.
@@ -105,9 +105,18 @@ pub struct Caller {
     pub by_cookie: bool,
 }
 
-/// Resolves the request's credential: the `Authorization` header if present (a bad one is
-/// `UNAUTHENTICATED`, never anonymous), else the session cookie, else anonymous.
+/// Resolves the request's credential (see [`credential`]) to its viewer.
 pub async fn caller(state: &AppState, headers: &HeaderMap) -> AppResult<Caller> {
+    let credential = credential(headers)?;
+    Ok(Caller {
+        viewer: credential.viewer(&state.services).await?,
+        by_cookie: matches!(credential, Credential::Cookie(_)),
+    })
+}
+
+/// The request's credential: the `Authorization` header if present (a malformed one is
+/// `UNAUTHENTICATED`, never anonymous), else the session cookie, else anonymous.
+pub fn credential(headers: &HeaderMap) -> AppResult<Credential> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let token = value
             .to_str()
@@ -119,31 +128,12 @@ pub async fn caller(state: &AppState, headers: &HeaderMap) -> AppResult<Caller> 
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AppError::Unauthenticated)?;
-        return Ok(Caller {
-            viewer: Some(by_token(state, token).await?),
-            by_cookie: false,
-        });
+        return Ok(Credential::Bearer(token.to_owned()));
     }
-    match cookie(headers, SESSION_COOKIE) {
-        Some(token) if token.starts_with(SESSION_PREFIX) => Ok(Caller {
-            viewer: Some(service::sessions::authenticate(&state.services, token).await?),
-            by_cookie: true,
-        }),
-        Some(_) => Err(AppError::Unauthenticated),
-        None => Ok(Caller {
-            viewer: None,
-            by_cookie: false,
-        }),
-    }
-}
-
-/// The viewer of a bearer token: an API token, or a session token (`ses_…`).
-pub async fn by_token(state: &AppState, token: &str) -> AppResult<Viewer> {
-    if token.starts_with(SESSION_PREFIX) {
-        service::sessions::authenticate(&state.services, token).await
-    } else {
-        service::identity::authenticate(&state.services, token).await
-    }
+    Ok(match cookie(headers, SESSION_COOKIE) {
+        Some(token) => Credential::Cookie(token.to_owned()),
+        None => Credential::Anonymous,
+    })
 }
 
 /// The value of a cookie of the request.

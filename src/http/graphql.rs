@@ -45,7 +45,7 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
     {
         return error_response(&e);
     }
-    let (batch, uploads) = if let Ok(boundary) = multipart {
+    let (mut batch, uploads) = if let Ok(boundary) = multipart {
         // Every upload needs a viewer: refuse before a byte of the body is read, so that an
         // anonymous client cannot make us stage up to MAX_FILES × the asset limit to disk.
         if viewer.is_none() {
@@ -77,16 +77,10 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
             }
         }
     };
-    let (Some(key), Some(user)) = (key, viewer) else {
-        return respond(execute(&state, viewer, batch, uploads, None).await);
-    };
-    if !has_mutation(&batch) {
-        return respond(execute(&state, viewer, batch, uploads, None).await);
-    }
-    let fingerprint = fingerprint(&batch, uploads.as_deref());
-    match idempotency::begin(&state.services, user.id, &key, &fingerprint).await {
+    state.documents.prepare_batch(&mut batch);
+    match answer(&state, viewer, batch, uploads, key).await {
         Err(e) => error_response(&e),
-        Ok(Begin::Replay { status, body }) => {
+        Ok(Answer::Replayed { status, body }) => {
             let mut resp = respond(Executed {
                 status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
                 body: body.into_bytes(),
@@ -98,24 +92,59 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
             );
             resp
         }
-        Ok(Begin::Execute(claim)) => {
+        Ok(Answer::Executed(done)) => respond(done),
+    }
+}
+
+/// What a request got: executed now, or the recorded answer of an earlier execution under
+/// the same idempotency key.
+pub(super) enum Answer {
+    Executed(Executed),
+    Replayed { status: u16, body: String },
+}
+
+/// Executes a prepared request (its documents looked up in the cache), at most once per
+/// idempotency `key` when it runs a mutation for a signed-in viewer (see
+/// `service::idempotency`): every transport that runs GraphQL operations comes through here.
+/// An error is a refusal before anything ran (a key reused for another request, an outage).
+pub(super) async fn answer(
+    state: &AppState,
+    viewer: Option<Viewer>,
+    batch: BatchRequest,
+    uploads: Option<std::sync::Arc<super::Uploads>>,
+    key: Option<String>,
+) -> Result<Answer, AppError> {
+    let (Some(key), Some(user)) = (key, viewer) else {
+        return Ok(Answer::Executed(
+            execute(state, viewer, batch, uploads, None).await,
+        ));
+    };
+    if !has_mutation(&batch) {
+        return Ok(Answer::Executed(
+            execute(state, viewer, batch, uploads, None).await,
+        ));
+    }
+    let fingerprint = fingerprint(&batch, uploads.as_deref());
+    match idempotency::begin(&state.services, user.id, &key, &fingerprint).await? {
+        Begin::Replay { status, body } => Ok(Answer::Replayed { status, body }),
+        Begin::Execute(claim) => {
             let scope = (user.id.0, key);
-            let done = execute(&state, viewer, batch, uploads, Some(scope)).await;
+            let done = execute(state, viewer, batch, uploads, Some(scope)).await;
             // An UNAVAILABLE answer may hide a commit whose outcome is unknown: not recorded,
             // so a retry executes again and replays whatever did commit.
             let body = String::from_utf8_lossy(&done.body).into_owned();
-            idempotency::finish(claim, done.status.as_u16(), &body, !done.unavailable).await;
-            respond(done)
+            idempotency::finish(*claim, done.status.as_u16(), &body, !done.unavailable).await;
+            Ok(Answer::Executed(done))
         }
     }
 }
 
 /// An executed request's answer.
-struct Executed {
-    status: StatusCode,
-    body: Vec<u8>,
+pub(super) struct Executed {
+    pub(super) status: StatusCode,
+    pub(super) body: Vec<u8>,
     /// Some error said UNAVAILABLE: the request may be retried, its outcome is not final.
-    unavailable: bool,
+    pub(super) unavailable: bool,
 }
 
 fn respond(done: Executed) -> Response {
@@ -137,7 +166,6 @@ async fn execute(
     if let Some(uploads) = uploads {
         batch = batch.data(uploads);
     }
-    state.documents.prepare_batch(&mut batch);
     let fresh = |(index, r): (usize, async_graphql::Request)| {
         let r = with_request_data(&state.services, viewer, r);
         match &idempotency {
@@ -232,7 +260,7 @@ fn fingerprint(batch: &BatchRequest, uploads: Option<&super::Uploads>) -> String
 }
 
 /// Parse and validation errors come from async-graphql without a code: they are the client's.
-fn with_codes(mut r: async_graphql::Response) -> async_graphql::Response {
+pub(super) fn with_codes(mut r: async_graphql::Response) -> async_graphql::Response {
     for e in &mut r.errors {
         let has_code = e
             .extensions

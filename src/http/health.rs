@@ -65,6 +65,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl axum::response::Into
             text.push_str(&crate::metrics::render_pool(db.pool_state()));
             text.push_str(&state.services.tokens.render_metrics());
             text.push_str(&state.services.jobs.render_metrics());
+            text.push_str(&state.services.subscriptions.render_metrics());
             text
         },
     )

@@ -38,7 +38,7 @@ pub struct Claim {
 /// What to do with a keyed request.
 pub enum Begin {
     /// Nobody answered this key yet: execute, then [`finish`].
-    Execute(Claim),
+    Execute(Box<Claim>),
     /// Answered before: send this again.
     Replay { status: u16, body: String },
 }
@@ -134,7 +134,7 @@ pub async fn begin(svc: &Services, user: UserId, key: &str, fingerprint: &str) -
             })
             .await?;
         if matches!(inserted, TryInsertResult::Inserted(n) if n > 0) {
-            return Ok(Begin::Execute(claim(svc, user, key, holder)));
+            return Ok(Begin::Execute(Box::new(claim(svc, user, key, holder))));
         }
         let existing = idempotency_key::Entity::find_by_id((user.0, key.to_owned()))
             .one(svc.db.conn())
@@ -152,7 +152,7 @@ pub async fn begin(svc: &Services, user: UserId, key: &str, fingerprint: &str) -
             }
             if row.lease_until <= at && take_over(svc, &row, &holder, at).await? {
                 tracing::info!(idempotency.key = key, "idempotency_key_taken_over");
-                return Ok(Begin::Execute(claim(svc, user, key, holder)));
+                return Ok(Begin::Execute(Box::new(claim(svc, user, key, holder))));
             }
         }
         // Absent: it expired between our insert and read; try again.

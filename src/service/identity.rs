@@ -93,6 +93,10 @@ pub struct TokenCache {
     state: std::sync::Mutex<CacheState>,
     /// SQLite: the epoch file checked before every lookup (see [`EPOCH_FILE`]).
     epoch_file: Option<std::path::PathBuf>,
+    /// Bumped whenever the cache is emptied (an authority change was heard, or trust
+    /// changed): long-running work (open sockets, subscriptions) re-checks its authority then
+    /// instead of waiting for its next poll.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 /// SQLite has no LISTEN/NOTIFY: every authority change (from this process or a CLI process)
@@ -142,6 +146,7 @@ impl TokenCache {
         TokenCache {
             state: std::sync::Mutex::new(state),
             epoch_file: Some(path),
+            changed: Default::default(),
         }
     }
 
@@ -172,6 +177,7 @@ impl TokenCache {
             state.invalidations += 1;
             state.generation += 1;
             state.entries.clear();
+            self.announce_change();
         }
         match state.entries.get(hash) {
             Some((viewer, until)) if *until > std::time::Instant::now() => {
@@ -215,6 +221,19 @@ impl TokenCache {
         state.invalidations += 1;
         state.generation += 1;
         state.entries.clear();
+        self.announce_change();
+    }
+
+    /// Resolves (`changed().await`) after every later emptying of the cache: authority may
+    /// have changed, so whoever holds it for long should ask again. On PostgreSQL that is a
+    /// moment after any process commits a change; on SQLite, when a lookup in this process
+    /// notices the epoch file changed (subscriptions also re-check on their own poll).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn announce_change(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Starts (listener connected and listening) or stops (listener down) trusting the cache;
@@ -224,6 +243,7 @@ impl TokenCache {
         state.generation += 1;
         state.entries.clear();
         state.trusted = trusted;
+        self.announce_change();
     }
 
     /// Whether lookups may be answered from the cache (the listener is connected).

@@ -5,6 +5,7 @@ pub mod access;
 pub mod assets;
 pub mod backpack;
 pub mod coalesce;
+pub mod credential;
 pub mod export;
 pub mod idempotency;
 pub mod identity;
@@ -18,6 +19,7 @@ pub mod sb3;
 pub mod secrets;
 pub mod sessions;
 pub mod sharing;
+pub mod subscriptions;
 pub mod write;
 
 use crate::{config::Limits, db::Db, storage::BlobStore};
@@ -35,6 +37,8 @@ pub struct Services {
     pub oidc: Option<std::sync::Arc<oidc::Oidc>>,
     /// This process's background job workers (exports).
     pub jobs: std::sync::Arc<jobs::JobRunner>,
+    /// This process's live subscriptions, under their caps.
+    pub subscriptions: std::sync::Arc<subscriptions::Subscriptions>,
 }
 
 impl Services {
@@ -62,6 +66,7 @@ impl Services {
             pacer: Default::default(),
             project_reads: Default::default(),
             oidc: None,
+            subscriptions: Default::default(),
         }
     }
 }

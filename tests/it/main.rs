@@ -28,3 +28,4 @@ mod proxy;
 mod reads;
 mod schema;
 mod sharing;
+mod ws;
