@@ -400,13 +400,14 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
     // Exports left pending or running by a process that died are taken up from the start.
     let job_sweeper = tokio::spawn(service::jobs::sweep_forever(svc.clone()));
     let state = http::AppState {
-        schema: graphql::build_schema(svc.clone()),
+        schema: graphql::build_schema(svc.clone(), cfg.query_limits()),
         documents: std::sync::Arc::new(graphql::DocumentCache::new(
             graphql::DOCUMENT_CACHE_ENTRIES,
             svc.db.metrics.clone(),
         )),
         services: svc.clone(),
         max_request_bytes: cfg.max_request_bytes,
+        max_batch: cfg.max_batch.max(1),
         ws_send_queue: cfg.ws_send_queue.max(1),
         web: std::sync::Arc::new(http::WebConfig::new(&public_url, &cfg.auth.cors_origins)?),
     };

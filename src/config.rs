@@ -184,8 +184,41 @@ pub struct ServeConfig {
     #[arg(long, env = "ATELIER_WS_SEND_QUEUE", default_value_t = 256)]
     pub ws_send_queue: usize,
 
+    /// Deepest nesting of fields one GraphQL operation may select (fragments expanded).
+    #[arg(long, env = "ATELIER_MAX_QUERY_DEPTH", default_value_t = 16)]
+    pub max_query_depth: usize,
+
+    /// Largest complexity of one operation: each field counts 1 plus its children, and a list
+    /// counts its children once per row it may return (its `first`, else its page size or cap).
+    #[arg(long, env = "ATELIER_MAX_QUERY_COMPLEXITY", default_value_t = 10_000)]
+    pub max_query_complexity: usize,
+
+    /// Most aliased fields in one operation.
+    #[arg(long, env = "ATELIER_MAX_QUERY_ALIASES", default_value_t = 50)]
+    pub max_query_aliases: usize,
+
+    /// Most operations in one batched POST /graphql request.
+    #[arg(long, env = "ATELIER_MAX_BATCH", default_value_t = 10)]
+    pub max_batch: usize,
+
+    /// Largest response of one operation, in bytes, enforced while it is built.
+    #[arg(long, env = "ATELIER_MAX_RESPONSE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_response_bytes: u64,
+
     #[command(flatten)]
     pub auth: AuthConfig,
+}
+
+impl ServeConfig {
+    /// The bounds every GraphQL operation is held to.
+    pub fn query_limits(&self) -> crate::graphql::QueryLimits {
+        crate::graphql::QueryLimits {
+            depth: self.max_query_depth,
+            complexity: self.max_query_complexity,
+            aliases: self.max_query_aliases,
+            response_bytes: self.max_response_bytes,
+        }
+    }
 }
 
 /// Sign-in through an OpenID Connect provider, sessions, and which browser origins may call

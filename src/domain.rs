@@ -243,9 +243,25 @@ pub struct ProjectContent {
 }
 
 impl ProjectContent {
-    /// Validates a Scratch 3 document: an object with a `targets` array, at most `max_bytes`
-    /// once serialized, whose costumes and sounds name their assets well.
+    /// Deepest nesting of arrays and objects a project may have. Scratch projects nest far less
+    /// (blocks are a flat map); under serde_json's own 128, every client can read it back.
+    pub const MAX_DEPTH: usize = 100;
+
+    /// Validates a Scratch 3 document: an object with a `targets` array, nested at most
+    /// [`Self::MAX_DEPTH`] levels, at most `max_bytes` once serialized, whose costumes and
+    /// sounds name their assets well. Every way content arrives (GraphQL literal or variable,
+    /// `.sb3`, the editor's routes) comes through here.
     pub fn parse(value: serde_json::Value, max_bytes: u64) -> AppResult<ProjectContent> {
+        if depth_exceeds(&value, Self::MAX_DEPTH) {
+            return Err(AppError::LimitExceeded {
+                limit: "content_depth",
+                field: Some("content"),
+                message: format!(
+                    "content is nested deeper than {} levels of arrays and objects",
+                    Self::MAX_DEPTH
+                ),
+            });
+        }
         let obj = value
             .as_object()
             .ok_or_else(|| AppError::bad_input("content", "content must be a JSON object"))?;
@@ -286,6 +302,25 @@ impl ProjectContent {
             asset_refs: refs,
         })
     }
+}
+
+/// Whether `value` nests arrays and objects deeper than `max` (the top level is 1). Iterative:
+/// the value may come from a parser that bounds nesting less tightly than we do.
+fn depth_exceeds(value: &serde_json::Value, max: usize) -> bool {
+    use serde_json::Value;
+    let mut stack = vec![(value, 1usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth > max {
+            return true;
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    false
 }
 
 fn asset_ref(item: &serde_json::Value, is_sound: bool) -> Result<AssetRef, String> {

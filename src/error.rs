@@ -36,11 +36,15 @@ pub enum AppError {
     MissingAssets(Vec<String>),
     #[error("{what} exceeds the limit of {limit} bytes")]
     PayloadTooLarge { what: &'static str, limit: u64 },
-    /// A bound on how much one caller may hold at once was reached (code BAD_USER_INPUT,
-    /// `extensions.limit` names it, e.g. `subscriptions`).
+    /// A request, an operation or an input is over one of the server's bounds, or a caller
+    /// holds as much as it may at once (code BAD_USER_INPUT, `extensions.limit` names the
+    /// bound: `depth`, `complexity`, `aliases`, `batch`, `response_bytes`, `content_depth`,
+    /// `subscriptions`).
     #[error("{message}")]
     LimitExceeded {
         limit: &'static str,
+        /// The input field that carried too much, when one did (`content`).
+        field: Option<&'static str>,
         message: String,
     },
     /// A per-user quota is full (code CONFLICT, reason QUOTA_EXCEEDED).

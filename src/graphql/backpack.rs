@@ -115,6 +115,7 @@ pub struct BackpackQuery;
 #[Object]
 impl BackpackQuery {
     /// The viewer's backpack, newest first.
+    #[graphql(complexity = "super::limits::page(first, child_complexity)")]
     async fn backpack(
         &self,
         ctx: &Context<'_>,

@@ -62,6 +62,10 @@ impl DocumentCache {
         if self.capacity == 0 || request.query.len() > MAX_QUERY_BYTES {
             return;
         }
+        // Text the limits refuse before parsing is left for them to refuse.
+        if super::limits::check_text(&request.query).is_err() {
+            return;
+        }
         if let Some(doc) = self.get(&request.query) {
             self.metrics.record_document(true);
             // Cloned outside the lock: requests for the same query don't wait on each other.

@@ -36,7 +36,12 @@ impl ErrorExtensions for AppError {
                     ext.set("limit", *limit);
                 }
                 AppError::PayloadTooLarge { limit, .. } => ext.set("limit", *limit),
-                AppError::LimitExceeded { limit, .. } => ext.set("limit", *limit),
+                AppError::LimitExceeded { limit, field, .. } => {
+                    ext.set("limit", *limit);
+                    if let Some(field) = field {
+                        ext.set("field", *field);
+                    }
+                }
                 _ => {}
             }
         })

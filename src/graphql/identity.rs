@@ -45,6 +45,7 @@ impl User {
     }
 
     /// The user's groups; only the user themself and admins see them.
+    #[graphql(complexity = "super::limits::list(child_complexity)")]
     async fn groups(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Group>> {
         let user = UserId(self.0.id);
         if !service::access::can_see_groups_of(viewer(ctx), user) {
@@ -71,6 +72,7 @@ impl Group {
     }
 
     /// Projects shared with this group that the viewer can see, oldest first.
+    #[graphql(complexity = "super::limits::page(first, child_complexity)")]
     async fn projects(
         &self,
         ctx: &Context<'_>,
@@ -116,6 +118,7 @@ impl IdentityQuery {
     }
 
     /// The viewer's groups.
+    #[graphql(complexity = "super::limits::list(child_complexity)")]
     async fn groups(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Group>> {
         let v = require_viewer(ctx).gql()?;
         let groups = service::identity::groups_of(services(ctx).gql()?, v.id)

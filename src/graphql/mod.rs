@@ -8,6 +8,7 @@ mod errors;
 mod identity;
 mod imports;
 mod jobs;
+mod limits;
 mod loaders;
 mod projects;
 
@@ -23,6 +24,7 @@ use crate::{domain::Viewer, error::AppError, service::Services};
 
 pub use documents::{DOCUMENT_CACHE_ENTRIES, DocumentCache};
 pub use errors::GqlResultExt;
+pub use limits::QueryLimits;
 pub use loaders::{Loaders, Prefetched};
 /// The query root: one resolver file per aggregate, merged.
 #[derive(async_graphql::MergedObject, Default)]
@@ -48,12 +50,12 @@ pub use jobs::Subscription;
 
 pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
-/// Builds the schema; `Services` is shared by every request.
-pub fn build_schema(services: Services) -> AppSchema {
+/// Builds the schema; `Services` is shared by every request. Every operation, whatever
+/// transport brought it, is held to `limits` (see [`limits`]).
+pub fn build_schema(services: Services, limits: QueryLimits) -> AppSchema {
     Schema::build(Query::default(), Mutation::default(), Subscription)
         .data(services)
-        .limit_depth(16)
-        .limit_complexity(10_000)
+        .extension(limits::Limits(limits))
         .finish()
 }
 

@@ -94,6 +94,7 @@ impl Project {
     }
 
     /// The stored assets the content references.
+    #[graphql(complexity = "super::limits::list(child_complexity)")]
     async fn assets(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Asset>> {
         let assets = load::<ProjectAssetsKey, _>(ctx, ProjectAssetsKey(self.0.id))
             .await
@@ -104,6 +105,7 @@ impl Project {
 
     /// The groups the project is shared with: all of them for its owner and admins, for
     /// anyone else only those they belong to.
+    #[graphql(complexity = "super::limits::list(child_complexity)")]
     async fn shared_with(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Group>> {
         let groups = load::<SharesKey, _>(ctx, SharesKey(self.0.id))
             .await
@@ -143,6 +145,7 @@ impl Project {
     }
 
     /// Copies of this project that the viewer can see, oldest first.
+    #[graphql(complexity = "super::limits::page(first, child_complexity)")]
     async fn remixes(
         &self,
         ctx: &Context<'_>,
@@ -293,6 +296,7 @@ impl ProjectsQuery {
     }
 
     /// Projects the viewer can see, oldest first (Relay connection; `first` is capped at 100).
+    #[graphql(complexity = "super::limits::page(first, child_complexity)")]
     async fn projects(
         &self,
         ctx: &Context<'_>,

@@ -77,6 +77,21 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
             }
         }
     };
+    if let BatchRequest::Batch(operations) = &batch
+        && operations.len() > state.max_batch
+    {
+        // Refused whole, before any of it runs: one response, not an array.
+        let e = AppError::LimitExceeded {
+            limit: "batch",
+            field: None,
+            message: format!(
+                "a batch may carry at most {} operations; this one has {}",
+                state.max_batch,
+                operations.len()
+            ),
+        };
+        return error_response(&e);
+    }
     state.documents.prepare_batch(&mut batch);
     match answer(&state, viewer, batch, uploads, key).await {
         Err(e) => error_response(&e),

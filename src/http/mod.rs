@@ -39,6 +39,8 @@ pub struct AppState {
     pub schema: AppSchema,
     pub documents: std::sync::Arc<DocumentCache>,
     pub max_request_bytes: usize,
+    /// Most operations one batched request may carry.
+    pub max_batch: usize,
     /// Messages queued for one WebSocket client before it is closed as a slow consumer.
     pub ws_send_queue: usize,
     pub web: std::sync::Arc<WebConfig>,

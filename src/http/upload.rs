@@ -1,8 +1,17 @@
 //! The GraphQL multipart request spec, streamed: `operations` and `map` are read first, then
 //! each file part goes straight into blob staging (hashed on the way, size-limited while
 //! streaming). Resolvers find the staged files in the request's [`Uploads`].
+//!
+//! The whole body, every part and every byte of it (headers and boundaries included), counts
+//! against `--max-request-bytes`; each file part must be named in `map` and may come once.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use async_graphql::BatchRequest;
 use axum::body::Body;
@@ -44,13 +53,56 @@ impl Uploads {
     }
 }
 
-/// Reads a multipart GraphQL request, staging its files.
+/// Reads a multipart GraphQL request, staging its files; over `--max-request-bytes` in all
+/// is `PAYLOAD_TOO_LARGE`.
 pub async fn receive(
     state: &AppState,
     boundary: String,
     body: Body,
 ) -> Result<(BatchRequest, Arc<Uploads>), AppError> {
-    let mut multipart = multer::Multipart::new(body.into_data_stream(), boundary);
+    let limit = state.max_request_bytes as u64;
+    let over = Arc::new(AtomicBool::new(false));
+    let counted = bounded(body, limit, over.clone());
+    let result = receive_parts(state, boundary, counted).await;
+    // Past the limit the body stream fails, and whatever part was being read reports that
+    // failure in its own words: the limit is the cause.
+    if over.load(Ordering::Relaxed) {
+        return Err(AppError::PayloadTooLarge {
+            what: "request body",
+            limit,
+        });
+    }
+    result
+}
+
+/// The body as a stream that fails once more than `limit` bytes have arrived (and says so in
+/// `over`).
+fn bounded(
+    body: Body,
+    limit: u64,
+    over: Arc<AtomicBool>,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+    use futures::StreamExt;
+    let mut seen = 0u64;
+    body.into_data_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        seen += chunk.len() as u64;
+        if seen > limit {
+            over.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other(format!(
+                "the request body exceeds {limit} bytes"
+            )));
+        }
+        Ok(chunk)
+    })
+}
+
+async fn receive_parts(
+    state: &AppState,
+    boundary: String,
+    body: impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static,
+) -> Result<(BatchRequest, Arc<Uploads>), AppError> {
+    let mut multipart = multer::Multipart::new(body, boundary);
     let bad = |msg: String| AppError::BadUserInput {
         message: msg,
         field: None,
@@ -58,7 +110,7 @@ pub async fn receive(
     let mut operations: Option<Value> = None;
     let mut map: Option<HashMap<String, Vec<String>>> = None;
     let uploads = Uploads::default();
-    let limit = state.services.limits.max_asset_bytes;
+    let asset_limit = state.services.limits.max_asset_bytes;
     while let Some(mut field) = multipart
         .next_field()
         .await
@@ -67,6 +119,14 @@ pub async fn receive(
         let name = field.name().unwrap_or_default().to_owned();
         match name.as_str() {
             "operations" | "map" => {
+                let seen = if name == "operations" {
+                    operations.is_some()
+                } else {
+                    map.is_some()
+                };
+                if seen {
+                    return Err(bad(format!("the `{name}` part appears twice")));
+                }
                 let text = read_small(&mut field).await?;
                 if name == "operations" {
                     operations = Some(
@@ -89,10 +149,21 @@ pub async fn receive(
                 if !map.contains_key(&name) {
                     return Err(bad(format!("file part {name:?} is not in `map`")));
                 }
-                if uploads.0.lock().expect("uploads lock").len() >= MAX_FILES {
-                    return Err(bad(format!("at most {MAX_FILES} files per request")));
+                {
+                    let staged = uploads.0.lock().expect("uploads lock");
+                    if staged.contains_key(&name) {
+                        return Err(bad(format!("file part {name:?} appears twice")));
+                    }
+                    if staged.len() >= MAX_FILES {
+                        return Err(bad(format!("at most {MAX_FILES} files per request")));
+                    }
                 }
-                match state.services.blobs.stage_stream(&mut field, limit).await {
+                match state
+                    .services
+                    .blobs
+                    .stage_stream(&mut field, asset_limit)
+                    .await
+                {
                     Ok(staged) => {
                         uploads.0.lock().expect("uploads lock").insert(name, staged);
                     }

@@ -6,8 +6,8 @@
 
 use entity::{project, project_asset, project_share};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QuerySelect,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
+    QueryFilter, QuerySelect,
 };
 
 use crate::{
@@ -18,6 +18,10 @@ use crate::{
 
 /// Largest number of groups one share or unshare may name.
 pub const MAX_GROUPS: usize = 100;
+
+/// Most groups one project may be shared with at once (`Project.sharedWith` is a list without
+/// pages; its cost in a query's complexity is this many rows).
+pub const MAX_SHARES: u64 = 50;
 
 /// What [`change`] does to a project's shares.
 #[derive(Clone, Copy, Debug)]
@@ -72,6 +76,21 @@ pub async fn change(
                     ])
                     .exec_without_returning(txn)
                     .await?;
+                    // Counted after the insert, under the project's row lock: concurrent
+                    // shares of one project cannot both pass.
+                    let shares = project_share::Entity::find()
+                        .filter(project_share::Column::ProjectId.eq(id.0))
+                        .count(txn)
+                        .await?;
+                    if shares > MAX_SHARES {
+                        return Err(AppError::LimitExceeded {
+                            limit: "shares",
+                            field: Some("groupIds"),
+                            message: format!(
+                                "a project may be shared with at most {MAX_SHARES} groups"
+                            ),
+                        });
+                    }
                 }
                 Change::Unshare => {
                     project_share::Entity::delete_many()

@@ -144,6 +144,7 @@ impl Connection {
             );
             return Err(AppError::LimitExceeded {
                 limit: "subscriptions",
+                field: None,
                 message,
             });
         }

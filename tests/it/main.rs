@@ -15,6 +15,7 @@ mod crash;
 mod errors;
 mod exports;
 mod graphiql;
+mod hostile;
 mod http;
 mod idempotency;
 mod imports;
