@@ -190,7 +190,7 @@ pub struct ServeConfig {
 
     /// Largest complexity of one operation: each field counts 1 plus its children, and a list
     /// counts its children once per row it may return (its `first`, else its page size or cap).
-    #[arg(long, env = "ATELIER_MAX_QUERY_COMPLEXITY", default_value_t = 10_000)]
+    #[arg(long, env = "ATELIER_MAX_QUERY_COMPLEXITY", default_value_t = 20_000)]
     pub max_query_complexity: usize,
 
     /// Most aliased fields in one operation.

@@ -57,7 +57,7 @@ impl Default for QueryLimits {
     fn default() -> Self {
         QueryLimits {
             depth: 16,
-            complexity: 10_000,
+            complexity: 20_000,
             aliases: 50,
             response_bytes: 64 * 1024 * 1024,
         }

@@ -137,7 +137,7 @@ fn rows(project: &str) -> Vec<Row> {
         },
         Row {
             name: "lists without `first` count as their cap",
-            query: "{ projects(first: 100) { nodes { assets { md5 sha256 url } } } }".into(),
+            query: "{ projects(first: 100) { nodes { assets { md5 sha256 url size contentType } } } }".into(),
             variables: json!({}),
             expect: limit("complexity"),
         },
