@@ -28,7 +28,8 @@ use crate::{
         Services,
         identity::{self, announce_authority_change, await_authority_propagated, hash_token},
         now,
-        oidc::{Grant, Identity, LoginStart, Oidc, RefreshFailure, safe_return_to},
+        oidc::{Grant, Identity, LoginStart, Oidc, RefreshFailure},
+        return_to::safe_return_to,
     },
 };
 
