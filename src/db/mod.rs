@@ -277,14 +277,7 @@ impl Db {
             return Err(Failed::sort(e, Failed::Final));
         }
         // Tests hold a committed write here (`return(ms)`) while its client goes away.
-        let pause: Option<u64> = (|| {
-            fail::fail_point!("db::after_commit", |ms: Option<String>| ms
-                .and_then(|m| m.parse().ok()));
-            None
-        })();
-        if let Some(ms) = pause {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
+        crate::failpoints::hold("db::after_commit").await;
         Ok(value)
     }
 

@@ -63,14 +63,7 @@ where
         commit: CommitState::default(),
     };
     // Tests hold a staged write here (`return(ms)`), e.g. while a second process starts.
-    let pause: Option<u64> = (|| {
-        fail::fail_point!("write::after_stage", |ms: Option<String>| ms
-            .and_then(|m| m.parse().ok()));
-        None
-    })();
-    if let Some(ms) = pause {
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-    }
+    crate::failpoints::hold("write::after_stage").await;
     let written = svc
         .db
         .write_observed(&staged.commit, |txn| {
