@@ -288,7 +288,7 @@ async fn shares_copies_and_deletes_racing_leave_nothing_dangling(s: TestServer) 
 )]
 async fn the_races_hold_across_two_processes() {
     let s = TestServer::start(crate::harness::Backend::Postgres).await;
-    let other = s.sibling(&[]);
+    let other = s.second_process(&[]);
     let owner = s.user("sam").await;
     let mate = s.user("mia").await;
     let owner_b = Client::new(other.graphql_url(), owner.token.clone());
