@@ -357,7 +357,8 @@ fn backoff(attempt: u32) -> Duration {
 
 /// Get-or-create without duplicates: inserts `row` unless a row with the
 /// same `unique` key exists (`INSERT … ON CONFLICT DO NOTHING`), then reads the one that
-/// stands, `winner`. Every racer gets the same row; `created` tells the one whose insert won.
+/// stands, `winner`. Every racer gets the same row; `created` tells the one whose insert won
+/// (invariant I8, docs/ARCHITECTURE.md).
 pub async fn get_or_create<A, C, I>(
     conn: &C,
     row: A,

@@ -3,7 +3,7 @@
 //! and kept (as `.pending`) when the commit's outcome is unknown (a lost reply, or the request
 //! dropped while COMMIT was on the wire), for the database to decide. With an idempotency
 //! [`Effect`], the mutation's outcome is recorded in the same transaction, and a repeat
-//! replays it instead of applying the mutation again.
+//! replays it instead of applying the mutation again (invariant I9, docs/ARCHITECTURE.md).
 
 use entity::idempotency_effect;
 use sea_orm::{ActiveValue::Set, DatabaseTransaction, EntityTrait};
