@@ -170,19 +170,8 @@ async fn job_row_i64(s: &TestServer, job: &str, column: &str) -> i64 {
 }
 
 async fn bundle_key(s: &TestServer, job: &str) -> String {
-    use sea_orm::ConnectionTrait;
-    let db = s.db().await;
-    let row = db
-        .query_one_raw(sea_orm::Statement::from_string(
-            db.get_database_backend(),
-            format!("SELECT bundle_key AS k FROM jobs WHERE id = {job}"),
-        ))
+    s.scalar(&format!("SELECT bundle_key FROM jobs WHERE id = {job}"))
         .await
-        .unwrap()
-        .unwrap();
-    let k: String = row.try_get("", "k").unwrap();
-    let _ = db.close().await;
-    k
 }
 
 /// 20 concurrent `exportProject` for one version: one job for all, one build, a valid bundle;

@@ -91,28 +91,22 @@ pub struct KeyedClient {
 impl KeyedClient {
     /// (status, whether the answer was a replay, body)
     pub async fn call(&self, query: &str, variables: Value) -> (u16, bool, Value) {
-        let resp = self
-            .client
-            .request()
-            .header("Idempotency-Key", &self.key)
-            .json(&json!({ "query": query, "variables": variables }))
-            .send()
+        self.send(|req| req.json(&json!({ "query": query, "variables": variables })))
             .await
-            .expect("request");
-        let status = resp.status().as_u16();
-        let replayed = resp.headers().get("idempotent-replayed").is_some();
-        (status, replayed, resp.json().await.expect("JSON body"))
     }
 
+    /// (status, whether the answer was a replay, body) of an upload.
     pub async fn upload(&self, bytes: Vec<u8>, asset_type: &str) -> (u16, bool, Value) {
-        let resp = self
-            .client
-            .request()
-            .header("Idempotency-Key", &self.key)
-            .multipart(Client::upload_form(bytes, asset_type, None))
-            .send()
+        self.send(|req| req.multipart(Client::upload_form(bytes, asset_type, None)))
             .await
-            .expect("upload request");
+    }
+
+    async fn send(
+        &self,
+        body: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> (u16, bool, Value) {
+        let req = self.client.request().header("Idempotency-Key", &self.key);
+        let resp = body(req).send().await.expect("request");
         let status = resp.status().as_u16();
         let replayed = resp.headers().get("idempotent-replayed").is_some();
         (status, replayed, resp.json().await.expect("JSON body"))

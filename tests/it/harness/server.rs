@@ -300,29 +300,42 @@ impl TestServer {
             .expect("connect to test database")
     }
 
-    pub async fn count(&self, table: &str) -> i64 {
+    /// The first column of the one row `sql` returns, read directly from the database.
+    pub async fn scalar<T: sea_orm::TryGetable>(&self, sql: &str) -> T {
         let db = self.db().await;
         let row = db
             .query_one_raw(sea_orm::Statement::from_string(
                 db.get_database_backend(),
-                format!("SELECT COUNT(*) AS n FROM {table}"),
+                sql.to_owned(),
             ))
             .await
-            .unwrap()
-            .unwrap();
-        let n: i64 = row.try_get("", "n").unwrap();
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .unwrap_or_else(|| panic!("{sql}: no row"));
+        let value = row
+            .try_get_by_index(0)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
         let _ = db.close().await;
-        n
+        value
     }
 
-    /// A counter from `GET /metrics`.
-    pub async fn metric(&self, name: &str) -> u64 {
-        let text = reqwest::get(format!("{}/metrics", self.base_url))
+    /// Rows of `table`, which may go on with a `WHERE`.
+    pub async fn count(&self, table: &str) -> i64 {
+        self.scalar(&format!("SELECT COUNT(*) FROM {table}")).await
+    }
+
+    /// The text of `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base_url))
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// A counter from `GET /metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.metrics_text().await;
         let prefix = format!("{name} ");
         text.lines()
             .find_map(|l| l.strip_prefix(prefix.as_str()))
