@@ -10,8 +10,8 @@
 //!
 //! Every test proves the storage invariants: dropping a [`TestServer`] stops it cleanly, runs
 //! `atelier fsck` on its data and asserts that I1–I3 hold and that no staging file is left
-//! once a restart's recovery ran (I4, I7). Tests that break the data on purpose opt out with
-//! [`TestServer::skip_invariant_check`].
+//! once a restart's recovery ran (I4, I7; the invariants are defined in docs/ARCHITECTURE.md).
+//! Tests that break the data on purpose opt out with [`TestServer::skip_invariant_check`].
 //!
 //! PostgreSQL tests are marked `#[ignore]` unless the build saw `TEST_DATABASE_URL` (or
 //! `CI=true`): see `build.rs`. A test that did not run is reported as `ignored`, never `ok`.
