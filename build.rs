@@ -9,8 +9,7 @@
 //!
 //! It also sets `cfg(atelier_root_tests)` when building as root (tests that mount a tmpfs),
 //! `cfg(atelier_node_tests)` when Node.js runs here or `CI=true` (the sign-in against a real
-//! OpenID Provider),
-//! and `ATELIER_MIGRATIONS_HASH`, which names the PostgreSQL template database.
+//! OpenID Provider). (The PostgreSQL template database is named by `testkit/build.rs`.)
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(atelier_pg_tests)");
@@ -19,23 +18,6 @@ fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=TEST_DATABASE_URL");
     println!("cargo::rerun-if-env-changed=CI");
-    // Names the PostgreSQL template database the tests clone (tests/it/harness.rs): a
-    // changed migration gets a fresh template.
-    println!("cargo::rerun-if-changed=migration/src");
-    let mut files: Vec<_> = std::fs::read_dir("migration/src")
-        .map(|dir| dir.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.sort();
-    let mut hasher = std::hash::DefaultHasher::new();
-    for f in &files {
-        std::hash::Hash::hash(&f.file_name(), &mut hasher);
-        std::hash::Hash::hash(&std::fs::read(f).unwrap_or_default(), &mut hasher);
-    }
-    println!(
-        "cargo::rustc-env=ATELIER_MIGRATIONS_HASH={:016x}",
-        std::hash::Hasher::finish(&hasher)
-    );
-
     let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty());
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     if set("TEST_DATABASE_URL") || ci {

@@ -277,14 +277,7 @@ impl Db {
             return Err(Failed::sort(e, Failed::Final));
         }
         // Tests hold a committed write here (`return(ms)`) while its client goes away.
-        let pause: Option<u64> = (|| {
-            fail::fail_point!("db::after_commit", |ms: Option<String>| ms
-                .and_then(|m| m.parse().ok()));
-            None
-        })();
-        if let Some(ms) = pause {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
+        crate::failpoints::hold("db::after_commit").await;
         Ok(value)
     }
 
@@ -364,7 +357,8 @@ fn backoff(attempt: u32) -> Duration {
 
 /// Get-or-create without duplicates: inserts `row` unless a row with the
 /// same `unique` key exists (`INSERT … ON CONFLICT DO NOTHING`), then reads the one that
-/// stands, `winner`. Every racer gets the same row; `created` tells the one whose insert won.
+/// stands, `winner`. Every racer gets the same row; `created` tells the one whose insert won
+/// (invariant I8, docs/ARCHITECTURE.md).
 pub async fn get_or_create<A, C, I>(
     conn: &C,
     row: A,

@@ -1,6 +1,6 @@
 //! Assets: content-addressed media, unique by (md5, asset_type). Uploads are staged while
 //! streaming, sniffed, then inserted with `ON CONFLICT DO NOTHING`; every racer gets the
-//! winner's row and exactly one of them `created`.
+//! winner's row and exactly one of them `created` (invariant I5, docs/ARCHITECTURE.md).
 
 use entity::asset;
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};

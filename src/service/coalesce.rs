@@ -114,7 +114,9 @@ impl ProjectReads {
 
 /// One statement for a set of distinct ids, answering `readers` reads.
 async fn fetch(db: &Db, ids: Vec<i64>, readers: usize) -> Result<Vec<project::Model>, AppError> {
-    hold_for_tests().await;
+    // Tests: `service::project_read_batch=1*return(500)` holds the next statement so that
+    // readers pile up behind it, `…=1*panic` kills whoever runs it.
+    crate::failpoints::hold("service::project_read_batch").await;
     let rows = project::Entity::find()
         .filter(project::Column::Id.is_in(ids))
         .all(db.conn())
@@ -148,18 +150,5 @@ impl Drop for HandOver<'_> {
             // The runtime is gone (shutdown): the waiting readers' requests are gone with it.
             Err(_) => q.busy = false,
         }
-    }
-}
-
-/// Test hook: `FAILPOINTS=service::project_read_batch=1*return(500)` holds the next statement
-/// 500 ms (so that readers pile up behind it), `…=1*panic` kills whoever runs it.
-async fn hold_for_tests() {
-    let hold = (|| {
-        fail::fail_point!("service::project_read_batch", |ms: Option<String>| ms
-            .and_then(|ms| ms.parse().ok()));
-        None
-    })();
-    if let Some(ms) = hold {
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
 }

@@ -2,8 +2,8 @@
 //! the request executes, and its answer is recorded when it is done. A repeat gets the recorded
 //! answer; a repeat while the first still runs waits for it; a repeat after an answer of
 //! unknown outcome (UNAVAILABLE) executes again, and each mutation field that had committed
-//! replays its recorded effect (see `service::write`) instead of applying twice. The database
-//! is the only arbiter, so this holds across processes.
+//! replays its recorded effect (see `service::write`) instead of applying twice (invariant I9,
+//! docs/ARCHITECTURE.md). The database is the only arbiter, so this holds across processes.
 
 use std::time::{Duration, Instant};
 

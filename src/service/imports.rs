@@ -986,7 +986,9 @@ async fn write_batch(
     batch: Vec<Prepared>,
     paths: &[PathBuf],
 ) -> Vec<(usize, FileReport)> {
-    hold_for_tests().await;
+    // Tests: `imports::before_batch=return(300)` holds each batch before it is written, so
+    // that a kill -9 catches the import half way.
+    crate::failpoints::hold("imports::before_batch").await;
     let mut out = Vec::with_capacity(batch.len());
     let mut items = Vec::with_capacity(batch.len());
     let mut staged = Vec::new();
@@ -1036,19 +1038,6 @@ async fn write_batch(
         out.push((index, r));
     }
     out
-}
-
-/// Test hook: `FAILPOINTS=imports::before_batch=return(300)` holds each batch 300 ms before
-/// it is written (a kill -9 test then catches the import half way).
-async fn hold_for_tests() {
-    let hold: Option<u64> = (|| {
-        fail::fail_point!("imports::before_batch", |ms: Option<String>| ms
-            .and_then(|ms| ms.parse().ok()));
-        None
-    })();
-    if let Some(ms) = hold {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
 }
 
 /// The local user `--owner` names (created if absent, as `token create` does), as the viewer

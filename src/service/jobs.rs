@@ -351,14 +351,7 @@ pub fn kick(svc: &Services, id: i64) {
 /// Takes job `id` if nobody holds it, builds, and records the outcome.
 async fn run(svc: &Services, id: i64) -> AppResult<()> {
     // Tests keep a job PENDING for a while (`return(ms)`), e.g. to subscribe before it runs.
-    let pause: Option<u64> = (|| {
-        fail::fail_point!("jobs::before_take", |ms: Option<String>| ms
-            .and_then(|m| m.parse().ok()));
-        None
-    })();
-    if let Some(ms) = pause {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
+    crate::failpoints::hold("jobs::before_take").await;
     let token = format!(
         "{}/{}",
         svc.jobs.worker_id,
@@ -412,14 +405,7 @@ async fn run(svc: &Services, id: i64) -> AppResult<()> {
 
 async fn build(svc: &Services, job: &job::Model) -> AppResult<crate::storage::StagedBlob> {
     // Tests hold a build here (`return(ms)`): to watch RUNNING, or to kill the process mid-build.
-    let pause: Option<u64> = (|| {
-        fail::fail_point!("export::build_delay", |ms: Option<String>| ms
-            .and_then(|m| m.parse().ok()));
-        None
-    })();
-    if let Some(ms) = pause {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
+    crate::failpoints::hold("export::build_delay").await;
     super::export::build(svc, job).await
 }
 

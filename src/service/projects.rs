@@ -283,7 +283,9 @@ pub async fn content(svc: &Services, project: &project::Model) -> AppResult<serd
     /// Re-reads after a missing blob; each one means the row changed (and its old blob was
     /// collected) while we read.
     const MAX_REREADS: usize = 3;
-    hold_for_tests().await;
+    // Tests: `service::project_content_read=1*return(1500)` holds the next content read after
+    // its row was read, so that the row can be superseded and its old blob collected meanwhile.
+    crate::failpoints::hold("service::project_content_read").await;
     let mut key = project.content_key.clone();
     let mut rereads = 0;
     let bytes = loop {
@@ -325,25 +327,6 @@ pub async fn content(svc: &Services, project: &project::Model) -> AppResult<serd
             project.id
         ))
     })
-}
-
-/// Test hook: `FAILPOINTS=service::project_content_read=1*return(1500)` holds the next
-/// content read 1.5 s after its project row was read (logging `failpoint_hold`), so a test
-/// can supersede the row and collect its old blob meanwhile.
-async fn hold_for_tests() {
-    let hold: Option<u64> = (|| {
-        fail::fail_point!("service::project_content_read", |ms: Option<String>| ms
-            .and_then(|ms| ms.parse().ok()));
-        None
-    })();
-    if let Some(ms) = hold {
-        tracing::info!(
-            failpoint = "service::project_content_read",
-            ms,
-            "failpoint_hold"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-    }
 }
 
 /// Bumps the version of a project the viewer may write if it is still at `expected`: one

@@ -3,7 +3,7 @@
 //! and kept (as `.pending`) when the commit's outcome is unknown (a lost reply, or the request
 //! dropped while COMMIT was on the wire), for the database to decide. With an idempotency
 //! [`Effect`], the mutation's outcome is recorded in the same transaction, and a repeat
-//! replays it instead of applying the mutation again.
+//! replays it instead of applying the mutation again (invariant I9, docs/ARCHITECTURE.md).
 
 use entity::idempotency_effect;
 use sea_orm::{ActiveValue::Set, DatabaseTransaction, EntityTrait};
@@ -63,14 +63,7 @@ where
         commit: CommitState::default(),
     };
     // Tests hold a staged write here (`return(ms)`), e.g. while a second process starts.
-    let pause: Option<u64> = (|| {
-        fail::fail_point!("write::after_stage", |ms: Option<String>| ms
-            .and_then(|m| m.parse().ok()));
-        None
-    })();
-    if let Some(ms) = pause {
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-    }
+    crate::failpoints::hold("write::after_stage").await;
     let written = svc
         .db
         .write_observed(&staged.commit, |txn| {

@@ -2,3 +2,4 @@
 //! part of the server.
 
 pub mod oidc;
+pub mod pg;

@@ -169,7 +169,7 @@ async fn revoking_a_users_tokens_refuses_all_of_them_and_no_one_else(s: TestServ
 )]
 async fn postgres_demotion_and_revocation_reach_every_process() {
     let a = TestServer::start(Backend::Postgres).await;
-    let b = a.start_sibling();
+    let b = a.start_other_host();
     let (id, root_a) = project_and_warm_admin(&a).await;
     let root_b = Client::new(b.graphql_url(), root_a.token.clone());
     let bob_a = a.user("bob").await;
@@ -271,7 +271,7 @@ async fn postgres_a_change_returns_only_once_every_process_has_heard_it() {
         &[("FAILPOINTS", "auth::listener_notified=sleep(700)")],
     )
     .await;
-    let b = a.start_sibling();
+    let b = a.start_other_host();
     let (id, root_a) = project_and_warm_admin(&a).await;
     let root_b = Client::new(b.graphql_url(), root_a.token.clone());
     for _ in 0..5 {

@@ -137,7 +137,7 @@ async fn quota_holds_under_concurrent_saves(backend: Backend) {
     let limit = [("ATELIER_BACKPACK_MAX_ITEMS", "10")];
     let s = TestServer::start_with(backend, &limit).await;
     let alice = s.user("alice").await;
-    let other = (backend == Backend::Postgres).then(|| s.sibling(&limit));
+    let other = (backend == Backend::Postgres).then(|| s.second_process(&limit));
     let alice_b = match &other {
         Some(o) => Client::new(o.graphql_url(), alice.token.clone()),
         None => alice.clone(),

@@ -233,7 +233,7 @@ async fn second_process_on_the_same_data_dir_keeps_the_first_ones_writes(mut s: 
         staged_with(&s, ".ready") == 1
     })
     .await;
-    let b = s.sibling(&[]);
+    let b = s.second_process(&[]);
     assert_eq!(
         staged_with(&s, ".ready"),
         1,
@@ -267,7 +267,7 @@ struct Acked {
 /// SIGKILL). Every acknowledged write is there afterwards and fsck is clean.
 async fn rolling_restarts_lose_nothing_acknowledged(mut s: TestServer) {
     let token = s.user("alice").await.token.unwrap();
-    let mut b = s.sibling(&[("ATELIER_SHUTDOWN_GRACE_SECS", "2")]);
+    let mut b = s.second_process(&[("ATELIER_SHUTDOWN_GRACE_SECS", "2")]);
     let urls = Arc::new(Mutex::new([s.graphql_url(), b.graphql_url()]));
     let acked = Arc::new(Mutex::new(Acked::default()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

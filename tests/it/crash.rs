@@ -193,19 +193,13 @@ async fn fsck_reports_each_broken_invariant(mut s: TestServer) {
     )
     .unwrap();
     // I2: a project whose content blob is gone.
-    let db = s.db().await;
-    use sea_orm::{ConnectionTrait, Statement};
-    let row = db
-        .query_one_raw(Statement::from_string(
-            db.get_database_backend(),
-            format!("SELECT content_key FROM projects WHERE id = {p2}"),
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    let key: String = row.try_get("", "content_key").unwrap();
+    let key: String = s
+        .scalar(&format!("SELECT content_key FROM projects WHERE id = {p2}"))
+        .await;
     std::fs::remove_file(blob_of(&key)).unwrap();
     // I3: a referenced asset row that vanished (behind the foreign key's back).
+    let db = s.db().await;
+    use sea_orm::ConnectionTrait;
     db.execute_unprepared("DELETE FROM project_assets")
         .await
         .unwrap();

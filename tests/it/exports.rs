@@ -170,19 +170,8 @@ async fn job_row_i64(s: &TestServer, job: &str, column: &str) -> i64 {
 }
 
 async fn bundle_key(s: &TestServer, job: &str) -> String {
-    use sea_orm::ConnectionTrait;
-    let db = s.db().await;
-    let row = db
-        .query_one_raw(sea_orm::Statement::from_string(
-            db.get_database_backend(),
-            format!("SELECT bundle_key AS k FROM jobs WHERE id = {job}"),
-        ))
+    s.scalar(&format!("SELECT bundle_key FROM jobs WHERE id = {job}"))
         .await
-        .unwrap()
-        .unwrap();
-    let k: String = row.try_get("", "k").unwrap();
-    let _ = db.close().await;
-    k
 }
 
 /// 20 concurrent `exportProject` for one version: one job for all, one build, a valid bundle;
@@ -573,7 +562,7 @@ async fn a_killed_worker_s_job_is_reclaimed(mut s: TestServer) {
 )]
 async fn two_processes_build_each_version_once() {
     let s = TestServer::start(crate::harness::Backend::Postgres).await;
-    let other = s.sibling(&[]);
+    let other = s.second_process(&[]);
     let alice = s.user("alice").await;
     let alice_b = Client::new(other.graphql_url(), alice.token.clone());
     let (id, content, assets) = project_with_assets(&alice, "p", 1).await;
@@ -626,7 +615,7 @@ async fn subscription_hears_other_processes() {
     .await;
     // The watcher polls too rarely to see anything within the test: only notifications
     // from the building process can carry the changes to it.
-    let watcher = s.sibling(&[("ATELIER_JOB_POLL_MS", "600000")]);
+    let watcher = s.second_process(&[("ATELIER_JOB_POLL_MS", "600000")]);
     let alice = s.user("alice").await;
     let (id, _, _) = project_with_assets(&alice, "p", 1).await;
     let job = export(&alice, &id).await["id"].as_str().unwrap().to_owned();

@@ -214,7 +214,7 @@ async fn retry_after_a_lost_reply_applies_once() {
 )]
 async fn keys_hold_across_processes() {
     let s = TestServer::start(crate::harness::Backend::Postgres).await;
-    let other = s.sibling(&[]);
+    let other = s.second_process(&[]);
     let alice = s.user("alice").await;
     let alice_b = Client::new(other.graphql_url(), alice.token.clone());
     let vars = json!({ "t": "Across", "c": empty_project() });

@@ -194,37 +194,19 @@ fn projects_by_path(summary: &Value, status: &str) -> HashMap<String, i64> {
         .collect()
 }
 
-async fn scalar(s: &TestServer, sql: &str) -> i64 {
-    use sea_orm::ConnectionTrait;
-    let db = s.db().await;
-    let row = db
-        .query_one_raw(sea_orm::Statement::from_string(
-            db.get_database_backend(),
-            sql.to_owned(),
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    let n: i64 = row.try_get("", "n").unwrap();
-    let _ = db.close().await;
-    n
-}
-
 /// Every file became exactly one project, every run is completed with its own project, and
 /// no asset or link is duplicated.
 async fn assert_imported_exactly_once(s: &TestServer, files: usize) {
     assert_eq!(s.count("projects").await, files as i64);
     assert_eq!(s.count("import_runs").await, files as i64);
     assert_eq!(
-        scalar(
-            s,
-            "SELECT COUNT(*) AS n FROM import_runs WHERE status = 'completed'"
-        )
-        .await,
+        s.scalar::<i64>("SELECT COUNT(*) AS n FROM import_runs WHERE status = 'completed'")
+            .await,
         files as i64
     );
     assert_eq!(
-        scalar(s, "SELECT COUNT(DISTINCT project_id) AS n FROM import_runs").await,
+        s.scalar::<i64>("SELECT COUNT(DISTINCT project_id) AS n FROM import_runs")
+            .await,
         files as i64
     );
     assert_eq!(s.count("assets").await, assets_of(files));
@@ -414,7 +396,7 @@ async fn killed_import_runs_again(s: TestServer) {
     let completed = "SELECT COUNT(*) AS n FROM import_runs WHERE status = 'completed'";
     let started = std::time::Instant::now();
     loop {
-        let n = scalar(&s, completed).await;
+        let n = s.scalar::<i64>(completed).await;
         if n >= 12 {
             break;
         }
@@ -427,16 +409,14 @@ async fn killed_import_runs_again(s: TestServer) {
     child.kill().unwrap();
     // Reaped: the dead claimer is then recognised as dead at once.
     let _ = child.wait();
-    let done_before = scalar(&s, completed).await;
+    let done_before = s.scalar::<i64>(completed).await;
     assert!(
         (12..FILES as i64).contains(&done_before),
         "killed half way: {done_before} completed"
     );
-    let pending = scalar(
-        &s,
-        "SELECT COUNT(*) AS n FROM import_runs WHERE status = 'pending'",
-    )
-    .await;
+    let pending = s
+        .scalar::<i64>("SELECT COUNT(*) AS n FROM import_runs WHERE status = 'pending'")
+        .await;
     assert!(pending > 0, "the killed import held claims");
     // Nothing half-written: every project has its completed run.
     assert_eq!(s.count("projects").await, done_before);
@@ -587,8 +567,7 @@ async fn malformed_files_fail_alone(s: TestServer) {
     assert_eq!(s.count("projects").await, 5);
     assert_eq!(s.count("assets").await, assets_of(5));
     assert_eq!(
-        scalar(
-            &s,
+        s.scalar::<i64>(
             "SELECT COUNT(*) AS n FROM import_runs WHERE status = 'failed' AND error IS NOT NULL"
         )
         .await,
@@ -603,8 +582,7 @@ async fn malformed_files_fail_alone(s: TestServer) {
         "{again:#}"
     );
     assert_eq!(
-        scalar(
-            &s,
+        s.scalar::<i64>(
             "SELECT CAST(MIN(attempts) AS BIGINT) AS n FROM import_runs WHERE status = 'failed'"
         )
         .await,
@@ -625,7 +603,9 @@ async fn claims_of_others_wait_for_their_lease(s: TestServer) {
     let dir = s.root.path().join("school");
     let files = write_fixtures(&dir, 0..3);
     s.user("teacher1").await;
-    let owner = scalar(&s, "SELECT id AS n FROM users WHERE subject = 'teacher1'").await;
+    let owner = s
+        .scalar::<i64>("SELECT id AS n FROM users WHERE subject = 'teacher1'")
+        .await;
     let hash = |p: &PathBuf| hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()));
     let now = chrono::Utc::now();
     let db = s.db().await;
@@ -662,7 +642,7 @@ async fn claims_of_others_wait_for_their_lease(s: TestServer) {
     assert_eq!(taken["path"], files[0].display().to_string());
     assert_eq!(s.count("projects").await, 2);
     assert_eq!(
-        scalar(&s, "SELECT CAST(attempts AS BIGINT) AS n FROM import_runs WHERE claimed_by IS NULL OR claimed_by NOT LIKE 'another-host:%' ORDER BY attempts DESC LIMIT 1").await,
+        s.scalar::<i64>("SELECT CAST(attempts AS BIGINT) AS n FROM import_runs WHERE claimed_by IS NULL OR claimed_by NOT LIKE 'another-host:%' ORDER BY attempts DESC LIMIT 1").await,
         2,
         "the expired claim was taken over"
     );

@@ -773,7 +773,7 @@ async fn cors_allows_only_configured_origins() {
 )]
 async fn two_processes_share_users_sessions_and_refreshes() {
     let (a, p) = start(Backend::Postgres).await;
-    let b_server = a.start_sibling();
+    let b_server = a.start_other_host();
     p.set_user("sam", "Sam", json!(["7A", "7B"]));
     let urls = [base(&a), base(&b_server)];
     let browsers = futures::future::join_all((0..20).map(|i| {

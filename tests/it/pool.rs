@@ -18,12 +18,7 @@ const TIMEOUTS: &str = "atelier_db_pool_acquire_timeouts_total";
 
 /// Every sample of `/metrics`, by name with its labels.
 async fn scrape(s: &TestServer) -> HashMap<String, f64> {
-    let text = reqwest::get(format!("{}/metrics", s.base_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| {

@@ -250,19 +250,8 @@ async fn a_reader_that_goes_away_does_not_strand_the_others(mut s: TestServer) {
 
 /// The stored content key of project `id`, read directly from the database.
 async fn content_key(s: &TestServer, id: &str) -> String {
-    use sea_orm::{ConnectionTrait, Statement};
-    let db = s.db().await;
-    let row = db
-        .query_one_raw(Statement::from_string(
-            db.get_database_backend(),
-            format!("SELECT content_key FROM projects WHERE id = {id}"),
-        ))
+    s.scalar(&format!("SELECT content_key FROM projects WHERE id = {id}"))
         .await
-        .unwrap()
-        .unwrap();
-    let key: String = row.try_get("", "content_key").unwrap();
-    let _ = db.close().await;
-    key
 }
 
 /// Waits until the server has logged `n` holds of the content-read failpoint.

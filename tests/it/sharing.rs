@@ -50,20 +50,6 @@ async fn new_project(c: &Client, title: &str) -> String {
         .to_owned()
 }
 
-async fn count_where(s: &TestServer, sql: &str) -> i64 {
-    use sea_orm::ConnectionTrait;
-    let db = s.db().await;
-    let row = db
-        .query_one_raw(sea_orm::Statement::from_string(
-            db.get_database_backend(),
-            format!("SELECT COUNT(*) AS n FROM {sql}"),
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    row.try_get("", "n").unwrap()
-}
-
 /// 20 concurrent shares with overlapping group sets: exactly the union of share rows, and
 /// the version never moves.
 async fn racing_shares_make_exactly_the_union(s: TestServer) {
@@ -88,7 +74,7 @@ async fn racing_shares_make_exactly_the_union(s: TestServer) {
         assert!(body.get("errors").is_none(), "{body}");
         assert_eq!(body["data"]["shareProject"]["version"], 1);
     }
-    assert_eq!(count_where(&s, "project_shares").await, 5);
+    assert_eq!(s.count("project_shares").await, 5);
     // Sharing again adds nothing; unsharing takes exactly what it names.
     let again = teacher.data(SHARE, json!({ "id": id, "g": [g[0]] })).await;
     assert_eq!(
@@ -108,7 +94,7 @@ async fn racing_shares_make_exactly_the_union(s: TestServer) {
             .len(),
         3
     );
-    assert_eq!(count_where(&s, "project_shares").await, 3);
+    assert_eq!(s.count("project_shares").await, 3);
 }
 
 /// Who may share with which group, and who then sees what.
@@ -127,7 +113,7 @@ async fn sharing_rules_and_visibility(s: TestServer) {
         .error(SHARE, json!({ "id": id, "g": [class, other] }))
         .await;
     assert_eq!(code(&e), "FORBIDDEN", "{e}");
-    assert_eq!(count_where(&s, "project_shares").await, 0);
+    assert_eq!(s.count("project_shares").await, 0);
     let e = owner
         .error(SHARE, json!({ "id": id, "g": ["999999"] }))
         .await;
@@ -220,7 +206,7 @@ async fn copies_racing_updates_take_one_version_each(s: TestServer) {
             "title {title} with another version's content"
         );
     }
-    assert_eq!(count_where(&s, "projects").await, 21);
+    assert_eq!(s.count("projects").await, 21);
 }
 
 /// Share vs delete, copy vs delete and 10 deletes racing: each ends in an allowed serial
@@ -265,18 +251,15 @@ async fn shares_copies_and_deletes_racing_leave_nothing_dangling(s: TestServer) 
         }
     }
     assert_eq!(
-        count_where(
-            &s,
-            "project_shares WHERE project_id NOT IN (SELECT id FROM projects)"
-        )
-        .await,
+        s.count("project_shares WHERE project_id NOT IN (SELECT id FROM projects)")
+            .await,
         0
     );
     assert_eq!(
-        count_where(&s, "projects WHERE remixed_from IS NOT NULL AND remixed_from NOT IN (SELECT id FROM projects)").await,
+        s.count("projects WHERE remixed_from IS NOT NULL AND remixed_from NOT IN (SELECT id FROM projects)").await,
         0
     );
-    assert_eq!(count_where(&s, "project_shares").await, 0);
+    assert_eq!(s.count("project_shares").await, 0);
 }
 
 /// The same races with their clients spread over two server processes on one PostgreSQL:
@@ -288,7 +271,7 @@ async fn shares_copies_and_deletes_racing_leave_nothing_dangling(s: TestServer) 
 )]
 async fn the_races_hold_across_two_processes() {
     let s = TestServer::start(crate::harness::Backend::Postgres).await;
-    let other = s.sibling(&[]);
+    let other = s.second_process(&[]);
     let owner = s.user("sam").await;
     let mate = s.user("mia").await;
     let owner_b = Client::new(other.graphql_url(), owner.token.clone());
@@ -304,7 +287,7 @@ async fn the_races_hold_across_two_processes() {
     for (_, b) in &shares {
         assert!(b.get("errors").is_none(), "{b}");
     }
-    assert_eq!(count_where(&s, "project_shares").await, 4);
+    assert_eq!(s.count("project_shares").await, 4);
 
     let copies = join_all((0..10).map(|i| {
         let c = if i % 2 == 0 { &mate } else { &mate_b };
@@ -326,9 +309,9 @@ async fn the_races_hold_across_two_processes() {
             "{b}"
         );
     }
-    assert_eq!(count_where(&s, "project_shares").await, 0);
+    assert_eq!(s.count("project_shares").await, 0);
     assert_eq!(
-        count_where(&s, "projects WHERE remixed_from IS NOT NULL").await,
+        s.count("projects WHERE remixed_from IS NOT NULL").await,
         0,
         "copies that won keep no link to the deleted source"
     );

@@ -1139,7 +1139,7 @@ async fn postgres_changes_in_one_process_reach_sockets_on_another() {
         ("FAILPOINTS", HOLD_EXPORTS),
         ("ATELIER_JOB_POLL_MS", "600000"),
     ]);
-    let b = a.sibling(&env);
+    let b = a.second_process(&env);
     p.set_user("sam", "Sam", json!([]));
 
     let alice = a.user("alice").await;

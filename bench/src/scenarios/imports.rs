@@ -1,4 +1,4 @@
-//! I1: `atelier import` of a directory of 200 real-shaped `.sb3` files (a stage and a sprite,
+//! IMP1: `atelier import` of a directory of 200 real-shaped `.sb3` files (a stage and a sprite,
 //! SVG, PNG and WAV assets of their own, one backdrop shared by all), run beside the serving
 //! process on the same store. Throughput against `unzip -p | md5sum` over the same files in
 //! the same run (decompressing and hashing everything is the least an import must do), then
@@ -96,7 +96,7 @@ fn sb3(rng: &mut SmallRng, n: usize) -> Result<Vec<u8>> {
 
 /// Writes the fixture directory; returns the files and their total size.
 fn write_fixtures(dir: &Path) -> Result<(Vec<PathBuf>, u64)> {
-    std::fs::create_dir_all(dir).context("creating I1's directory")?;
+    std::fs::create_dir_all(dir).context("creating IMP1's directory")?;
     let mut rng = SmallRng::seed_from_u64(SEED);
     let mut files = Vec::with_capacity(FILES);
     let mut total = 0;
@@ -145,10 +145,10 @@ async fn import(ctx: &Ctx<'_>, dir: &Path) -> Result<(Duration, Value)> {
     Ok((elapsed, summary))
 }
 
-pub async fn i1(ctx: &mut Ctx<'_>) -> Result<Vec<Row>> {
+pub async fn imp1(ctx: &mut Ctx<'_>) -> Result<Vec<Row>> {
     let dir = ctx
         .scratch
-        .join(format!("i1-{}", ctx.backend).to_lowercase());
+        .join(format!("imp1-{}", ctx.backend).to_lowercase());
     let (files, total_bytes) = write_fixtures(&dir)?;
     // Warm the page cache for both sides, then the baseline.
     unzip_md5sum(&files).await?;
@@ -160,7 +160,7 @@ pub async fn i1(ctx: &mut Ctx<'_>) -> Result<Vec<Row>> {
     let bps = total_bytes as f64 / first.as_secs_f64();
     let mut row = Row::new(
         ctx.backend,
-        "I1",
+        "IMP1",
         format!(
             "atelier import, {FILES} .sb3 ({:.1} MB), first run",
             total_bytes as f64 / 1e6
@@ -184,7 +184,7 @@ pub async fn i1(ctx: &mut Ctx<'_>) -> Result<Vec<Row>> {
 
     let (second, summary) = import(ctx, &dir).await?;
     let skipped = summary["skipped"].as_u64();
-    let mut again = Row::new(ctx.backend, "I1", "the same directory again: all skipped");
+    let mut again = Row::new(ctx.backend, "IMP1", "the same directory again: all skipped");
     let speedup = first.as_secs_f64() / second.as_secs_f64();
     again.value = format!("{:.0} ms", second.as_secs_f64() * 1e3);
     again.errors = summary["failed"].as_u64();

@@ -1,4 +1,4 @@
-//! The scenarios (R1 … S1, I1) and their table, what they share — the running server, tokens, seeded data, the
+//! The scenarios (R1 … S1, IMP1) and their table, what they share — the running server, tokens, seeded data, the
 //! baselines, the fake OpenID Provider — and the measuring wrapper that reads the server's counters and RSS around a
 //! load run.
 
@@ -51,7 +51,7 @@ pub enum Scenario {
     E1,
     A1,
     A2,
-    I1,
+    IMP1,
     M1,
     S1,
 }
@@ -161,8 +161,8 @@ pub const TABLE: &[Spec] = &[
         baseline: Baseline::None,
     },
     Spec {
-        id: Scenario::I1,
-        run: Run::Server(|ctx| Box::pin(imports::i1(ctx))),
+        id: Scenario::IMP1,
+        run: Run::Server(|ctx| Box::pin(imports::imp1(ctx))),
         needs_provider: false,
         baseline: Baseline::None,
     },
