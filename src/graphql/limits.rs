@@ -294,7 +294,21 @@ impl Extension for OperationLimits {
         // A scan of the text, even when the document cache parsed it already: cheaper than
         // knowing whether it did.
         check_text(&request.query)?;
-        check_shape(request.parsed_query()?, &self.limits)?;
+        let doc = request.parsed_query()?;
+        check_shape(doc, &self.limits)?;
+        // Complexity reads `first` through the variables; async-graphql's reader refuses an
+        // omitted nullable variable ("Variable first is not defined") where execution would
+        // take it as null. Say null explicitly, so both agree.
+        let omitted: Vec<async_graphql::Name> = doc
+            .operations
+            .iter()
+            .flat_map(|(_, op)| op.node.variable_definitions.iter())
+            .filter(|def| def.node.var_type.node.nullable && def.node.default_value.is_none())
+            .map(|def| def.node.name.node.clone())
+            .collect();
+        for name in omitted {
+            request.variables.entry(name).or_insert(Value::Null);
+        }
         next.run(ctx, request).await
     }
 
