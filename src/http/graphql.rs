@@ -56,15 +56,9 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
             Err(e) => return error_response(&e),
         }
     } else {
-        let bytes = match axum::body::to_bytes(body, state.max_request_bytes).await {
+        let bytes = match read_body(body, state.max_request_bytes).await {
             Ok(b) => b,
-            Err(_) => {
-                let e = AppError::PayloadTooLarge {
-                    what: "request body",
-                    limit: state.max_request_bytes as u64,
-                };
-                return error_response(&e);
-            }
+            Err(e) => return error_response(&e),
         };
         match serde_json::from_slice::<BatchRequest>(&bytes) {
             Ok(b) => (b, None),
@@ -109,6 +103,38 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
         }
         Ok(Answer::Executed(done)) => respond(done),
     }
+}
+
+/// A body over this is not read to its end before the 413: the connection is closed instead.
+const MAX_DRAIN: usize = 64 * 1024 * 1024;
+
+/// The whole body, at most `limit` bytes. Past the limit the rest is read and discarded (up
+/// to [`MAX_DRAIN`]) before answering 413, so that a client still sending can read the answer
+/// instead of a broken pipe.
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, AppError> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| AppError::BadUserInput {
+            message: format!("the request body could not be read: {e}"),
+            field: None,
+        })?;
+        seen += chunk.len();
+        if seen <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if seen > limit.saturating_add(MAX_DRAIN) {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(AppError::PayloadTooLarge {
+            what: "request body",
+            limit: limit as u64,
+        });
+    }
+    Ok(buf.freeze())
 }
 
 /// What a request got: executed now, or the recorded answer of an earlier execution under
