@@ -1,6 +1,8 @@
 //! Connecting to the database per backend, and the one transaction helper every write goes
 //! through (IMMEDIATE on SQLite, bounded retries on busy / serialization failures).
 
+pub mod listen;
+
 use std::{sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;

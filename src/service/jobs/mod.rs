@@ -1,0 +1,77 @@
+//! Background jobs: `.sb3` exports claimed once per (kind, project, version) and built by a
+//! bounded pool of workers ("claim before expensive work").
+//!
+//! - **Claim.** `exportProject` inserts a `pending` row with `ON CONFLICT … DO NOTHING` on the
+//!   partial unique index `jobs_live_subject_key` (live = not failed), then reads the live row:
+//!   every racer, in any process, answers the same job. A failed job is not live, so the next
+//!   request claims anew. The row records the blob key of the claimed version's content:
+//!   blobs are immutable, so the bundle is of that version even if the project changes before
+//!   a worker gets to it.
+//! - **Take.** A worker takes a job by compare-and-set (`pending`, or `running` with an expired
+//!   lease → `running` with a lease and a fresh per-run token); only the worker whose UPDATE
+//!   changed the row builds. It renews the lease while building; its READY (or FAILED) update
+//!   is guarded by its token, so a worker that lost its lease can never overwrite the outcome
+//!   of the one that replaced it.
+//! - **Recovery.** A periodic sweep in every server process takes pending jobs nobody runs and
+//!   running jobs whose lease expired (their worker died, e.g. kill -9). A job whose workers died
+//!   [`MAX_ATTEMPTS`] times is failed for good.
+//! - **Changes.** Every status change notifies channel [`CHANNEL`] (PostgreSQL, in the changing
+//!   transaction) and this process's broadcast; `jobChanged` subscribers re-read the row on a
+//!   notification or a slow poll, so a lost notification delays an event but never loses it.
+
+mod claim;
+mod queue;
+mod runner;
+mod watch;
+mod worker;
+
+use std::time::Duration;
+
+pub use claim::{Bundle, bundle, export_project, get, visible};
+pub use queue::sweep;
+pub use runner::{JobRunner, JobSubscriber};
+pub use watch::watch;
+pub use worker::{kick, sweep_forever};
+
+/// `jobs.kind` of an `.sb3` export.
+pub const KIND_EXPORT_SB3: &str = "export_sb3";
+/// PostgreSQL channel of job status changes; the payload is the job id.
+pub const CHANNEL: &str = "atelier_jobs";
+/// Workers that died holding a job this many times make it FAILED instead of taken again.
+pub const MAX_ATTEMPTS: i32 = 3;
+/// A pending job younger than this is left to the process that claimed it.
+const PENDING_GRACE: Duration = Duration::from_secs(1);
+
+/// A job's lifecycle: PENDING → RUNNING → READY | FAILED.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Running,
+    Ready,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Ready => "ready",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// Unknown stored values read as failed: nothing waits on them.
+    pub fn from_db(s: &str) -> Status {
+        match s {
+            "pending" => Status::Pending,
+            "running" => Status::Running,
+            "ready" => Status::Ready,
+            _ => Status::Failed,
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Ready | Status::Failed)
+    }
+}
