@@ -11,6 +11,7 @@ pub mod idempotency;
 pub mod identity;
 pub mod imports;
 pub mod jobs;
+pub mod lease;
 pub mod maintenance;
 pub mod oidc;
 pub mod pacing;

@@ -1,20 +1,25 @@
-//! The claim protocol on `import_runs`: claim (or take over) the run of (source, hash),
-//! renew a claimer's leases, mark a run failed, and read back a run whose write may have
-//! committed.
+//! The claim protocol on `import_runs`, through the one lease protocol (`service::lease`):
+//! claim (or take over) the run of (source, hash), keep a claimer's leases, mark a run
+//! failed, and read back a run whose write may have committed.
 
 use std::time::Duration;
 
 use entity::import_run;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Statement,
-    sea_query::{Expr, ExprTrait},
+    ColumnTrait, Condition, EntityTrait, QueryFilter,
+    sea_query::{Expr, ExprTrait, OnConflict, Query},
 };
 
 use super::claimer::claimer_is_dead;
 use crate::{
     error::{AppError, AppResult},
-    service::{Services, now},
+    service::{
+        Services,
+        lease::{self, LeaseStatus},
+        now,
+    },
 };
+
 /// The outcome of claiming one file.
 #[derive(Debug)]
 pub(super) enum Claim {
@@ -40,7 +45,7 @@ pub(super) async fn claim(
     // Read first: a re-run over files imported before is then reads only (no write lock on
     // SQLite, no row lock on PostgreSQL). The statement below decides everything else.
     if let Some(run) = find_run(svc, source, hash).await?
-        && run.status == "completed"
+        && run.status == LeaseStatus::Completed
         && let Some(project) = run.project_id
     {
         return Ok(Claim::Completed(project));
@@ -48,37 +53,16 @@ pub(super) async fn claim(
     for _ in 0..5 {
         let at = now();
         let until = at + chrono::Duration::from_std(lease).map_err(AppError::internal)?;
-        let backend = svc.db.backend();
-        let sql = placeholders(
-            backend,
-            "INSERT INTO import_runs \
-               (source, content_hash, status, attempts, claimed_by, lease_until, created_at, updated_at) \
-             VALUES (?, ?, 'pending', 1, ?, ?, ?, ?) \
-             ON CONFLICT (source, content_hash) DO UPDATE SET \
-               status = 'pending', attempts = import_runs.attempts + 1, \
-               claimed_by = excluded.claimed_by, lease_until = excluded.lease_until, \
-               error = NULL, project_id = NULL, updated_at = excluded.updated_at \
-             WHERE import_runs.status = 'failed' \
-                OR (import_runs.status = 'pending' \
-                    AND (import_runs.lease_until IS NULL OR import_runs.lease_until < ?)) \
-                OR (import_runs.status = 'completed' AND import_runs.project_id IS NULL) \
-             RETURNING id",
-        );
-        let values: Vec<sea_orm::Value> = vec![
-            source.into(),
-            hash.into(),
-            claimer.into(),
-            until.into(),
-            at.into(),
-            at.into(),
-            at.into(),
-        ];
+        let stmt = svc
+            .db
+            .backend()
+            .build(&claim_statement(source, hash, claimer, at, until));
         let claimed = svc
             .db
             .write_one(|conn| {
-                let stmt = Statement::from_sql_and_values(backend, sql.clone(), values.clone());
+                let stmt = stmt.clone();
                 Box::pin(async move {
-                    match conn.query_one_raw(stmt).await? {
+                    match sea_orm::ConnectionTrait::query_one_raw(conn, stmt).await? {
                         Some(row) => Ok(Some(row.try_get::<i64>("", "id")?)),
                         None => Ok(None),
                     }
@@ -92,30 +76,33 @@ pub(super) async fn claim(
         let Some(run) = find_run(svc, source, hash).await? else {
             continue;
         };
-        match (run.status.as_str(), run.project_id, run.claimed_by) {
-            ("completed", Some(project), _) => return Ok(Claim::Completed(project)),
-            ("pending", _, Some(holder)) if claimer_is_dead(&holder) => {
+        match (run.status, run.project_id, run.claimed_by) {
+            (LeaseStatus::Completed, Some(project), _) => return Ok(Claim::Completed(project)),
+            (LeaseStatus::Running, _, Some(holder)) if claimer_is_dead(&holder) => {
                 // Compare-and-set on the dead holder: of several importers noticing, one wins.
-                let taken = import_run::Entity::update_many()
-                    .col_expr(import_run::Column::ClaimedBy, Expr::value(claimer))
-                    .col_expr(import_run::Column::LeaseUntil, Expr::value(until))
-                    .col_expr(
-                        import_run::Column::Attempts,
-                        Expr::col(import_run::Column::Attempts).add(1),
-                    )
-                    .col_expr(import_run::Column::UpdatedAt, Expr::value(at))
-                    .filter(import_run::Column::Id.eq(run.id))
-                    .filter(import_run::Column::Status.eq("pending"))
-                    .filter(import_run::Column::ClaimedBy.eq(holder.as_str()))
-                    .exec(svc.db.conn())
-                    .await?;
+                let taken = lease::claim::<import_run::Entity>(
+                    Condition::all()
+                        .add(import_run::Column::Id.eq(run.id))
+                        .add(lease::held_by::<import_run::Entity>(&holder)),
+                    claimer,
+                    until,
+                )
+                .col_expr(
+                    import_run::Column::Attempts,
+                    Expr::col(import_run::Column::Attempts).add(1),
+                )
+                .col_expr(import_run::Column::UpdatedAt, Expr::value(at))
+                .exec(svc.db.conn())
+                .await?;
                 if taken.rows_affected == 1 {
                     tracing::info!(import_run.id = run.id, import_run.dead_claimer = %holder, "import_run_taken_from_dead_claimer");
                     return Ok(Claim::Claimed(run.id));
                 }
             }
-            ("pending", _, Some(holder)) if holder == claimer => return Ok(Claim::OwnAlready),
-            ("pending", _, _) => return Ok(Claim::Held),
+            (LeaseStatus::Running, _, Some(holder)) if holder == claimer => {
+                return Ok(Claim::OwnAlready);
+            }
+            (LeaseStatus::Running, _, _) => return Ok(Claim::Held),
             // Changed between our statement and the read (failed, or its project deleted):
             // claim again.
             _ => {}
@@ -126,7 +113,73 @@ pub(super) async fn claim(
     ))
 }
 
-pub(super) async fn find_run(
+/// The one statement that claims a run: inserts it running under our lease, or, when it
+/// exists, takes it over if it failed, was abandoned (its lease passed) or completed a project
+/// deleted since; `RETURNING id` only when we got it. Built, not written, so the states are
+/// the enum's and the placeholders the backend's.
+fn claim_statement(
+    source: &str,
+    hash: &str,
+    claimer: &str,
+    at: chrono::DateTime<chrono::Utc>,
+    until: chrono::DateTime<chrono::Utc>,
+) -> sea_orm::sea_query::InsertStatement {
+    use import_run::{Column as C, Entity as Runs};
+    // Qualified: in the DO UPDATE clause a bare name could mean the proposed row.
+    let existing = |c: C| Expr::col((Runs, c));
+    let takeable = Condition::any()
+        .add(existing(C::Status).eq(LeaseStatus::Failed))
+        .add(
+            Condition::all()
+                .add(existing(C::Status).eq(LeaseStatus::Running))
+                .add(
+                    Condition::any()
+                        .add(existing(C::LeaseUntil).is_null())
+                        .add(existing(C::LeaseUntil).lt(at)),
+                ),
+        )
+        .add(
+            Condition::all()
+                .add(existing(C::Status).eq(LeaseStatus::Completed))
+                .add(existing(C::ProjectId).is_null()),
+        );
+    Query::insert()
+        .into_table(Runs)
+        .columns([
+            C::Source,
+            C::ContentHash,
+            C::Status,
+            C::Attempts,
+            C::ClaimedBy,
+            C::LeaseUntil,
+            C::CreatedAt,
+            C::UpdatedAt,
+        ])
+        .values_panic([
+            source.into(),
+            hash.into(),
+            LeaseStatus::Running.into(),
+            1.into(),
+            claimer.into(),
+            until.into(),
+            at.into(),
+            at.into(),
+        ])
+        .on_conflict(
+            OnConflict::columns([C::Source, C::ContentHash])
+                .value(C::Status, LeaseStatus::Running)
+                .value(C::Attempts, existing(C::Attempts).add(1))
+                .update_columns([C::ClaimedBy, C::LeaseUntil, C::UpdatedAt])
+                .value(C::Error, Expr::value(Option::<String>::None))
+                .value(C::ProjectId, Expr::value(Option::<i64>::None))
+                .action_and_where(takeable.into())
+                .to_owned(),
+        )
+        .returning_col(C::Id)
+        .to_owned()
+}
+
+async fn find_run(
     svc: &Services,
     source: &str,
     hash: &str,
@@ -138,52 +191,29 @@ pub(super) async fn find_run(
         .await?)
 }
 
-/// `?` placeholders as the backend wants them.
-pub(super) fn placeholders(backend: DbBackend, sql: &str) -> String {
-    if backend != DbBackend::Postgres {
-        return sql.to_owned();
-    }
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push_str(&format!("${n}"));
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Keeps every pending claim of `claimer` alive for another `lease`.
+/// Keeps every running claim of `claimer` alive for another `lease`.
 pub(super) async fn renew(svc: &Services, claimer: &str, lease: Duration) -> AppResult<u64> {
     let until = now() + chrono::Duration::from_std(lease).map_err(AppError::internal)?;
-    Ok(import_run::Entity::update_many()
-        .col_expr(import_run::Column::LeaseUntil, Expr::value(until))
-        .filter(import_run::Column::ClaimedBy.eq(claimer))
-        .filter(import_run::Column::Status.eq("pending"))
-        .exec(svc.db.conn())
-        .await?
-        .rows_affected)
+    Ok(
+        lease::keep::<import_run::Entity>(Condition::all(), claimer, until)
+            .exec(svc.db.conn())
+            .await?
+            .rows_affected,
+    )
 }
 
 /// Marks our claim failed with the reason, so a later import may claim it anew. A run that
 /// is no longer ours (or already completed) is left alone.
 pub(super) async fn mark_failed(svc: &Services, run_id: i64, claimer: &str, reason: &str) {
-    let result = import_run::Entity::update_many()
-        .col_expr(import_run::Column::Status, Expr::value("failed"))
-        .col_expr(import_run::Column::Error, Expr::value(reason))
-        .col_expr(
-            import_run::Column::LeaseUntil,
-            Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None),
-        )
-        .col_expr(import_run::Column::UpdatedAt, Expr::value(now()))
-        .filter(import_run::Column::Id.eq(run_id))
-        .filter(import_run::Column::Status.eq("pending"))
-        .filter(import_run::Column::ClaimedBy.eq(claimer))
-        .exec(svc.db.conn())
-        .await;
+    let result = lease::finish::<import_run::Entity>(
+        import_run::Column::Id.eq(run_id),
+        claimer,
+        LeaseStatus::Failed,
+    )
+    .col_expr(import_run::Column::Error, Expr::value(reason))
+    .col_expr(import_run::Column::UpdatedAt, Expr::value(now()))
+    .exec(svc.db.conn())
+    .await;
     if let Err(e) = result {
         // The lease runs out and the run is claimable again anyway.
         tracing::warn!(import_run.id = run_id, error = %e, "import_run_mark_failed_failed");
@@ -197,7 +227,7 @@ pub(super) async fn completed_project(svc: &Services, run_id: i64, claimer: &str
         .one(svc.db.conn())
         .await
         .ok()??;
-    (run.status == "completed" && run.claimed_by.as_deref() == Some(claimer))
+    (run.status == LeaseStatus::Completed && run.claimed_by.as_deref() == Some(claimer))
         .then_some(run.project_id)
         .flatten()
 }

@@ -135,7 +135,7 @@ pub(super) async fn already_imported(
             .column(import_run::Column::ContentHash)
             .column(import_run::Column::ProjectId)
             .filter(import_run::Column::Source.eq(source))
-            .filter(import_run::Column::Status.eq("completed"))
+            .filter(import_run::Column::Status.eq(entity::lease::LeaseStatus::Completed))
             .filter(import_run::Column::ProjectId.is_not_null())
             .filter(import_run::Column::ContentHash.is_in(chunk.iter().map(|(_, h)| h.clone())))
             .into_tuple()

@@ -13,7 +13,11 @@ use super::stage::Plan;
 use crate::{
     domain::{ProjectId, Viewer},
     error::{AppError, AppResult},
-    service::{Services, now},
+    service::{
+        Services,
+        lease::{self, Held, LeaseStatus},
+        now,
+    },
     storage::StagedBlob,
 };
 /// Writes one file inside the transaction: its new assets (get-or-create: another import
@@ -66,20 +70,17 @@ pub(super) async fn write_one(
     .insert(txn)
     .await?;
     crate::service::projects::link_assets(txn, ProjectId(project.id), &asset_ids).await?;
-    let completed = import_run::Entity::update_many()
-        .col_expr(import_run::Column::Status, Expr::value("completed"))
-        .col_expr(import_run::Column::ProjectId, Expr::value(project.id))
-        .col_expr(
-            import_run::Column::LeaseUntil,
-            Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None),
-        )
-        .col_expr(import_run::Column::UpdatedAt, Expr::value(now()))
-        .filter(import_run::Column::Id.eq(plan.run_id))
-        .filter(import_run::Column::Status.eq("pending"))
-        .filter(import_run::Column::ClaimedBy.eq(claimer))
-        .exec(txn)
-        .await?;
-    if completed.rows_affected != 1 {
+    let completed = lease::finish::<import_run::Entity>(
+        import_run::Column::Id.eq(plan.run_id),
+        claimer,
+        LeaseStatus::Completed,
+    )
+    .col_expr(import_run::Column::ProjectId, Expr::value(project.id))
+    .col_expr(import_run::Column::UpdatedAt, Expr::value(now()))
+    .exec(txn)
+    .await?;
+    if Held::from_rows(completed.rows_affected) == Held::Lost {
+        // Rolls the file's writes back; the caller reports the file as not imported.
         return Err(AppError::Conflict(
             "the claim on this import was lost (its lease passed and another import took it)"
                 .to_owned(),

@@ -8,7 +8,7 @@ use sea_orm::{
     sea_query::{Expr, OnConflict},
 };
 
-use super::{KIND_EXPORT_SB3, Status, worker::kick};
+use super::{KIND_EXPORT_SB3, LeaseStatus, worker::kick};
 use crate::{
     domain::{ProjectId, Viewer},
     error::{AppError, AppResult},
@@ -27,7 +27,7 @@ pub async fn export_project(
     if created {
         tracing::info!(job.id = job.id, project.id = %id, project.version = job.subject_version, user.id = %viewer.id, "export_claimed");
     } else {
-        tracing::debug!(job.id = job.id, project.id = %id, job.status = %job.status, "export_claim_joined");
+        tracing::debug!(job.id = job.id, project.id = %id, job.status = ?job.status, "export_claim_joined");
     }
     if runnable(&job) {
         kick(svc, job.id);
@@ -61,7 +61,7 @@ pub(super) async fn claim<C: ConnectionTrait>(
             kind: Set(KIND_EXPORT_SB3.to_owned()),
             subject_id: Set(project.id),
             subject_version: Set(project.version),
-            status: Set(Status::Pending.as_str().to_owned()),
+            status: Set(LeaseStatus::Pending),
             requested_by: Set(Some(viewer.id.0)),
             source_key: Set(Some(project.content_key.clone())),
             attempts: Set(0),
@@ -77,7 +77,10 @@ pub(super) async fn claim<C: ConnectionTrait>(
             ])
             // The partial index's own predicate, as a literal: both backends infer the index
             // from it (a bound parameter could not prove the implication on PostgreSQL).
-            .target_and_where(Expr::cust("status <> 'failed'"))
+            .target_and_where(Expr::cust(format!(
+                "status <> '{}'",
+                sea_orm::ActiveEnum::to_value(&LeaseStatus::Failed)
+            )))
             .do_nothing()
             .to_owned(),
         )
@@ -103,16 +106,16 @@ pub(super) async fn live_job<C: ConnectionTrait>(
         .filter(job::Column::Kind.eq(KIND_EXPORT_SB3))
         .filter(job::Column::SubjectId.eq(project_id))
         .filter(job::Column::SubjectVersion.eq(version))
-        .filter(job::Column::Status.ne(Status::Failed.as_str()))
+        .filter(job::Column::Status.ne(LeaseStatus::Failed))
         .one(conn)
         .await?)
 }
 
 /// Whether a worker should try to take the job now.
 pub(super) fn runnable(job: &job::Model) -> bool {
-    match Status::from_db(&job.status) {
-        Status::Pending => true,
-        Status::Running => job.lease_until.is_none_or(|l| l < now()),
+    match job.status {
+        LeaseStatus::Pending => true,
+        LeaseStatus::Running => job.lease_until.is_none_or(|l| l < now()),
         _ => false,
     }
 }
@@ -162,14 +165,14 @@ pub async fn bundle(svc: &Services, viewer: Option<Viewer>, id: i64) -> AppResul
     let (job, project) = visible(svc, viewer, id)
         .await?
         .ok_or(AppError::NotFound("export"))?;
-    match (Status::from_db(&job.status), job.bundle_key.clone()) {
-        (Status::Ready, Some(key)) => Ok(Bundle {
+    match (job.status, job.bundle_key.clone()) {
+        (LeaseStatus::Completed, Some(key)) => Ok(Bundle {
             size: u64::try_from(job.bundle_size.unwrap_or(0)).unwrap_or(0),
             key,
             job,
             project,
         }),
-        (Status::Failed, _) => Err(AppError::Conflict(format!(
+        (LeaseStatus::Failed, _) => Err(AppError::Conflict(format!(
             "the export failed ({}); export again",
             job.error.as_deref().unwrap_or("no reason recorded")
         ))),

@@ -42,36 +42,5 @@ pub const MAX_ATTEMPTS: i32 = 3;
 /// A pending job younger than this is left to the process that claimed it.
 const PENDING_GRACE: Duration = Duration::from_secs(1);
 
-/// A job's lifecycle: PENDING → RUNNING → READY | FAILED.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Pending,
-    Running,
-    Ready,
-    Failed,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Running => "running",
-            Status::Ready => "ready",
-            Status::Failed => "failed",
-        }
-    }
-
-    /// Unknown stored values read as failed: nothing waits on them.
-    pub fn from_db(s: &str) -> Status {
-        match s {
-            "pending" => Status::Pending,
-            "running" => Status::Running,
-            "ready" => Status::Ready,
-            _ => Status::Failed,
-        }
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(self, Status::Ready | Status::Failed)
-    }
-}
+// A job's lifecycle is a `LeaseStatus`: pending → running → completed (READY) | failed.
+pub use entity::lease::LeaseStatus;

@@ -1,5 +1,6 @@
-//! The queue's compare-and-set steps on `jobs` rows: take, renew, finish, abandon, and the
-//! sweep's search for jobs nobody runs. Every status change is announced.
+//! The queue's compare-and-set steps on `jobs` rows, all through the one lease protocol
+//! (`service::lease`): take, keep, finish, abandon, and the sweep's search for jobs nobody
+//! runs. Every status change is announced.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -10,19 +11,19 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait},
 };
 
-use super::{CHANNEL, MAX_ATTEMPTS, PENDING_GRACE, Status, worker::kick};
+use super::{CHANNEL, MAX_ATTEMPTS, PENDING_GRACE, worker::kick};
 use crate::{
+    db::Decision,
     error::{AppError, AppResult},
-    service::{Services, now},
+    service::{
+        Services,
+        lease::{self, Held, LeaseStatus},
+        now,
+    },
 };
 
-pub(super) const LEASE_LOST: &str = "the job's lease was lost to another worker";
-
-pub(super) fn is_lease_lost(e: &AppError) -> bool {
-    matches!(e, AppError::Conflict(m) if m == LEASE_LOST)
-}
-
-/// The compare-and-set that makes one worker the builder.
+/// The compare-and-set that makes one worker the builder: a pending job, or one whose
+/// worker's lease passed, becomes `token`'s.
 pub(super) async fn take(svc: &Services, id: i64, token: &str) -> AppResult<Option<job::Model>> {
     let lease = chrono::Duration::from_std(svc.jobs.lease).map_err(AppError::internal)?;
     svc.db
@@ -30,28 +31,21 @@ pub(super) async fn take(svc: &Services, id: i64, token: &str) -> AppResult<Opti
             let token = token.to_owned();
             Box::pin(async move {
                 let at = now();
-                let taken = job::Entity::update_many()
-                    .col_expr(job::Column::Status, Expr::value(Status::Running.as_str()))
-                    .col_expr(job::Column::LeaseUntil, Expr::value(at + lease))
-                    .col_expr(job::Column::ClaimedBy, Expr::value(token))
-                    .col_expr(
-                        job::Column::Attempts,
-                        Expr::col(job::Column::Attempts).add(1),
-                    )
-                    .col_expr(job::Column::UpdatedAt, Expr::value(at))
-                    .filter(job::Column::Id.eq(id))
-                    .filter(job::Column::Attempts.lt(MAX_ATTEMPTS))
-                    .filter(
-                        Condition::any()
-                            .add(job::Column::Status.eq(Status::Pending.as_str()))
-                            .add(
-                                Condition::all()
-                                    .add(job::Column::Status.eq(Status::Running.as_str()))
-                                    .add(job::Column::LeaseUntil.lt(at)),
-                            ),
-                    )
-                    .exec(txn)
-                    .await?;
+                let taken = lease::claim::<job::Entity>(
+                    Condition::all()
+                        .add(job::Column::Id.eq(id))
+                        .add(job::Column::Attempts.lt(MAX_ATTEMPTS))
+                        .add(lease::claimable::<job::Entity>(at)),
+                    &token,
+                    at + lease,
+                )
+                .col_expr(
+                    job::Column::Attempts,
+                    Expr::col(job::Column::Attempts).add(1),
+                )
+                .col_expr(job::Column::UpdatedAt, Expr::value(at))
+                .exec(txn)
+                .await?;
                 if taken.rows_affected == 0 {
                     return Ok(None);
                 }
@@ -62,31 +56,28 @@ pub(super) async fn take(svc: &Services, id: i64, token: &str) -> AppResult<Opti
         .await
 }
 
-/// Renews the lease while the build runs; returns only when the lease is lost.
-pub(super) async fn keep_lease(svc: &Services, id: i64, token: &str) -> AppError {
+/// Keeps the lease while the build runs; returns only when the lease is lost.
+pub(super) async fn keep_lease(svc: &Services, id: i64, token: &str) -> Held {
     let every = svc.jobs.lease / 3;
-    let lease = chrono::Duration::from_std(svc.jobs.lease).unwrap_or(chrono::Duration::MAX);
+    let lease = lease::span(svc.jobs.lease);
     loop {
         tokio::time::sleep(every).await;
-        let renewed = svc
+        let kept = svc
             .db
             .write_one(|conn| {
                 let token = token.to_owned();
                 Box::pin(async move {
-                    Ok(job::Entity::update_many()
-                        .col_expr(job::Column::LeaseUntil, Expr::value(now() + lease))
-                        .filter(job::Column::Id.eq(id))
-                        .filter(job::Column::Status.eq(Status::Running.as_str()))
-                        .filter(job::Column::ClaimedBy.eq(token))
-                        .exec(conn)
-                        .await?
-                        .rows_affected)
+                    let kept =
+                        lease::keep::<job::Entity>(job::Column::Id.eq(id), &token, now() + lease)
+                            .exec(conn)
+                            .await?;
+                    Ok(Held::from_rows(kept.rows_affected))
                 })
             })
             .await;
-        match renewed {
-            Ok(0) => return AppError::Conflict(LEASE_LOST.to_owned()),
-            Ok(_) => {}
+        match kept {
+            Ok(Held::Lost) => return Held::Lost,
+            Ok(Held::Yes) => {}
             // The database is away: keep building; the READY update decides whether we still
             // hold the job.
             Err(e) => tracing::warn!(job.id = id, error = %e, "job_lease_renewal_failed"),
@@ -94,60 +85,63 @@ pub(super) async fn keep_lease(svc: &Services, id: i64, token: &str) -> AppError
     }
 }
 
-/// READY, with the bundle published in the same step (`write::commit`).
+/// Completed (READY), with the bundle published in the same step (`write::commit`), if this
+/// run still holds the job; otherwise nothing is written and the staged bundle is dropped.
 pub(super) async fn finish_ready(
     svc: &Services,
     id: i64,
     token: &str,
     staged: crate::storage::StagedBlob,
-) -> AppResult<()> {
+) -> AppResult<Held> {
     let (key, size) = (staged.key.clone(), staged.size as i64);
-    crate::service::write::commit(svc, vec![staged], None, |txn| {
+    let held = crate::service::write::commit_deciding(svc, vec![staged], None, |txn| {
         let (token, key) = (token.to_owned(), key.clone());
         Box::pin(async move {
-            let done = job::Entity::update_many()
-                .col_expr(job::Column::Status, Expr::value(Status::Ready.as_str()))
-                .col_expr(job::Column::BundleKey, Expr::value(key))
-                .col_expr(job::Column::BundleSize, Expr::value(size))
-                .col_expr(job::Column::LeaseUntil, Expr::cust("NULL"))
-                .col_expr(job::Column::UpdatedAt, Expr::value(now()))
-                .filter(job::Column::Id.eq(id))
-                .filter(job::Column::Status.eq(Status::Running.as_str()))
-                .filter(job::Column::ClaimedBy.eq(token))
-                .exec(txn)
-                .await?;
-            if done.rows_affected == 0 {
-                return Err(AppError::Conflict(LEASE_LOST.to_owned()));
+            let done = lease::finish::<job::Entity>(
+                job::Column::Id.eq(id),
+                &token,
+                LeaseStatus::Completed,
+            )
+            .col_expr(job::Column::BundleKey, Expr::value(key))
+            .col_expr(job::Column::BundleSize, Expr::value(size))
+            .col_expr(job::Column::UpdatedAt, Expr::value(now()))
+            .exec(txn)
+            .await?;
+            match Held::from_rows(done.rows_affected) {
+                Held::Lost => Ok(Decision::RollBack(false)),
+                Held::Yes => {
+                    announce(txn, id).await?;
+                    Ok(Decision::Commit(true))
+                }
             }
-            announce(txn, id).await
         })
     })
     .await?;
+    if !held {
+        return Ok(Held::Lost);
+    }
     svc.jobs.changed(id);
-    Ok(())
+    Ok(Held::Yes)
 }
 
 /// FAILED with the reason, if this run still holds the job. Best effort: if it cannot be
 /// recorded, the lease expires and the sweep runs the job again.
-pub(super) async fn finish_failed(svc: &Services, id: i64, token: &str, why: &AppError) {
+pub(super) async fn finish_failed(svc: &Services, id: i64, token: &str, reason: String) {
     svc.jobs.failures.fetch_add(1, Relaxed);
-    let message = why.public_message();
-    tracing::warn!(job.id = id, error = %why, "export_failed");
     let marked = svc
         .db
         .write(|txn| {
-            let (token, message) = (token.to_owned(), message.clone());
+            let (token, reason) = (token.to_owned(), reason.clone());
             Box::pin(async move {
-                let done = job::Entity::update_many()
-                    .col_expr(job::Column::Status, Expr::value(Status::Failed.as_str()))
-                    .col_expr(job::Column::Error, Expr::value(message))
-                    .col_expr(job::Column::LeaseUntil, Expr::cust("NULL"))
-                    .col_expr(job::Column::UpdatedAt, Expr::value(now()))
-                    .filter(job::Column::Id.eq(id))
-                    .filter(job::Column::Status.eq(Status::Running.as_str()))
-                    .filter(job::Column::ClaimedBy.eq(token))
-                    .exec(txn)
-                    .await?;
+                let done = lease::finish::<job::Entity>(
+                    job::Column::Id.eq(id),
+                    &token,
+                    LeaseStatus::Failed,
+                )
+                .col_expr(job::Column::Error, Expr::value(reason))
+                .col_expr(job::Column::UpdatedAt, Expr::value(now()))
+                .exec(txn)
+                .await?;
                 if done.rows_affected > 0 {
                     announce(txn, id).await?;
                 }
@@ -185,24 +179,20 @@ pub async fn sweep(svc: &Services) -> AppResult<usize> {
             Condition::any()
                 .add(
                     Condition::all()
-                        .add(job::Column::Status.eq(Status::Pending.as_str()))
+                        .add(job::Column::Status.eq(LeaseStatus::Pending))
                         .add(job::Column::UpdatedAt.lt(at - grace)),
                 )
-                .add(
-                    Condition::all()
-                        .add(job::Column::Status.eq(Status::Running.as_str()))
-                        .add(job::Column::LeaseUntil.lt(at)),
-                ),
+                .add(lease::expired::<job::Entity>(at)),
         )
         .order_by_asc(job::Column::Id)
         .limit(100)
         .all(svc.db.conn())
         .await?;
     for job in &stuck {
-        if Status::from_db(&job.status) == Status::Running && job.attempts >= MAX_ATTEMPTS {
+        if job.status == LeaseStatus::Running && job.attempts >= MAX_ATTEMPTS {
             abandon(svc, job).await?;
         } else {
-            if Status::from_db(&job.status) == Status::Running {
+            if job.status == LeaseStatus::Running {
                 tracing::warn!(job.id = job.id, job.claimed_by = ?job.claimed_by, "job_lease_expired_reclaiming");
             }
             kick(svc, job.id);
@@ -211,7 +201,8 @@ pub async fn sweep(svc: &Services) -> AppResult<usize> {
     Ok(stuck.len())
 }
 
-/// FAILED for a job whose workers kept dying, if its lease is still expired.
+/// FAILED for a job whose workers kept dying, if its lease is still expired (and still the
+/// one the sweep saw: a worker that took it meanwhile keeps it).
 pub(super) async fn abandon(svc: &Services, job: &job::Model) -> AppResult<()> {
     let (id, claimed_by) = (job.id, job.claimed_by.clone());
     let message = format!(
@@ -224,17 +215,17 @@ pub(super) async fn abandon(svc: &Services, job: &job::Model) -> AppResult<()> {
             let (claimed_by, message) = (claimed_by.clone(), message.clone());
             Box::pin(async move {
                 let at = now();
-                let done = job::Entity::update_many()
-                    .col_expr(job::Column::Status, Expr::value(Status::Failed.as_str()))
-                    .col_expr(job::Column::Error, Expr::value(message))
-                    .col_expr(job::Column::LeaseUntil, Expr::cust("NULL"))
-                    .col_expr(job::Column::UpdatedAt, Expr::value(at))
-                    .filter(job::Column::Id.eq(id))
-                    .filter(job::Column::Status.eq(Status::Running.as_str()))
-                    .filter(job::Column::ClaimedBy.eq(claimed_by))
-                    .filter(job::Column::LeaseUntil.lt(at))
-                    .exec(txn)
-                    .await?;
+                let done = lease::finish_expired::<job::Entity>(
+                    Condition::all()
+                        .add(job::Column::Id.eq(id))
+                        .add(job::Column::ClaimedBy.eq(claimed_by)),
+                    at,
+                    LeaseStatus::Failed,
+                )
+                .col_expr(job::Column::Error, Expr::value(message))
+                .col_expr(job::Column::UpdatedAt, Expr::value(at))
+                .exec(txn)
+                .await?;
                 if done.rows_affected > 0 {
                     announce(txn, id).await?;
                 }

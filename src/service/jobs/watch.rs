@@ -7,7 +7,7 @@ use entity::job;
 use futures::Stream;
 use tokio::sync::broadcast;
 
-use super::{Status, claim::get};
+use super::{LeaseStatus, claim::get};
 use crate::{
     domain::Viewer,
     error::{AppError, AppResult},
@@ -38,7 +38,7 @@ pub fn watch(
         id: i64,
         rx: broadcast::Receiver<i64>,
         authority_changes: tokio::sync::watch::Receiver<u64>,
-        last: Option<Status>,
+        last: Option<LeaseStatus>,
         /// Who the job was last read for.
         seen_by: Option<Option<Viewer>>,
         done: bool,
@@ -95,7 +95,7 @@ pub fn watch(
                     return Some((Err(AppError::NotFound("job")), w));
                 }
                 Ok(Some(job)) => {
-                    let status = Status::from_db(&job.status);
+                    let status = job.status;
                     if w.last == Some(status) {
                         continue;
                     }

@@ -5,7 +5,8 @@ use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 
 use entity::job;
 
-use super::queue::{finish_failed, finish_ready, is_lease_lost, keep_lease, sweep, take};
+use super::queue::{finish_failed, finish_ready, keep_lease, sweep, take};
+use crate::service::{export::BuildFailed, lease::Held};
 use crate::{error::AppResult, service::Services};
 
 /// Makes sure a task of this process tries to run job `id` (unless one already does).
@@ -62,33 +63,36 @@ pub(super) async fn run(svc: &Services, id: i64) -> AppResult<()> {
         "export_build_started"
     );
     let built = tokio::select! {
-        built = build(svc, &job) => built,
-        lost = keep_lease(svc, id, &token) => Err(lost),
+        built = build(svc, &job) => Some(built),
+        // Returns only once the lease is lost.
+        _lost = keep_lease(svc, id, &token) => None,
     };
     match built {
-        Ok(staged) => {
+        None => {
+            tracing::warn!(job.id = id, "export_lease_lost");
+            Ok(())
+        }
+        Some(Ok(staged)) => {
             let (key, size) = (staged.key.clone(), staged.size);
             match finish_ready(svc, id, &token, staged).await {
-                Ok(()) => {
+                Ok(Held::Yes) => {
                     tracing::info!(job.id = id, blob.key = %key, blob.size = size, "export_ready");
                     Ok(())
                 }
-                Err(e) if is_lease_lost(&e) => {
+                Ok(Held::Lost) => {
                     tracing::warn!(job.id = id, "export_lease_lost_before_ready");
                     Ok(())
                 }
                 Err(e) => {
-                    finish_failed(svc, id, &token, &e).await;
+                    tracing::warn!(job.id = id, error = %e, "export_failed");
+                    finish_failed(svc, id, &token, e.public_message()).await;
                     Err(e)
                 }
             }
         }
-        Err(e) if is_lease_lost(&e) => {
-            tracing::warn!(job.id = id, "export_lease_lost");
-            Ok(())
-        }
-        Err(e) => {
-            finish_failed(svc, id, &token, &e).await;
+        Some(Err(failed)) => {
+            tracing::warn!(job.id = id, error = %failed, "export_failed");
+            finish_failed(svc, id, &token, failed.reason()).await;
             Ok(())
         }
     }
@@ -97,7 +101,7 @@ pub(super) async fn run(svc: &Services, id: i64) -> AppResult<()> {
 pub(super) async fn build(
     svc: &Services,
     job: &job::Model,
-) -> AppResult<crate::storage::StagedBlob> {
+) -> Result<crate::storage::StagedBlob, BuildFailed> {
     // Tests hold a build here (`return(ms)`): to watch RUNNING, or to kill the process mid-build.
     let pause: Option<u64> = (|| {
         fail::fail_point!("export::build_delay", |ms: Option<String>| ms
