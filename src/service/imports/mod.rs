@@ -15,6 +15,11 @@
 //! copied or moved elsewhere is therefore still recognised, and the same file imported for
 //! two owners creates a project for each. A completed run whose project was deleted since is
 //! imported again.
+//!
+//! Files: [`claim`] (the claim protocol on `import_runs`, over `service::lease`), [`claimer`]
+//! (who holds a claim, and whether that process died), [`stage`] (validating a file and
+//! staging its blobs), [`write`] (the write transaction), [`upload`] (`importProject`),
+//! [`cli`] (the `atelier import` pipeline) and [`report`] (what it reports).
 
 mod claim;
 mod claimer;

@@ -8,7 +8,8 @@
 //!   blobs are immutable, so the bundle is of that version even if the project changes before
 //!   a worker gets to it.
 //! - **Take.** A worker takes a job by compare-and-set (`pending`, or `running` with an expired
-//!   lease → `running` with a lease and a fresh per-run token); only the worker whose UPDATE
+//!   lease → `running` with a lease and a fresh per-run token: the protocol of
+//!   `service::lease`, as for import runs and idempotency keys); only the worker whose UPDATE
 //!   changed the row builds. It renews the lease while building; its READY (or FAILED) update
 //!   is guarded by its token, so a worker that lost its lease can never overwrite the outcome
 //!   of the one that replaced it.
@@ -16,8 +17,14 @@
 //!   running jobs whose lease expired (their worker died, e.g. kill -9). A job whose workers died
 //!   [`MAX_ATTEMPTS`] times is failed for good.
 //! - **Changes.** Every status change notifies channel [`CHANNEL`] (PostgreSQL, in the changing
-//!   transaction) and this process's broadcast; `jobChanged` subscribers re-read the row on a
-//!   notification or a slow poll, so a lost notification delays an event but never loses it.
+//!   transaction; every process hears it on its one listener, `db::listen`, through
+//!   [`JobSubscriber`]) and this process's broadcast; `jobChanged` subscribers re-read the row
+//!   on a notification or a slow poll, so a lost notification delays an event but never
+//!   loses it.
+//!
+//! Files: [`claim`] (claiming and reading jobs), [`queue`] (the compare-and-set steps on rows),
+//! [`worker`] (running a job in this process, the sweep loop), [`runner`] (this process's
+//! workers and broadcast), [`watch`] (`jobChanged`).
 
 mod claim;
 mod queue;
