@@ -389,13 +389,12 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
         Duration::from_secs(cfg.idempotency_ttl_hours * 3600),
     ));
     if svc.db.backend() == sea_orm::DbBackend::Postgres {
-        // The token cache is used only while this listener hears every authority change.
-        // Wait briefly for its first connection so the cache works from the first request;
-        // the server starts without it (reading every token from the database) if it fails.
-        let first =
-            service::identity::spawn_auth_listener(svc.tokens.clone(), store.database_url());
+        // One listening connection for the process. The token cache is used only while it
+        // hears every authority change: wait briefly for its first connection so the cache
+        // works from the first request; the server starts without it (reading every token
+        // from the database) if it fails.
+        let first = svc.listener().spawn(store.database_url());
         let _ = tokio::time::timeout(Duration::from_secs(5), first).await;
-        service::jobs::spawn_listener(svc.clone(), store.database_url());
     }
     // Exports left pending or running by a process that died are taken up from the start.
     let job_sweeper = tokio::spawn(service::jobs::sweep_forever(svc.clone()));

@@ -59,11 +59,6 @@ pub enum AppError {
     OutcomeUnknown(String),
     #[error("internal error: {0}")]
     Internal(String),
-    /// Internal signal of the write helper: another execution of the same idempotency key
-    /// committed this mutation first. Answered with that execution's outcome; never reaches
-    /// a client as an error.
-    #[error("the mutation was already applied under this Idempotency-Key")]
-    AlreadyApplied,
     #[error(transparent)]
     Db(DbErr),
 }
@@ -89,7 +84,6 @@ impl AppError {
             AppError::BadUserInput { .. } | AppError::LimitExceeded { .. } => Code::BadUserInput,
             AppError::VersionConflict { .. } => Code::VersionConflict,
             AppError::Conflict(_)
-            | AppError::AlreadyApplied
             | AppError::IdempotencyKeyReused
             | AppError::QuotaExceeded { .. } => Code::Conflict,
             AppError::ChecksumMismatch(_) => Code::ChecksumMismatch,

@@ -2,6 +2,8 @@
 //! it is done, the answer every repeat gets.
 use sea_orm::entity::prelude::*;
 
+use crate::lease::LeaseStatus;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "idempotency_keys")]
 pub struct Model {
@@ -11,8 +13,8 @@ pub struct Model {
     pub idem_key: String,
     /// SHA-256 of the request (query, operation, variables, uploaded bytes).
     pub fingerprint: String,
-    /// `running` or `complete`.
-    pub state: String,
+    /// Running (an execution holds the lease) → completed (the answer is recorded).
+    pub state: LeaseStatus,
     /// The execution holding the lease (a random id), while `running`.
     pub holder: Option<String>,
     pub lease_until: DateTimeUtc,

@@ -1,6 +1,8 @@
 //! A claim on one import of one source's content; unique by (source, content_hash).
 use sea_orm::entity::prelude::*;
 
+use crate::lease::LeaseStatus;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "import_runs")]
 pub struct Model {
@@ -8,13 +10,13 @@ pub struct Model {
     pub id: i64,
     pub source: String,
     pub content_hash: String,
-    /// `pending`, `completed` or `failed`.
-    pub status: String,
+    /// Running (claimed, under a lease) → completed | failed.
+    pub status: LeaseStatus,
     pub attempts: i32,
     pub error: Option<String>,
-    /// Who holds a pending run: `host:pid:uuid` of the importing process.
+    /// Who holds a running run: `host:pid:uuid` of the importing process.
     pub claimed_by: Option<String>,
-    /// A pending run whose lease has passed was abandoned: it may be claimed again.
+    /// A running run whose lease has passed was abandoned: it may be claimed again.
     pub lease_until: Option<DateTimeUtc>,
     /// The project a completed run created (NULL once that project is deleted).
     pub project_id: Option<i64>,

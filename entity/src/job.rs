@@ -1,6 +1,8 @@
 //! Slow work (exports) claimed once per (kind, subject_id, subject_version).
 use sea_orm::entity::prelude::*;
 
+use crate::lease::LeaseStatus;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "jobs")]
 pub struct Model {
@@ -12,8 +14,8 @@ pub struct Model {
     pub subject_id: i64,
     /// The project's version when the job was claimed: what the bundle contains.
     pub subject_version: i32,
-    /// `pending`, `running`, `ready` or `failed`.
-    pub status: String,
+    /// Pending → running → completed (the bundle is ready) | failed.
+    pub status: LeaseStatus,
     pub result: Option<String>,
     pub error: Option<String>,
     pub created_at: DateTimeUtc,

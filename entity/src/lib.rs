@@ -10,6 +10,7 @@ pub mod idempotency_effect;
 pub mod idempotency_key;
 pub mod import_run;
 pub mod job;
+pub mod lease;
 pub mod oidc_login;
 pub mod project;
 pub mod project_asset;

@@ -9,6 +9,9 @@ mod m20261126_000002_backpack;
 mod m20261127_000001_sessions;
 mod m20261127_000002_imports;
 mod m20261127_000003_jobs;
+mod m20261207_000001_lease_states;
+
+pub use m20261207_000001_lease_states::RETIRED_EXPORT;
 
 pub struct Migrator;
 
@@ -22,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000001_sessions::Migration),
             Box::new(m20261127_000002_imports::Migration),
             Box::new(m20261127_000003_jobs::Migration),
+            Box::new(m20261207_000001_lease_states::Migration),
         ]
     }
 }

@@ -1,6 +1,8 @@
 //! Connecting to the database per backend, and the one transaction helper every write goes
 //! through (IMMEDIATE on SQLite, bounded retries on busy / serialization failures).
 
+pub mod listen;
+
 use std::{sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
@@ -160,7 +162,19 @@ impl Db {
     where
         F: for<'c> Fn(&'c DatabaseTransaction) -> BoxFuture<'c, AppResult<T>>,
     {
-        self.retrying(|| self.transaction_once(&f, commit)).await
+        self.retrying(|| self.transaction_once(&f, commit, Decision::Commit))
+            .await
+    }
+
+    /// [`Db::write_observed`] for a body that may decide to roll its writes back and answer
+    /// all the same ([`Decision::RollBack`]): an outcome, not an error, so it is never retried
+    /// and never reaches a client as one.
+    pub async fn write_deciding<T, F>(&self, commit: &CommitState, f: F) -> AppResult<T>
+    where
+        F: for<'c> Fn(&'c DatabaseTransaction) -> BoxFuture<'c, AppResult<Decision<T>>>,
+    {
+        self.retrying(|| self.transaction_once(&f, commit, std::convert::identity))
+            .await
     }
 
     /// Runs `f`, whose one write statement commits by itself (no BEGIN/COMMIT round trips).
@@ -237,9 +251,15 @@ impl Db {
         }
     }
 
-    async fn transaction_once<T, F>(&self, f: &F, commit: &CommitState) -> Result<T, Failed>
+    /// One attempt of a transaction; `decide` says what the body's answer means.
+    async fn transaction_once<R, T, F>(
+        &self,
+        f: &F,
+        commit: &CommitState,
+        decide: fn(R) -> Decision<T>,
+    ) -> Result<T, Failed>
     where
-        F: for<'c> Fn(&'c DatabaseTransaction) -> BoxFuture<'c, AppResult<T>>,
+        F: for<'c> Fn(&'c DatabaseTransaction) -> BoxFuture<'c, AppResult<R>>,
     {
         // Before COMMIT nothing happened: a lost connection may be retried.
         let before = |e: AppError| Failed::sort(e, Failed::NotDone);
@@ -259,7 +279,17 @@ impl Db {
                 before(e.into())
             })?;
         // On error the transaction is dropped, which rolls it back.
-        let value = f(&txn).await.map_err(before)?;
+        let value = match decide(f(&txn).await.map_err(before)?) {
+            Decision::Commit(value) => value,
+            Decision::RollBack(value) => {
+                // Nothing of it may become visible. A failed rollback (the connection died)
+                // is a rollback too: nothing was committed.
+                if let Err(e) = txn.rollback().await {
+                    tracing::debug!(error = %e, "write_rollback_failed");
+                }
+                return Ok(value);
+            }
+        };
         fail::fail_point!("db::before_commit", |arg| {
             let e = crate::storage::injected("db::before_commit", arg);
             Err(Failed::Final(AppError::Unavailable(format!(
@@ -295,6 +325,14 @@ impl Db {
             tracing::warn!(error = %e, "closing the database pool failed");
         }
     }
+}
+
+/// What a transaction body decided (see [`Db::write_deciding`]).
+pub enum Decision<T> {
+    /// Commit the writes; answer `T`.
+    Commit(T),
+    /// Roll the writes back (nothing of them becomes visible); answer `T` all the same.
+    RollBack(T),
 }
 
 /// How one attempt of a write failed, which decides what the retry policy does: the

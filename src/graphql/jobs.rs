@@ -9,7 +9,7 @@ use super::{authority, errors::GqlResultExt, require_viewer, services, viewer};
 use crate::{
     domain::ProjectId,
     error::AppError,
-    service::{self, jobs::Status},
+    service::{self, jobs::LeaseStatus},
 };
 
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
@@ -45,19 +45,18 @@ impl Job {
     }
 
     async fn status(&self) -> JobStatus {
-        match Status::from_db(&self.0.status) {
-            Status::Pending => JobStatus::Pending,
-            Status::Running => JobStatus::Running,
-            Status::Ready => JobStatus::Ready,
-            Status::Failed => JobStatus::Failed,
+        match self.0.status {
+            LeaseStatus::Pending => JobStatus::Pending,
+            LeaseStatus::Running => JobStatus::Running,
+            LeaseStatus::Completed => JobStatus::Ready,
+            LeaseStatus::Failed => JobStatus::Failed,
         }
     }
 
     /// Where to download the result (`/exports/{id}.sb3`, with the same credentials) once
     /// READY; null before.
     async fn url(&self) -> Option<String> {
-        (Status::from_db(&self.0.status) == Status::Ready)
-            .then(|| format!("/exports/{}.sb3", self.0.id))
+        (self.0.status == LeaseStatus::Completed).then(|| format!("/exports/{}.sb3", self.0.id))
     }
 
     /// Why the job failed (FAILED only).

@@ -16,19 +16,59 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use crate::{
     domain::{DataFormat, Md5, ProjectContent},
-    error::{AppError, AppResult},
+    error::AppError,
     service::Services,
     storage::StagedBlob,
 };
 
-/// Why a build cannot succeed: reported in `Job.error` (retrying the same version is futile).
-fn failed(message: impl Into<String>) -> AppError {
-    AppError::Conflict(message.into())
+/// Why a build produced no bundle. Either way the job ends FAILED with [`BuildFailed::reason`]
+/// as its `error`; neither is an error of the request that asked for the export.
+#[derive(Debug)]
+pub enum BuildFailed {
+    /// This version cannot be built (retrying it is futile): the reason.
+    Unbuildable(String),
+    /// Trouble on the way (database, storage, a corrupt blob).
+    Error(AppError),
+}
+
+impl BuildFailed {
+    /// What `Job.error` says: the reason, or the error's public message (details are logged).
+    pub fn reason(&self) -> String {
+        match self {
+            BuildFailed::Unbuildable(why) => why.clone(),
+            BuildFailed::Error(e) => e.public_message(),
+        }
+    }
+}
+
+impl std::fmt::Display for BuildFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuildFailed::Unbuildable(why) => f.write_str(why),
+            BuildFailed::Error(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<AppError> for BuildFailed {
+    fn from(e: AppError) -> Self {
+        BuildFailed::Error(e)
+    }
+}
+
+impl From<std::io::Error> for BuildFailed {
+    fn from(e: std::io::Error) -> Self {
+        BuildFailed::Error(e.into())
+    }
+}
+
+fn failed(message: impl Into<String>) -> BuildFailed {
+    BuildFailed::Unbuildable(message.into())
 }
 
 /// Builds the bundle of `job`'s project version and stages it (not yet visible: the job's
 /// READY transaction publishes it).
-pub async fn build(svc: &Services, job: &job::Model) -> AppResult<StagedBlob> {
+pub async fn build(svc: &Services, job: &job::Model) -> Result<StagedBlob, BuildFailed> {
     // Tests make a build fail on purpose (`return(message)`).
     fail::fail_point!("export::build", |msg: Option<String>| Err(failed(
         msg.unwrap_or_else(|| "injected build failure".to_owned())
@@ -63,7 +103,8 @@ pub async fn build(svc: &Services, job: &job::Model) -> AppResult<StagedBlob> {
         asset::Entity::find()
             .filter(asset::Column::Md5.is_in(md5s))
             .all(svc.db.conn())
-            .await?
+            .await
+            .map_err(AppError::from)?
     };
     // One read per asset, however many names it is looked up by.
     let mut read: HashMap<(Md5, DataFormat), Vec<u8>> = HashMap::new();
@@ -83,7 +124,7 @@ pub async fn build(svc: &Services, job: &job::Model) -> AppResult<StagedBlob> {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     AppError::internal(format!("asset {} blob {} is missing", row.id, row.blob_key))
                 } else {
-                    e.into()
+                    AppError::from(e)
                 }
             })?;
             read.insert(key.clone(), bytes);

@@ -9,14 +9,19 @@ use std::time::{Duration, Instant};
 
 use entity::{idempotency_effect, idempotency_key};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, TryInsertResult, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter, TryInsertResult,
+    sea_query::Expr,
 };
 use sha2::{Digest, Sha256};
 
 use crate::{
     domain::UserId,
     error::{AppError, AppResult},
-    service::{Services, now},
+    service::{
+        Services,
+        lease::{self, LeaseStatus},
+        now,
+    },
 };
 
 /// Longest key accepted (the header is opaque to us).
@@ -115,7 +120,7 @@ pub async fn begin(svc: &Services, user: UserId, key: &str, fingerprint: &str) -
                     user_id: Set(user.0),
                     idem_key: Set(key.to_owned()),
                     fingerprint: Set(fingerprint.to_owned()),
-                    state: Set("running".to_owned()),
+                    state: Set(LeaseStatus::Running),
                     holder: Set(Some(holder.clone())),
                     lease_until: Set(at + LEASE),
                     status: Set(None),
@@ -143,7 +148,7 @@ pub async fn begin(svc: &Services, user: UserId, key: &str, fingerprint: &str) -
             if row.fingerprint != fingerprint {
                 return Err(AppError::IdempotencyKeyReused);
             }
-            if row.state == "complete" {
+            if row.state == LeaseStatus::Completed {
                 tracing::info!(idempotency.key = key, "idempotent_request_replayed");
                 return Ok(Begin::Replay {
                     status: row.status.unwrap_or(200) as u16,
@@ -187,20 +192,19 @@ async fn take_over(
     let result = svc
         .db
         .write_one(|conn| {
-            let mut update = idempotency_key::Entity::update_many()
-                .col_expr(
-                    idempotency_key::Column::Holder,
-                    Expr::value(holder.to_owned()),
-                )
-                .col_expr(idempotency_key::Column::LeaseUntil, Expr::value(at + LEASE))
-                .filter(idempotency_key::Column::UserId.eq(row.user_id))
-                .filter(idempotency_key::Column::IdemKey.eq(row.idem_key.clone()))
-                .filter(idempotency_key::Column::State.eq("running"))
-                .filter(idempotency_key::Column::LeaseUntil.eq(row.lease_until));
-            update = match &row.holder {
-                Some(h) => update.filter(idempotency_key::Column::Holder.eq(h.clone())),
-                None => update.filter(idempotency_key::Column::Holder.is_null()),
+            let previous = match &row.holder {
+                Some(h) => idempotency_key::Column::Holder.eq(h.clone()),
+                None => idempotency_key::Column::Holder.is_null(),
             };
+            let update = lease::claim::<idempotency_key::Entity>(
+                Condition::all()
+                    .add(the_key(row.user_id, &row.idem_key))
+                    .add(idempotency_key::Column::State.eq(LeaseStatus::Running))
+                    .add(idempotency_key::Column::LeaseUntil.eq(row.lease_until))
+                    .add(previous),
+                holder,
+                at + LEASE,
+            );
             Box::pin(async move { Ok(update.exec(conn).await?.rows_affected) })
         })
         .await?;
@@ -248,46 +252,48 @@ async fn complete(
     status: u16,
     body: &str,
 ) -> AppResult<()> {
-    held_by(svc, user, key, holder, |update| {
-        update
-            .col_expr(idempotency_key::Column::State, Expr::value("complete"))
-            .col_expr(idempotency_key::Column::Status, Expr::value(status as i32))
-            .col_expr(
-                idempotency_key::Column::Response,
-                Expr::value(body.to_owned()),
-            )
-            .col_expr(
-                idempotency_key::Column::Holder,
-                Expr::value(Option::<String>::None),
-            )
-    })
-    .await
+    let update = lease::finish::<idempotency_key::Entity>(
+        the_key(user, key),
+        holder,
+        LeaseStatus::Completed,
+    )
+    .col_expr(idempotency_key::Column::Status, Expr::value(status as i32))
+    .col_expr(
+        idempotency_key::Column::Response,
+        Expr::value(body.to_owned()),
+    )
+    .col_expr(
+        idempotency_key::Column::Holder,
+        Expr::value(Option::<String>::None),
+    );
+    run(svc, update).await
 }
 
 /// Ends the lease at once, so a retry may take the key over.
 async fn release(svc: &Services, user: i64, key: &str, holder: &str) -> AppResult<()> {
-    held_by(svc, user, key, holder, |update| {
-        update.col_expr(idempotency_key::Column::LeaseUntil, Expr::value(now()))
-    })
+    run(
+        svc,
+        lease::release::<idempotency_key::Entity>(the_key(user, key), holder, now()),
+    )
     .await
 }
 
-/// Updates the key's row if `holder` still holds it.
-async fn held_by(
+/// The row of (user, key).
+fn the_key(user: i64, key: &str) -> Condition {
+    Condition::all()
+        .add(idempotency_key::Column::UserId.eq(user))
+        .add(idempotency_key::Column::IdemKey.eq(key.to_owned()))
+}
+
+/// Runs a lease step on a key (one autocommit statement; a holder that lost the key changes
+/// nothing, and then the new holder's answer stands).
+async fn run(
     svc: &Services,
-    user: i64,
-    key: &str,
-    holder: &str,
-    set: impl Fn(
-        sea_orm::UpdateMany<idempotency_key::Entity>,
-    ) -> sea_orm::UpdateMany<idempotency_key::Entity>,
+    update: sea_orm::UpdateMany<idempotency_key::Entity>,
 ) -> AppResult<()> {
     svc.db
         .write_one(|conn| {
-            let update = set(idempotency_key::Entity::update_many())
-                .filter(idempotency_key::Column::UserId.eq(user))
-                .filter(idempotency_key::Column::IdemKey.eq(key.to_owned()))
-                .filter(idempotency_key::Column::Holder.eq(holder.to_owned()));
+            let update = update.clone();
             Box::pin(async move {
                 update.exec(conn).await?;
                 Ok(())

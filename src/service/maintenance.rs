@@ -3,7 +3,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use entity::{asset, backpack_item, job, project};
+use entity::{asset, backpack_item, job, lease::LeaseStatus, project};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use crate::{error::AppResult, service::Services, storage::RecoveryReport};
@@ -116,7 +116,7 @@ async fn referenced_keys<C: ConnectionTrait>(
             .select_only()
             .column(job::Column::SourceKey)
             .filter(job::Column::SourceKey.is_in(chunk))
-            .filter(job::Column::Status.is_in(["pending", "running"]))
+            .filter(job::Column::Status.is_in([LeaseStatus::Pending, LeaseStatus::Running]))
             .into_tuple()
             .all(conn)
             .await?;

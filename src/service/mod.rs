@@ -11,6 +11,7 @@ pub mod idempotency;
 pub mod identity;
 pub mod imports;
 pub mod jobs;
+pub mod lease;
 pub mod maintenance;
 pub mod oidc;
 pub mod pacing;
@@ -73,6 +74,21 @@ impl Services {
 }
 
 impl Services {
+    /// The process's one PostgreSQL listener and who hears on it: the token cache (authority
+    /// changes, see `identity`) and job subscriptions (job changes, see `jobs`).
+    pub fn listener(&self) -> crate::db::listen::Listener {
+        use std::sync::Arc;
+        crate::db::listen::Listener::default()
+            .subscribe(
+                identity::AUTH_CHANNEL,
+                Arc::new(identity::AuthSubscriber(self.tokens.clone())),
+            )
+            .subscribe(
+                jobs::CHANNEL,
+                Arc::new(jobs::JobSubscriber(self.jobs.clone())),
+            )
+    }
+
     /// The same services with these job workers (the server's configured ones).
     pub fn with_jobs(self, jobs: jobs::JobRunner) -> Services {
         Services {

@@ -10,7 +10,7 @@ use sea_orm::{ActiveValue::Set, DatabaseTransaction, EntityTrait};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    db::CommitState,
+    db::{CommitState, Decision},
     error::{AppError, AppResult},
     service::{Services, now},
     storage::StagedBlob,
@@ -58,6 +58,29 @@ where
         + Send
         + Sync,
 {
+    commit_deciding(svc, blobs, effect, |txn| {
+        let body = f(txn);
+        Box::pin(async move { body.await.map(Decision::Commit) })
+    })
+    .await
+}
+
+/// [`commit`] for a body that may decide to roll back ([`Decision::RollBack`]): then its
+/// staged blobs are deleted, no effect is recorded, and its answer is returned.
+pub async fn commit_deciding<T, F>(
+    svc: &Services,
+    blobs: Vec<StagedBlob>,
+    effect: Option<&Effect>,
+    f: F,
+) -> AppResult<T>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    F: for<'c> Fn(
+            &'c DatabaseTransaction,
+        ) -> futures::future::BoxFuture<'c, AppResult<Decision<T>>>
+        + Send
+        + Sync,
+{
     let mut staged = Staged {
         blobs,
         commit: CommitState::default(),
@@ -66,25 +89,33 @@ where
     crate::failpoints::hold("write::after_stage").await;
     let written = svc
         .db
-        .write_observed(&staged.commit, |txn| {
+        .write_deciding(&staged.commit, |txn| {
             let run = f(txn);
             let effect = effect.cloned();
             Box::pin(async move {
                 if let Some(effect) = &effect
                     && let Some(done) = recorded(txn, effect).await?
                 {
-                    return Ok(Outcome::Replayed(done));
+                    return Ok(Decision::RollBack(Outcome::Replayed(done)));
                 }
-                let value = run.await?;
-                if let Some(effect) = &effect {
-                    record(txn, effect, &value).await?;
+                let value = match run.await? {
+                    Decision::Commit(value) => value,
+                    Decision::RollBack(value) => {
+                        return Ok(Decision::RollBack(Outcome::RolledBack(value)));
+                    }
+                };
+                if let Some(effect) = &effect
+                    && record(txn, effect, &value).await? == Recorded::AlreadyApplied
+                {
+                    // Another execution of the key committed first: ours must not.
+                    return Ok(Decision::RollBack(Outcome::AlreadyApplied));
                 }
-                Ok(Outcome::Applied(value))
+                Ok(Decision::Commit(Outcome::Applied(value)))
             })
         })
-        .await;
+        .await?;
     match written {
-        Ok(Outcome::Applied(value)) => {
+        Outcome::Applied(value) => {
             // One at a time out of `staged`: if this future is dropped here, the blobs not yet
             // handed to a publish stay in `staged`, whose drop keeps them for the sweep.
             while let Some(blob) = staged.blobs.pop() {
@@ -92,25 +123,37 @@ where
             }
             Ok(value)
         }
-        // Nothing of ours was committed (the transaction only read): our staged copies go.
-        Ok(Outcome::Replayed(value)) => {
-            staged.commit = CommitState::default();
-            replayed(effect, value)
-        }
-        Err(AppError::AlreadyApplied) => {
+        // Nothing of ours was committed: our staged copies go.
+        Outcome::RolledBack(value) => Ok(value),
+        Outcome::Replayed(value) => replayed(effect, value),
+        Outcome::AlreadyApplied => {
             let effect = effect.expect("only an effect can be already applied");
             let value = recorded(svc.db.conn(), effect)
                 .await?
                 .ok_or_else(|| AppError::internal("an applied effect vanished"))?;
             replayed(Some(effect), value)
         }
-        Err(e) => Err(e),
     }
 }
 
+/// How a write under [`commit_deciding`] ended. Private: every case is an answer.
 enum Outcome<T> {
+    /// Committed.
     Applied(T),
+    /// The body decided to roll back.
+    RolledBack(T),
+    /// Committed before under the same idempotency key: its recorded outcome.
     Replayed(String),
+    /// Another execution of the same key committed while this one ran; its outcome is read
+    /// after this transaction rolled back.
+    AlreadyApplied,
+}
+
+/// Whether [`record`] recorded this execution's effect.
+#[derive(PartialEq, Eq)]
+enum Recorded {
+    Recorded,
+    AlreadyApplied,
 }
 
 fn replayed<T: DeserializeOwned>(effect: Option<&Effect>, outcome: String) -> AppResult<T> {
@@ -137,12 +180,12 @@ async fn recorded<C: sea_orm::ConnectionTrait>(
 
 /// Records the effect in the mutation's transaction. Another execution of the same key that
 /// committed first makes this insert conflict (PostgreSQL waits for it to decide): then this
-/// transaction rolls back and the other's outcome is answered.
+/// transaction must roll back, and the other's outcome is answered.
 async fn record<T: Serialize>(
     txn: &DatabaseTransaction,
     effect: &Effect,
     value: &T,
-) -> AppResult<()> {
+) -> AppResult<Recorded> {
     let outcome = serde_json::to_string(value).map_err(AppError::internal)?;
     let inserted = idempotency_effect::Entity::insert(idempotency_effect::ActiveModel {
         user_id: Set(effect.user_id),
@@ -158,8 +201,8 @@ async fn record<T: Serialize>(
     ])
     .exec_without_returning(txn)
     .await?;
-    match inserted {
-        sea_orm::TryInsertResult::Inserted(n) if n > 0 => Ok(()),
-        _ => Err(AppError::AlreadyApplied),
-    }
+    Ok(match inserted {
+        sea_orm::TryInsertResult::Inserted(n) if n > 0 => Recorded::Recorded,
+        _ => Recorded::AlreadyApplied,
+    })
 }

@@ -220,7 +220,7 @@ async fn sql_rows(s: &TestServer, sql: &str) -> usize {
 async fn postgres_cache_is_not_trusted_while_the_listener_is_down() {
     let s = TestServer::start_with(
         Backend::Postgres,
-        &[("FAILPOINTS", "auth::listener_connect=1*off->return")],
+        &[("FAILPOINTS", "listen::connect=1*off->return")],
     )
     .await;
     let (id, root) = project_and_warm_admin(&s).await;
@@ -229,7 +229,7 @@ async fn postgres_cache_is_not_trusted_while_the_listener_is_down() {
     let killed = sql_rows(
         &s,
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND application_name = 'atelier-auth-listener'",
+         WHERE datname = current_database() AND application_name = 'atelier-listener'",
     )
     .await;
     assert_eq!(killed, 1, "one listener connection");
@@ -253,7 +253,7 @@ async fn postgres_cache_is_not_trusted_while_the_listener_is_down() {
         Value::Null,
         "with the listener down the cache must not answer"
     );
-    assert!(s.server_log().contains("auth_listener_down") || std::env::var("TEST_LOG").is_ok());
+    assert!(s.server_log().contains("listener_down") || std::env::var("TEST_LOG").is_ok());
 }
 
 /// A change returns only once every process has cleared its cache, so "the next request" is

@@ -415,7 +415,7 @@ async fn killed_import_runs_again(s: TestServer) {
         "killed half way: {done_before} completed"
     );
     let pending = s
-        .scalar::<i64>("SELECT COUNT(*) AS n FROM import_runs WHERE status = 'pending'")
+        .scalar::<i64>("SELECT COUNT(*) AS n FROM import_runs WHERE status = 'running'")
         .await;
     assert!(pending > 0, "the killed import held claims");
     // Nothing half-written: every project has its completed run.
@@ -616,7 +616,7 @@ async fn claims_of_others_wait_for_their_lease(s: TestServer) {
         import_run::Entity::insert(import_run::ActiveModel {
             source: Set(format!("cli:{owner}")),
             content_hash: Set(hash(file)),
-            status: Set("pending".into()),
+            status: Set(entity::lease::LeaseStatus::Running),
             attempts: Set(1),
             claimed_by: Set(Some("another-host:4242:x".into())),
             lease_until: Set(Some(now + lease)),
@@ -653,7 +653,7 @@ async fn claims_of_others_wait_for_their_lease(s: TestServer) {
             import_run::Column::LeaseUntil,
             Expr::value(Some(now - chrono::Duration::seconds(1))),
         )
-        .filter(import_run::Column::Status.eq("pending"))
+        .filter(import_run::Column::Status.eq(entity::lease::LeaseStatus::Running))
         .exec(&db)
         .await
         .unwrap();
