@@ -150,7 +150,6 @@ impl AssetsQuery {
             .gql()?
             .load_one(AssetKey(md5.as_str().to_owned(), asset_type.into()))
             .await
-            .map_err(AppError::from)
             .gql()?;
         Ok(found.map(Asset))
     }
