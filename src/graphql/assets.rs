@@ -3,11 +3,12 @@
 use async_graphql::{Context, Enum, ID, InputObject, Object};
 use entity::asset;
 
-use super::{effect, errors::GqlResultExt, loaders::AssetKey, require_viewer, services, viewer};
+use super::{
+    Uploads, effect, errors::GqlResultExt, loaders::AssetKey, require_viewer, services, viewer,
+};
 use crate::{
     domain::{AssetKind, Md5},
     error::AppError,
-    http::Uploads,
     service,
 };
 
@@ -150,7 +151,6 @@ impl AssetsQuery {
             .gql()?
             .load_one(AssetKey(md5.as_str().to_owned(), asset_type.into()))
             .await
-            .map_err(AppError::from)
             .gql()?;
         Ok(found.map(Asset))
     }

@@ -59,3 +59,10 @@ impl<T> GqlResultExt<T> for AppResult<T> {
         self.map_err(|e| e.extend())
     }
 }
+
+/// A dataloader's error: one failure shared by every key of its batch, with its code intact.
+impl<T> GqlResultExt<T> for Result<T, std::sync::Arc<AppError>> {
+    fn gql(self) -> async_graphql::Result<T> {
+        self.map_err(|e| e.as_ref().extend())
+    }
+}

@@ -1,5 +1,9 @@
 //! DataLoaders, created per request: every list of projects resolves owners, shares and
-//! assets with one query per field, not one per row.
+//! assets with one query per field, not one per row. Each loader only groups its keys and
+//! hands them to a batched read in `service::reads`, which queries and applies the access
+//! rule; keys carry the viewer wherever what they see depends on who asks. Errors are the
+//! service's own (`Arc<AppError>`: a loader's error is shared by every key of its batch), so
+//! their codes reach the client unchanged.
 //!
 //! A list resolver does not rely on the DataLoader's batch window (a timer that a starved
 //! machine can split into several batches): it loads each selected relation for the whole
@@ -10,14 +14,20 @@ use std::{
     any::{Any, TypeId},
     collections::HashMap,
     hash::Hash,
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use async_graphql::dataloader::{DataLoader, Loader, NoCache};
-use entity::{asset, group, group_member, project, project_asset, project_share, user};
-use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder};
+use entity::{asset, group, project, user};
 
-use crate::service::Services;
+use crate::{
+    domain::{AssetKind, Viewer},
+    error::AppError,
+    service::{Services, reads},
+};
+
+/// What every loader fails with.
+pub type LoadError = Arc<AppError>;
 
 /// The batch loader of one request; one `DataLoader` serves every key type below.
 pub type Loaders = DataLoader<Batch, NoCache>;
@@ -67,9 +77,9 @@ pub async fn prefetch<K, V>(
     batch: &Batch,
     prefetched: &Prefetched,
     keys: impl IntoIterator<Item = K>,
-) -> Result<(), DbErr>
+) -> Result<(), LoadError>
 where
-    Batch: Loader<K, Value = V, Error = DbErr>,
+    Batch: Loader<K, Value = V, Error = LoadError>,
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Send + Sync + Clone + 'static,
 {
@@ -91,18 +101,28 @@ pub struct Batch(pub Services);
 /// Users by id.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct UserKey(pub i64);
-/// Projects by id.
+
+/// A project by id, if `viewer` may read it (`Project.remixedFrom`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ProjectKey(pub i64);
-/// The groups a project is shared with, by project id.
+pub struct ProjectKey {
+    pub id: i64,
+    pub viewer: Option<Viewer>,
+}
+
+/// The groups a project is shared with that `viewer` sees.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SharesKey(pub i64);
-/// The ids of the groups a user belongs to, by user id.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MemberOfKey(pub i64);
-/// The assets a project references, by project id.
+pub struct SharesKey {
+    pub project: i64,
+    pub viewer: Option<Viewer>,
+}
+
+/// The assets a project references, by project id (whoever sees the project sees them).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ProjectAssetsKey(pub i64);
+
+/// Assets by (md5, kind).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct AssetKey(pub String, pub AssetKind);
 
 /// The first page (`first` + 1 rows, to tell whether there is more) of a project's remixes
 /// that `viewer` can see.
@@ -110,45 +130,7 @@ pub struct ProjectAssetsKey(pub i64);
 pub struct RemixesKey {
     pub project: i64,
     pub first: u64,
-    pub viewer: Option<crate::domain::Viewer>,
-}
-
-impl Loader<RemixesKey> for Batch {
-    type Value = Vec<project::Model>;
-    type Error = DbErr;
-
-    async fn load(
-        &self,
-        keys: &[RemixesKey],
-    ) -> Result<HashMap<RemixesKey, Vec<project::Model>>, DbErr> {
-        // One statement per (viewer, page size): in practice one for the whole request.
-        let mut groups: HashMap<(Option<crate::domain::Viewer>, u64), Vec<i64>> = HashMap::new();
-        for k in keys {
-            groups
-                .entry((k.viewer, k.first))
-                .or_default()
-                .push(k.project);
-        }
-        let mut out = HashMap::new();
-        for ((viewer, first), sources) in groups {
-            let mut found =
-                crate::service::sharing::first_remixes(&self.0, viewer, &sources, first + 1)
-                    .await
-                    .map_err(|e| DbErr::Custom(e.to_string()))?;
-            for project in sources {
-                let rows = found.remove(&project).unwrap_or_default();
-                out.insert(
-                    RemixesKey {
-                        project,
-                        first,
-                        viewer,
-                    },
-                    rows,
-                );
-            }
-        }
-        Ok(out)
-    }
+    pub viewer: Option<Viewer>,
 }
 
 /// The first page (`first` + 1 rows) of the projects shared with a group that `viewer` can
@@ -157,113 +139,68 @@ impl Loader<RemixesKey> for Batch {
 pub struct GroupProjectsKey {
     pub group: i64,
     pub first: u64,
-    pub viewer: Option<crate::domain::Viewer>,
+    pub viewer: Option<Viewer>,
 }
 
-impl Loader<GroupProjectsKey> for Batch {
-    type Value = Vec<project::Model>;
-    type Error = DbErr;
-
-    async fn load(
-        &self,
-        keys: &[GroupProjectsKey],
-    ) -> Result<HashMap<GroupProjectsKey, Vec<project::Model>>, DbErr> {
-        let mut groups: HashMap<(Option<crate::domain::Viewer>, u64), Vec<i64>> = HashMap::new();
-        for k in keys {
-            groups.entry((k.viewer, k.first)).or_default().push(k.group);
-        }
-        let mut out = HashMap::new();
-        for ((viewer, first), ids) in groups {
-            let mut found = crate::service::sharing::first_shared(&self.0, viewer, &ids, first + 1)
-                .await
-                .map_err(|e| DbErr::Custom(e.to_string()))?;
-            for group in ids {
-                let rows = found.remove(&group).unwrap_or_default();
-                out.insert(
-                    GroupProjectsKey {
-                        group,
-                        first,
-                        viewer,
-                    },
-                    rows,
-                );
-            }
-        }
-        Ok(out)
+/// Keys split by what their statement depends on besides the ids (the viewer, a page size):
+/// in practice one group per request.
+fn grouped<K, G: Hash + Eq>(keys: &[K], split: impl Fn(&K) -> (G, i64)) -> HashMap<G, Vec<i64>> {
+    let mut groups: HashMap<G, Vec<i64>> = HashMap::new();
+    for k in keys {
+        let (group, id) = split(k);
+        groups.entry(group).or_default().push(id);
     }
+    groups
 }
 
 impl Loader<UserKey> for Batch {
     type Value = user::Model;
-    type Error = DbErr;
+    type Error = LoadError;
 
-    async fn load(&self, keys: &[UserKey]) -> Result<HashMap<UserKey, user::Model>, DbErr> {
-        let rows = user::Entity::find()
-            .filter(user::Column::Id.is_in(keys.iter().map(|k| k.0)))
-            .all(self.0.db.conn())
-            .await?;
-        Ok(rows.into_iter().map(|u| (UserKey(u.id), u)).collect())
+    async fn load(&self, keys: &[UserKey]) -> Result<HashMap<UserKey, user::Model>, LoadError> {
+        let ids: Vec<i64> = keys.iter().map(|k| k.0).collect();
+        let found = reads::users(&self.0, &ids).await?;
+        Ok(found.into_iter().map(|(id, u)| (UserKey(id), u)).collect())
     }
 }
 
 impl Loader<ProjectKey> for Batch {
     type Value = project::Model;
-    type Error = DbErr;
+    type Error = LoadError;
 
     async fn load(
         &self,
         keys: &[ProjectKey],
-    ) -> Result<HashMap<ProjectKey, project::Model>, DbErr> {
-        let rows = project::Entity::find()
-            .filter(project::Column::Id.is_in(keys.iter().map(|k| k.0)))
-            .all(self.0.db.conn())
-            .await?;
-        Ok(rows.into_iter().map(|p| (ProjectKey(p.id), p)).collect())
-    }
-}
-
-impl Loader<SharesKey> for Batch {
-    type Value = Vec<group::Model>;
-    type Error = DbErr;
-
-    async fn load(
-        &self,
-        keys: &[SharesKey],
-    ) -> Result<HashMap<SharesKey, Vec<group::Model>>, DbErr> {
-        let rows = project_share::Entity::find()
-            .filter(project_share::Column::ProjectId.is_in(keys.iter().map(|k| k.0)))
-            .find_also_related(group::Entity)
-            .order_by_asc(project_share::Column::GroupId)
-            .all(self.0.db.conn())
-            .await?;
-        let mut out: HashMap<SharesKey, Vec<group::Model>> =
-            keys.iter().map(|k| (*k, Vec::new())).collect();
-        for (share, group) in rows {
-            if let Some(group) = group {
-                out.entry(SharesKey(share.project_id))
-                    .or_default()
-                    .push(group);
-            }
+    ) -> Result<HashMap<ProjectKey, project::Model>, LoadError> {
+        let mut out = HashMap::new();
+        for (viewer, ids) in grouped(keys, |k| (k.viewer, k.id)) {
+            let found = reads::readable_projects(&self.0, viewer, &ids).await?;
+            out.extend(
+                found
+                    .into_iter()
+                    .map(|(id, p)| (ProjectKey { id, viewer }, p)),
+            );
         }
         Ok(out)
     }
 }
 
-impl Loader<MemberOfKey> for Batch {
-    type Value = Vec<i64>;
-    type Error = DbErr;
+impl Loader<SharesKey> for Batch {
+    type Value = Vec<group::Model>;
+    type Error = LoadError;
 
-    async fn load(&self, keys: &[MemberOfKey]) -> Result<HashMap<MemberOfKey, Vec<i64>>, DbErr> {
-        let rows = group_member::Entity::find()
-            .filter(group_member::Column::UserId.is_in(keys.iter().map(|k| k.0)))
-            .all(self.0.db.conn())
-            .await?;
-        let mut out: HashMap<MemberOfKey, Vec<i64>> =
-            keys.iter().map(|k| (*k, Vec::new())).collect();
-        for m in rows {
-            out.entry(MemberOfKey(m.user_id))
-                .or_default()
-                .push(m.group_id);
+    async fn load(
+        &self,
+        keys: &[SharesKey],
+    ) -> Result<HashMap<SharesKey, Vec<group::Model>>, LoadError> {
+        let mut out = HashMap::new();
+        for (viewer, ids) in grouped(keys, |k| (k.viewer, k.project)) {
+            let found = reads::shares_seen(&self.0, viewer, &ids).await?;
+            out.extend(
+                found
+                    .into_iter()
+                    .map(|(project, groups)| (SharesKey { project, viewer }, groups)),
+            );
         }
         Ok(out)
     }
@@ -271,68 +208,95 @@ impl Loader<MemberOfKey> for Batch {
 
 impl Loader<ProjectAssetsKey> for Batch {
     type Value = Vec<asset::Model>;
-    type Error = DbErr;
+    type Error = LoadError;
 
     async fn load(
         &self,
         keys: &[ProjectAssetsKey],
-    ) -> Result<HashMap<ProjectAssetsKey, Vec<asset::Model>>, DbErr> {
-        let rows = project_asset::Entity::find()
-            .filter(project_asset::Column::ProjectId.is_in(keys.iter().map(|k| k.0)))
-            .find_also_related(asset::Entity)
-            .order_by_asc(project_asset::Column::AssetId)
-            .all(self.0.db.conn())
-            .await?;
-        let mut out: HashMap<ProjectAssetsKey, Vec<asset::Model>> =
-            keys.iter().map(|k| (*k, Vec::new())).collect();
-        for (link, asset) in rows {
-            if let Some(asset) = asset {
-                out.entry(ProjectAssetsKey(link.project_id))
-                    .or_default()
-                    .push(asset);
+    ) -> Result<HashMap<ProjectAssetsKey, Vec<asset::Model>>, LoadError> {
+        let ids: Vec<i64> = keys.iter().map(|k| k.0).collect();
+        let found = reads::assets_of(&self.0, &ids).await?;
+        Ok(found
+            .into_iter()
+            .map(|(id, assets)| (ProjectAssetsKey(id), assets))
+            .collect())
+    }
+}
+
+impl Loader<AssetKey> for Batch {
+    type Value = asset::Model;
+    type Error = LoadError;
+
+    async fn load(&self, keys: &[AssetKey]) -> Result<HashMap<AssetKey, asset::Model>, LoadError> {
+        let wanted: Vec<(String, AssetKind)> = keys.iter().map(|k| (k.0.clone(), k.1)).collect();
+        let found = reads::assets(&self.0, &wanted).await?;
+        Ok(found
+            .into_iter()
+            .map(|((md5, kind), a)| (AssetKey(md5, kind), a))
+            .collect())
+    }
+}
+
+impl Loader<RemixesKey> for Batch {
+    type Value = Vec<project::Model>;
+    type Error = LoadError;
+
+    async fn load(
+        &self,
+        keys: &[RemixesKey],
+    ) -> Result<HashMap<RemixesKey, Vec<project::Model>>, LoadError> {
+        let mut out = HashMap::new();
+        for ((viewer, first), sources) in grouped(keys, |k| ((k.viewer, k.first), k.project)) {
+            let mut found = reads::first_remixes(&self.0, viewer, &sources, first + 1).await?;
+            for project in sources {
+                let rows = found.remove(&project).unwrap_or_default();
+                let key = RemixesKey {
+                    project,
+                    first,
+                    viewer,
+                };
+                out.insert(key, rows);
             }
         }
         Ok(out)
     }
 }
 
-/// Assets by (md5, kind).
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct AssetKey(pub String, pub crate::domain::AssetKind);
+impl Loader<GroupProjectsKey> for Batch {
+    type Value = Vec<project::Model>;
+    type Error = LoadError;
 
-impl Loader<AssetKey> for Batch {
-    type Value = asset::Model;
-    type Error = DbErr;
-
-    async fn load(&self, keys: &[AssetKey]) -> Result<HashMap<AssetKey, asset::Model>, DbErr> {
-        let rows = asset::Entity::find()
-            .filter(asset::Column::Md5.is_in(keys.iter().map(|k| k.0.clone())))
-            .all(self.0.db.conn())
-            .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|a| {
-                let kind = crate::domain::AssetKind::from_db(&a.asset_type)?;
-                Some((AssetKey(a.md5.clone(), kind), a))
-            })
-            .filter(|(k, _)| keys.contains(k))
-            .collect())
+    async fn load(
+        &self,
+        keys: &[GroupProjectsKey],
+    ) -> Result<HashMap<GroupProjectsKey, Vec<project::Model>>, LoadError> {
+        let mut out = HashMap::new();
+        for ((viewer, first), ids) in grouped(keys, |k| ((k.viewer, k.first), k.group)) {
+            let mut found = reads::first_shared(&self.0, viewer, &ids, first + 1).await?;
+            for group in ids {
+                let rows = found.remove(&group).unwrap_or_default();
+                let key = GroupProjectsKey {
+                    group,
+                    first,
+                    viewer,
+                };
+                out.insert(key, rows);
+            }
+        }
+        Ok(out)
     }
 }
 
 /// One relation of one row: from the page's prefetch when the listing loaded it, else through
 /// the request's dataloader.
-pub async fn load<K, V>(
-    ctx: &async_graphql::Context<'_>,
-    key: K,
-) -> crate::error::AppResult<Option<V>>
+pub async fn load<K, V>(ctx: &async_graphql::Context<'_>, key: K) -> Result<Option<V>, LoadError>
 where
     K: Send + Sync + std::hash::Hash + Eq + Clone + 'static,
-    Batch: Loader<K, Value = V, Error = DbErr>,
+    Batch: Loader<K, Value = V, Error = LoadError>,
     V: Send + Sync + Clone + 'static,
 {
     if let Some(answer) = super::prefetched(ctx)?.get::<K, V>(&key) {
         return Ok(answer);
     }
-    Ok(super::loaders(ctx)?.load_one(key).await?)
+    super::loaders(ctx)?.load_one(key).await
 }

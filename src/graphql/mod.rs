@@ -11,6 +11,7 @@ mod jobs;
 mod limits;
 mod loaders;
 mod projects;
+mod uploads;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ pub use documents::{DOCUMENT_CACHE_ENTRIES, DocumentCache};
 pub use errors::GqlResultExt;
 pub use limits::QueryLimits;
 pub use loaders::{Loaders, Prefetched};
+pub use uploads::Uploads;
 /// The query root: one resolver file per aggregate, merged.
 #[derive(async_graphql::MergedObject, Default)]
 pub struct Query(

@@ -14,12 +14,12 @@ use super::{
     errors::GqlResultExt,
     identity::{Group, User},
     loaders as l,
-    loaders::{MemberOfKey, ProjectAssetsKey, ProjectKey, RemixesKey, SharesKey, UserKey, load},
+    loaders::{ProjectAssetsKey, ProjectKey, RemixesKey, SharesKey, UserKey, load},
     prefetched, require_viewer, services, viewer,
 };
 use crate::{
     domain::{GroupId, ProjectContent, ProjectId, Title, UserId},
-    error::{AppError, AppResult},
+    error::AppError,
     service,
 };
 
@@ -107,27 +107,12 @@ impl Project {
     /// anyone else only those they belong to.
     #[graphql(complexity = "super::limits::list(child_complexity)")]
     async fn shared_with(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Group>> {
-        let groups = load::<SharesKey, _>(ctx, SharesKey(self.0.id))
-            .await
-            .gql()?
-            .unwrap_or_default();
-        let viewer = viewer(ctx);
-        // The owner and admins see every share: no need to know their groups.
-        let sees_all = service::access::can_see_share(viewer, &self.0, false);
-        let member_of = match viewer {
-            Some(v) if !groups.is_empty() && !sees_all => {
-                load::<MemberOfKey, Vec<i64>>(ctx, MemberOfKey(v.id.0))
-                    .await
-                    .gql()?
-                    .unwrap_or_default()
-            }
-            _ => Vec::new(),
+        let key = SharesKey {
+            project: self.0.id,
+            viewer: viewer(ctx),
         };
-        Ok(groups
-            .into_iter()
-            .filter(|g| service::access::can_see_share(viewer, &self.0, member_of.contains(&g.id)))
-            .map(Group)
-            .collect())
+        let groups = load::<SharesKey, _>(ctx, key).await.gql()?;
+        Ok(groups.unwrap_or_default().into_iter().map(Group).collect())
     }
 
     /// The project this one was copied from, if it still exists and the viewer may see it.
@@ -135,13 +120,12 @@ impl Project {
         let Some(source) = self.0.remixed_from else {
             return Ok(None);
         };
-        let Some(source) = load::<ProjectKey, _>(ctx, ProjectKey(source)).await.gql()? else {
-            return Ok(None);
+        let key = ProjectKey {
+            id: source,
+            viewer: viewer(ctx),
         };
-        let access = service::access::project(services(ctx).gql()?.db.conn(), viewer(ctx), &source)
-            .await
-            .gql()?;
-        Ok(access.can_read().then_some(Project(source)))
+        let source = load::<ProjectKey, _>(ctx, key).await.gql()?;
+        Ok(source.map(Project))
     }
 
     /// Copies of this project that the viewer can see, oldest first.
@@ -190,7 +174,7 @@ impl Project {
 /// Loads each relation the query selects on a page of projects with one query for the whole
 /// page, concurrently: the cost of a page is fixed whatever its size and however busy the
 /// machine is.
-pub async fn prefetch_page(ctx: &Context<'_>, rows: &[project::Model]) -> AppResult<()> {
+pub async fn prefetch_page(ctx: &Context<'_>, rows: &[project::Model]) -> Result<(), l::LoadError> {
     let look = ctx.look_ahead();
     let wants = |field: &str| {
         look.field("edges").field("node").field(field).exists()
@@ -198,6 +182,7 @@ pub async fn prefetch_page(ctx: &Context<'_>, rows: &[project::Model]) -> AppRes
     };
     let batch = l::Batch(services(ctx)?.clone());
     let store = prefetched(ctx)?;
+    let viewer = viewer(ctx);
     let ids = || rows.iter().map(|p| p.id);
     let owners = async {
         if !wants("owner") {
@@ -215,24 +200,16 @@ pub async fn prefetch_page(ctx: &Context<'_>, rows: &[project::Model]) -> AppRes
         if !wants("sharedWith") {
             return Ok(());
         }
-        // The viewer's groups decide which shares they see, unless every row is theirs.
-        let viewer = viewer(ctx)
-            .filter(|v| {
-                rows.iter()
-                    .any(|p| !service::access::can_see_share(Some(*v), p, false))
-            })
-            .map(|v| MemberOfKey(v.id.0));
-        tokio::try_join!(
-            l::prefetch(&batch, store, ids().map(SharesKey)),
-            l::prefetch(&batch, store, viewer),
-        )?;
-        Ok(())
+        let keys = ids().map(|project| SharesKey { project, viewer });
+        l::prefetch(&batch, store, keys).await
     };
     let sources = async {
         if !wants("remixedFrom") {
             return Ok(());
         }
-        let keys = rows.iter().filter_map(|p| p.remixed_from.map(ProjectKey));
+        let keys = rows
+            .iter()
+            .filter_map(|p| p.remixed_from.map(|id| ProjectKey { id, viewer }));
         l::prefetch(&batch, store, keys).await
     };
     tokio::try_join!(owners, assets, shares, sources)?;

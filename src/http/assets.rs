@@ -11,7 +11,12 @@ use axum::{
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{AppState, graphql::authenticate};
+use super::{
+    AppState,
+    error::{self, plain},
+    extractor::MaybeCaller,
+    headers::IfNoneMatch,
+};
 use crate::{
     config::AssetAccess,
     domain::{DataFormat, Md5},
@@ -25,6 +30,7 @@ const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; sandbox";
 pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    if_none_match: IfNoneMatch,
     headers: HeaderMap,
 ) -> Response {
     let Some((md5, ext)) = name.split_once('.') else {
@@ -46,7 +52,10 @@ pub async fn get(
     // Only the `authenticated` policy needs to know who is asking.
     let viewer = match state.services.limits.asset_access {
         AssetAccess::Public => None,
-        AssetAccess::Authenticated => authenticate(&state, &headers).await.ok().flatten(),
+        AssetAccess::Authenticated => MaybeCaller::of(&state, &headers)
+            .await
+            .ok()
+            .and_then(|c| c.viewer),
     };
     if service::access::require_asset_reader(state.services.limits.asset_access, viewer).is_err() {
         return plain(StatusCode::UNAUTHORIZED, "sign in to fetch assets");
@@ -55,7 +64,7 @@ pub async fn get(
         Ok(Some(a)) => a,
         Ok(None) => return plain(StatusCode::NOT_FOUND, "no such asset"),
         Err(e) => {
-            let status = super::graphql::status_for(&e);
+            let status = error::status(&e);
             tracing::warn!(error = %e, "asset lookup failed");
             return plain(status, "asset lookup failed; retry");
         }
@@ -79,7 +88,7 @@ pub async fn get(
     set(&mut resp_headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(&mut resp_headers, header::CONTENT_SECURITY_POLICY, CSP);
 
-    if etag_matches(&headers, &etag) {
+    if if_none_match.matches(&etag) {
         return (StatusCode::NOT_MODIFIED, resp_headers).into_response();
     }
 
@@ -190,31 +199,6 @@ fn parse_range(header: &str, size: u64) -> Range {
         }
         _ => Range::Ignore,
     }
-}
-
-/// Whether `If-None-Match` names `etag` (a quoted strong tag), so the answer is a 304. The
-/// comparison is weak, as RFC 9110 §13.1.2 asks: `W/"x"` matches `"x"`.
-pub(super) fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
-    headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
-}
-
-/// A short text answer (errors of the plain-HTTP routes), never sniffed as anything else.
-pub(super) fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        msg.into(),
-    )
-        .into_response()
 }
 
 #[cfg(test)]

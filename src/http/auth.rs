@@ -1,4 +1,5 @@
-//! Who is calling, and the browser sign-in routes.
+//! The request's credential and the cross-site checks a cookie needs, and the browser sign-in
+//! routes. `extractor.rs` turns the credential into the caller handlers take.
 //!
 //! A request is authenticated by `Authorization: Bearer <token>` (an API token, or a session
 //! token) or by the session cookie a sign-in sets. A cookie is sent by the browser on its own,
@@ -14,9 +15,8 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{AppState, graphql::error_response};
+use super::AppState;
 use crate::{
-    domain::Viewer,
     error::{AppError, AppResult},
     service::{self, credential::Credential, sessions::SESSION_PREFIX},
 };
@@ -95,23 +95,6 @@ impl WebConfig {
         ))
         .expect("cookie values are base64url")
     }
-}
-
-/// The caller of one request.
-#[derive(Clone, Copy, Debug)]
-pub struct Caller {
-    pub viewer: Option<Viewer>,
-    /// The credential was the session cookie (the browser may have sent it on its own).
-    pub by_cookie: bool,
-}
-
-/// Resolves the request's credential (see [`credential`]) to its viewer.
-pub async fn caller(state: &AppState, headers: &HeaderMap) -> AppResult<Caller> {
-    let credential = credential(headers)?;
-    Ok(Caller {
-        viewer: credential.viewer(&state.services).await?,
-        by_cookie: matches!(credential, Credential::Cookie(_)),
-    })
 }
 
 /// The request's credential: the `Authorization` header if present (a malformed one is
@@ -206,7 +189,7 @@ pub struct LoginParams {
 /// `GET /auth/login[?return_to=/path]`: off to the provider.
 pub async fn login(State(state): State<AppState>, Query(p): Query<LoginParams>) -> Response {
     match service::sessions::begin_login(&state.services, p.return_to.as_deref()).await {
-        Err(e) => error_response(&e),
+        Err(e) => e.into_response(),
         Ok(start) => {
             let mut resp = redirect(&start.url);
             let max_age = service::oidc::LOGIN_TTL.as_secs() as i64;
@@ -243,14 +226,12 @@ pub async fn callback(
         ));
     }
     let (Some(code), Some(s)) = (p.code, p.state) else {
-        return error_response(&AppError::bad_input(
-            "code",
-            "the callback needs `code` and `state`",
-        ));
+        return AppError::bad_input("code", "the callback needs `code` and `state`")
+            .into_response();
     };
     let browser_state = cookie(&headers, &login_cookie(&s));
     match service::sessions::finish_login(&state.services, &s, &code, browser_state).await {
-        Err(e) => error_response(&e),
+        Err(e) => e.into_response(),
         Ok(signed_in) => {
             let to = signed_in.return_to.as_deref().unwrap_or("/graphql");
             let mut resp = redirect(to);
@@ -289,11 +270,12 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Respon
             let t = cookie(&headers, SESSION_COOKIE);
             // A cross-site page must not be able to sign the user out either.
             if t.is_some() && !logout_is_same_site(&state.web, &headers) {
-                return error_response(&AppError::Forbidden(
+                return AppError::Forbidden(
                     "cross-site request refused: logging out with the session cookie needs an \
                      `x-atelier-csrf` header or an allowed Origin"
                         .to_owned(),
-                ));
+                )
+                .into_response();
             }
             t
         }
@@ -301,7 +283,7 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Respon
     if let Some(token) = token.filter(|t| t.starts_with(SESSION_PREFIX))
         && let Err(e) = service::sessions::logout(&state.services, token).await
     {
-        return error_response(&e);
+        return e.into_response();
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut().append(
@@ -329,7 +311,7 @@ fn redirect(to: &str) -> Response {
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp
         }
-        Err(_) => error_response(&AppError::internal("redirect target is not a header value")),
+        Err(_) => AppError::internal("redirect target is not a header value").into_response(),
     }
 }
 

@@ -4,25 +4,29 @@
 
 use axum::{
     extract::{Path, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 
-use super::{AppState, graphql::authenticate};
+use super::{AppState, error, extractor::Caller};
 use crate::{
     domain::AssetKind,
+    error::AppError,
     service::{self, assets::sniff},
 };
 
 /// Items can hold SVG: keep anything in them inert.
 const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; sandbox";
 
+/// `GET /backpack/{id}/{body|thumbnail}`: the part's bytes, privately cacheable for ever
+/// (items never change; a new item gets a new id).
 pub async fn get(
     State(state): State<AppState>,
     Path((id, part)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: Result<Caller, AppError>,
 ) -> Response {
-    let Ok(Some(viewer)) = authenticate(&state, &headers).await else {
+    // A bad credential or a failed lookup as well: nothing here says more than "sign in".
+    let Ok(Caller(viewer)) = caller else {
         return (StatusCode::UNAUTHORIZED, "sign in to fetch backpack items").into_response();
     };
     let Ok(id) = id.parse::<i64>() else {
@@ -33,7 +37,7 @@ pub async fn get(
         Ok(None) => return (StatusCode::NOT_FOUND, "no such item").into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "backpack lookup failed");
-            return (super::graphql::status_for(&e), "lookup failed; retry").into_response();
+            return (error::status(&e), "lookup failed; retry").into_response();
         }
     };
     let key = match part.as_str() {

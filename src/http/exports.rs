@@ -9,18 +9,21 @@ use axum::{
 
 use super::{
     AppState,
-    assets::{etag_matches, plain},
-    graphql::authenticate,
+    error::{self, plain},
+    extractor::Caller,
+    headers::IfNoneMatch,
 };
 use crate::{error::AppError, service};
 
 /// The media type Scratch registers for `.sb3` files.
 const SB3_TYPE: &str = "application/x.scratch.sb3";
 
+/// `GET /exports/{jobId}.sb3`: streams the bundle; 304 when the client holds it already.
 pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    caller: Result<Caller, AppError>,
+    if_none_match: IfNoneMatch,
 ) -> Response {
     let Some(id) = name
         .strip_suffix(".sb3")
@@ -29,9 +32,9 @@ pub async fn get(
     else {
         return plain(StatusCode::NOT_FOUND, "no such export");
     };
-    let viewer = match authenticate(&state, &headers).await {
-        Ok(Some(v)) => Some(v),
-        Ok(None) | Err(AppError::Unauthenticated) => {
+    let viewer = match caller {
+        Ok(Caller(v)) => Some(v),
+        Err(AppError::Unauthenticated) => {
             let mut resp = plain(
                 StatusCode::UNAUTHORIZED,
                 "sign in to download exports".to_owned(),
@@ -40,7 +43,7 @@ pub async fn get(
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return resp;
         }
-        Err(e) => return plain(super::graphql::status_for(&e), e.public_message()),
+        Err(e) => return plain(error::status(&e), e.public_message()),
     };
     let bundle = match service::jobs::bundle(&state.services, viewer, id).await {
         Ok(b) => b,
@@ -48,7 +51,7 @@ pub async fn get(
         Err(e @ AppError::Conflict(_)) => return plain(StatusCode::CONFLICT, e.public_message()),
         Err(e) => {
             tracing::warn!(job.id = id, error = %e, "export_download_failed");
-            return plain(super::graphql::status_for(&e), e.public_message());
+            return plain(error::status(&e), e.public_message());
         }
     };
     let etag = format!("\"{}\"", bundle.key);
@@ -70,7 +73,7 @@ pub async fn get(
             file_name(&bundle.project.title)
         ),
     );
-    if etag_matches(&headers, &etag) {
+    if if_none_match.matches(&etag) {
         return (StatusCode::NOT_MODIFIED, out).into_response();
     }
     let file = match open(&state, &bundle.key).await {

@@ -19,7 +19,7 @@ use flate2::{Compression, write::GzEncoder};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
-use super::assets::{etag_matches, plain};
+use super::{error::plain, headers::IfNoneMatch};
 
 /// The page runs only this server's script files (no inline script). `style-src
 /// 'unsafe-inline'` is for the page's own `<style>` block; `data:` for the fonts and icons the
@@ -114,7 +114,7 @@ impl Served {
         set(header::CACHE_CONTROL, cache_control);
         // Caches must keep the gzip and identity answers apart.
         set(header::VARY, "accept-encoding");
-        if etag_matches(headers, etag) {
+        if IfNoneMatch::parse(headers).matches(etag) {
             return (StatusCode::NOT_MODIFIED, out).into_response();
         }
         set(header::CONTENT_TYPE, self.content_type);

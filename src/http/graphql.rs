@@ -1,7 +1,7 @@
 //! `POST /graphql`: authenticates, reads the body within the size limit, executes, and makes
 //! sure every error a client sees carries an `extensions.code`.
 
-use async_graphql::{BatchRequest, BatchResponse, ErrorExtensions, ServerError};
+use async_graphql::{BatchRequest, BatchResponse};
 use axum::{
     body::Body,
     extract::State,
@@ -9,29 +9,30 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::AppState;
+use super::{AppState, extractor::MaybeCaller};
 use crate::{
     domain::Viewer,
     error::{AppError, Code},
-    graphql::{IdempotencyScope, with_request_data},
+    graphql::{IdempotencyScope, Uploads, with_request_data},
     service::idempotency::{self, Begin},
 };
 
 /// `POST /graphql`: JSON, or a multipart upload per the GraphQL multipart request spec. A
 /// mutation request with an `Idempotency-Key` runs at most once per key (see
 /// `service::idempotency`).
-pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let caller = match super::auth::caller(&state, &headers).await {
-        Ok(c) => c,
-        Err(e) => return error_response(&e),
-    };
+pub async fn post(
+    State(state): State<AppState>,
+    caller: MaybeCaller,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let viewer = caller.viewer;
     let key = match headers.get("idempotency-key").map(|v| {
         v.to_str()
             .map_err(|_| AppError::bad_input("Idempotency-Key", "Idempotency-Key must be ASCII"))
             .and_then(idempotency::parse_key)
     }) {
-        Some(Err(e)) => return error_response(&e),
+        Some(Err(e)) => return e.into_response(),
         Some(Ok(k)) => Some(k),
         None => None,
     };
@@ -43,22 +44,22 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
     if caller.by_cookie
         && let Err(e) = super::auth::check_cross_site(&state.web, &headers, multipart.is_ok())
     {
-        return error_response(&e);
+        return e.into_response();
     }
     let (mut batch, uploads) = if let Ok(boundary) = multipart {
         // Every upload needs a viewer: refuse before a byte of the body is read, so that an
         // anonymous client cannot make us stage up to MAX_FILES × the asset limit to disk.
         if viewer.is_none() {
-            return error_response(&AppError::Unauthenticated);
+            return AppError::Unauthenticated.into_response();
         }
         match super::upload::receive(&state, boundary, body).await {
             Ok((batch, uploads)) => (batch, Some(uploads)),
-            Err(e) => return error_response(&e),
+            Err(e) => return e.into_response(),
         }
     } else {
         let bytes = match read_body(body, state.max_request_bytes).await {
             Ok(b) => b,
-            Err(e) => return error_response(&e),
+            Err(e) => return e.into_response(),
         };
         match serde_json::from_slice::<BatchRequest>(&bytes) {
             Ok(b) => (b, None),
@@ -67,7 +68,7 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
                     message: format!("the body is not a GraphQL request: {e}"),
                     field: None,
                 };
-                return error_response(&e);
+                return e.into_response();
             }
         }
     };
@@ -84,11 +85,11 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Body)
                 operations.len()
             ),
         };
-        return error_response(&e);
+        return e.into_response();
     }
     state.documents.prepare_batch(&mut batch);
     match answer(&state, viewer, batch, uploads, key).await {
-        Err(e) => error_response(&e),
+        Err(e) => e.into_response(),
         Ok(Answer::Replayed { status, body }) => {
             let mut resp = respond(Executed {
                 status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
@@ -152,7 +153,7 @@ pub(super) async fn answer(
     state: &AppState,
     viewer: Option<Viewer>,
     batch: BatchRequest,
-    uploads: Option<std::sync::Arc<super::Uploads>>,
+    uploads: Option<std::sync::Arc<Uploads>>,
     key: Option<String>,
 ) -> Result<Answer, AppError> {
     let (Some(key), Some(user)) = (key, viewer) else {
@@ -201,7 +202,7 @@ async fn execute(
     state: &AppState,
     viewer: Option<Viewer>,
     mut batch: BatchRequest,
-    uploads: Option<std::sync::Arc<super::Uploads>>,
+    uploads: Option<std::sync::Arc<Uploads>>,
     idempotency: Option<(i64, String)>,
 ) -> Executed {
     if let Some(uploads) = uploads {
@@ -286,7 +287,7 @@ fn has_mutation(batch: &BatchRequest) -> bool {
 
 /// What makes two requests "the same request": every operation's query, name and variables,
 /// and the bytes of every uploaded file.
-fn fingerprint(batch: &BatchRequest, uploads: Option<&super::Uploads>) -> String {
+fn fingerprint(batch: &BatchRequest, uploads: Option<&Uploads>) -> String {
     let operations: Vec<serde_json::Value> = requests(batch)
         .map(|r| {
             serde_json::json!({
@@ -314,38 +315,4 @@ pub(super) fn with_codes(mut r: async_graphql::Response) -> async_graphql::Respo
         }
     }
     r
-}
-
-/// The viewer of a request (see `auth::caller`), for routes that only read.
-pub(super) async fn authenticate(
-    state: &AppState,
-    headers: &HeaderMap,
-) -> Result<Option<Viewer>, AppError> {
-    Ok(super::auth::caller(state, headers).await?.viewer)
-}
-
-pub(super) fn status_for(e: &AppError) -> StatusCode {
-    StatusCode::from_u16(e.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-}
-
-/// A GraphQL-shaped error body for failures before execution, with the code's HTTP status.
-pub(super) fn error_response(e: &AppError) -> Response {
-    let status = status_for(e);
-    let err = e.extend();
-    let server_error = ServerError {
-        message: err.message,
-        source: None,
-        locations: Vec::new(),
-        path: Vec::new(),
-        extensions: err.extensions,
-    };
-    let body = serde_json::json!({ "data": null, "errors": [server_error] });
-    let mut resp = (status, axum::Json(body)).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-    }
-    resp
 }

@@ -4,15 +4,17 @@
 mod assets;
 mod auth;
 mod backpack;
+mod error;
 mod exports;
+mod extractor;
 mod graphiql;
 mod graphql;
+mod headers;
 mod health;
 mod upload;
 mod ws;
 
 pub use auth::WebConfig;
-pub use upload::Uploads;
 
 use std::{net::SocketAddr, time::Duration};
 

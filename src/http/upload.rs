@@ -1,6 +1,7 @@
 //! The GraphQL multipart request spec, streamed: `operations` and `map` are read first, then
 //! each file part goes straight into blob staging (hashed on the way, size-limited while
-//! streaming). Resolvers find the staged files in the request's [`Uploads`].
+//! streaming). Resolvers find the staged files in the request's [`Uploads`] (a GraphQL-layer
+//! type: this module fills it, the transport above passes it on).
 //!
 //! The whole body, every part and every byte of it (headers and boundaries included), counts
 //! against `--max-request-bytes`; each file part must be named in `map` and may come once.
@@ -18,10 +19,7 @@ use axum::body::Body;
 use serde_json::Value;
 
 use super::AppState;
-use crate::{
-    error::AppError,
-    storage::{StageError, StagedUpload},
-};
+use crate::{error::AppError, graphql::Uploads, storage::StageError};
 
 /// Most file parts one request may carry.
 const MAX_FILES: usize = 16;
@@ -30,28 +28,6 @@ const MAX_JSON_PART: u64 = 1024 * 1024;
 /// After a file over the limit, the rest of the body is read and discarded (up to this much)
 /// so the client can read the error instead of a reset connection.
 const MAX_DRAIN: u64 = 256 * 1024 * 1024;
-
-/// The staged files of one request, by their `map` key. Unclaimed files are deleted when the
-/// request ends (dropping a `StagedUpload` removes its file).
-#[derive(Default)]
-pub struct Uploads(std::sync::Mutex<HashMap<String, StagedUpload>>);
-
-impl Uploads {
-    /// Each file part's name and the sha256 of its bytes, for request fingerprints.
-    pub fn fingerprints(&self) -> std::collections::BTreeMap<String, String> {
-        self.0
-            .lock()
-            .expect("uploads lock")
-            .iter()
-            .map(|(k, u)| (k.clone(), u.blob.sha256.clone()))
-            .collect()
-    }
-
-    /// Takes the file a variable points at; each file can be used once.
-    pub fn take(&self, key: &str) -> Option<StagedUpload> {
-        self.0.lock().expect("uploads lock").remove(key)
-    }
-}
 
 /// Reads a multipart GraphQL request, staging its files; over `--max-request-bytes` in all
 /// is `PAYLOAD_TOO_LARGE`.
@@ -149,14 +125,11 @@ async fn receive_parts(
                 if !map.contains_key(&name) {
                     return Err(bad(format!("file part {name:?} is not in `map`")));
                 }
-                {
-                    let staged = uploads.0.lock().expect("uploads lock");
-                    if staged.contains_key(&name) {
-                        return Err(bad(format!("file part {name:?} appears twice")));
-                    }
-                    if staged.len() >= MAX_FILES {
-                        return Err(bad(format!("at most {MAX_FILES} files per request")));
-                    }
+                if uploads.contains(&name) {
+                    return Err(bad(format!("file part {name:?} appears twice")));
+                }
+                if uploads.len() >= MAX_FILES {
+                    return Err(bad(format!("at most {MAX_FILES} files per request")));
                 }
                 match state
                     .services
@@ -165,7 +138,7 @@ async fn receive_parts(
                     .await
                 {
                     Ok(staged) => {
-                        uploads.0.lock().expect("uploads lock").insert(name, staged);
+                        uploads.insert(name, staged);
                     }
                     Err(StageError::TooLarge { limit }) => {
                         drain(&mut field, &mut multipart).await;

@@ -44,7 +44,7 @@ use tokio::{
 };
 use tracing::Instrument;
 
-use super::{AppState, auth, graphql::error_response};
+use super::{AppState, auth};
 use crate::{
     error::{AppError, Code},
     service::{
@@ -80,23 +80,24 @@ pub async fn upgrade(
         .and_then(|p| p.to_str().ok())
         .and_then(Protocol::from_name)
     else {
-        return error_response(&AppError::bad_input(
+        return AppError::bad_input(
             "Sec-WebSocket-Protocol",
             "GET /graphql/ws speaks graphql-transport-ws (or the older graphql-ws): ask for \
              it in Sec-WebSocket-Protocol",
-        ));
+        )
+        .into_response();
     };
     let credential = match auth::credential(&headers) {
         Ok(c) => c,
-        Err(e) => return error_response(&e),
+        Err(e) => return e.into_response(),
     };
     if matches!(credential, Credential::Cookie(_))
         && let Err(e) = auth::check_origin(&state.web, &headers)
     {
-        return error_response(&e);
+        return e.into_response();
     }
     if let Err(e) = credential.viewer(&state.services).await {
-        return error_response(&e);
+        return e.into_response();
     }
     let max = state.max_request_bytes;
     let span = tracing::Span::current();

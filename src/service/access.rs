@@ -4,7 +4,8 @@
 //! Each project rule exists twice over, and both forms live here, side by side:
 //! - as a SQL condition, for listings and compare-and-set statements (the database filters);
 //! - as a predicate on a loaded row, for reads that one statement serves for several viewers
-//!   (coalesced `project(id)` reads, dataloaders).
+//!   (coalesced `project(id)` reads). Dataloaders take the viewer in their keys and use the
+//!   SQL form (`service::reads`).
 //!
 //! The model:
 //! - the owner may read and change their own projects;
@@ -108,14 +109,7 @@ pub fn writable_projects(viewer: Viewer) -> Condition {
     }
 }
 
-/// Whether a viewer who may read project `p` sees that it is shared with a group: the owner
-/// and admins see every share; any other reader only the shares with groups they belong to
-/// (a group is otherwise private to its members, see [`can_see_groups_of`]).
-pub fn can_see_share(viewer: Option<Viewer>, p: &project::Model, viewer_is_member: bool) -> bool {
-    viewer.is_some_and(|v| v.is_admin() || v.id.0 == p.owner_id || viewer_is_member)
-}
-
-/// The projects whose share with `group` the viewer sees (the rule of [`can_see_share`]), as a
+/// The projects whose share with `group` the viewer sees (the rule of [`shares_seen_by`]), as a
 /// SQL condition on `projects`: a listing filtered by a group never tells a viewer what is
 /// shared with a group they are not in. Combine with [`readable_projects`].
 pub fn shared_with_group_seen_by(viewer: Viewer, group: i64) -> Condition {
@@ -141,8 +135,10 @@ pub fn shared_with_group_seen_by(viewer: Viewer, group: i64) -> Condition {
         )
 }
 
-/// The same rule as a SQL condition on `projects` joined with `project_shares` (one row per
-/// share): the shares the viewer sees.
+/// Which shares of a project a viewer who may read it sees, as a SQL condition on `projects`
+/// joined with `project_shares` (one row per share): the owner and admins see every share; any
+/// other reader only the shares with groups they belong to (a group is otherwise private to its
+/// members, see [`can_see_groups_of`]). Anonymous viewers see none.
 pub fn shares_seen_by(viewer: Viewer) -> Condition {
     if viewer.is_admin() {
         return Condition::all();

@@ -16,6 +16,7 @@ pub mod maintenance;
 pub mod oidc;
 pub mod pacing;
 pub mod projects;
+pub mod reads;
 pub mod return_to;
 pub mod sb3;
 pub mod secrets;

@@ -244,3 +244,82 @@ async fn pool_acquire_timeouts_postgres() {
         "{timeouts} timeouts counted, {unavailable} writes answered UNAVAILABLE"
     );
 }
+
+/// PostgreSQL only (see above). A field served by a dataloader (each listed project's
+/// `remixes`) that cannot get a connection answers UNAVAILABLE, like every other read: the
+/// loader carries the service's error, not a string of it (which answered INTERNAL).
+///
+/// The listing reads its page, then the failpoint holds its batched read; meanwhile a write
+/// waiting for a lock takes the pool's only connection, so the read's acquire times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(atelier_pg_tests), ignore = "set TEST_DATABASE_URL to run it")]
+async fn a_loader_served_field_without_a_connection_is_unavailable_postgres() {
+    let s = TestServer::start_with(
+        Backend::Postgres,
+        &[
+            ("ATELIER_DB_MAX_CONNECTIONS", "1"),
+            // Longer than the pool-of-one start needs on a busy machine, shorter than the hold.
+            ("ATELIER_DB_ACQUIRE_TIMEOUT_MS", "500"),
+            ("FAILPOINTS", "service::batched_read=1*return(2000)"),
+        ],
+    )
+    .await;
+    let user = s.user("pool-loader").await;
+    let source = user.create_project("source", empty_project()).await;
+    user.data(
+        "mutation($id: ID!) { copyProject(input: {id: $id}) { id } }",
+        serde_json::json!({ "id": source["id"] }),
+    )
+    .await;
+
+    const LISTING: &str = "{ projects { nodes { id remixes { nodes { id } } } } }";
+    let listing = {
+        let user = user.clone();
+        tokio::spawn(async move { user.raw(LISTING, serde_json::json!({})).await })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !s.server_log().contains("failpoint_hold") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the batched read never reached its failpoint:\n{}",
+            s.server_log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let db = s.db().await;
+    let lock = db.begin().await.unwrap();
+    lock.execute_unprepared("LOCK TABLE projects IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let writer = {
+        let user = user.clone();
+        tokio::spawn(async move { user.create_project("holds the pool", empty_project()).await })
+    };
+    while get(&scrape(&s).await, IN_USE) < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pool never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (status, body) = listing.await.unwrap();
+    lock.commit().await.unwrap();
+    writer.await.unwrap();
+    let _ = db.close().await;
+    assert!(status.is_success(), "{status}: {body:#}");
+    let errors = body["errors"].as_array().expect("an error");
+    assert!(!errors.is_empty(), "{body:#}");
+    for error in errors {
+        assert_eq!(crate::harness::code(error), "UNAVAILABLE", "{body:#}");
+        // At `remixes` (the path names the row it nulled).
+        let column = LISTING.find("remixes").unwrap() + 1;
+        assert_eq!(error["locations"][0]["column"], column, "{body:#}");
+        assert_eq!(
+            error["path"],
+            serde_json::json!(["projects", "nodes", 0]),
+            "{body:#}"
+        );
+    }
+}
