@@ -48,6 +48,15 @@ impl ErrorExtensions for AppError {
     }
 }
 
+/// The error as a GraphQL response error without a location or path: a whole request or
+/// operation was refused (before execution, or by a bound), not one field.
+pub fn request_error(e: &AppError) -> async_graphql::ServerError {
+    let err = e.extend();
+    let mut server_error = async_graphql::ServerError::new(err.message, None);
+    server_error.extensions = err.extensions;
+    server_error
+}
+
 /// Resolver-boundary conversion that keeps the extensions (a bare `?` would drop them through
 /// async-graphql's blanket `From<Display>`).
 pub trait GqlResultExt<T> {

@@ -23,7 +23,7 @@ use std::{
 };
 
 use async_graphql::{
-    ErrorExtensions, Request, Response, ServerError, ServerResult, ValidationResult, Value,
+    Request, Response, ServerError, ServerResult, ValidationResult, Value,
     extensions::{
         Extension, ExtensionContext, ExtensionFactory, NextExecute, NextPrepareRequest,
         NextResolve, NextSubscribe, NextValidation, ResolveInfo,
@@ -79,16 +79,11 @@ pub fn list(child_complexity: usize) -> usize {
 }
 
 fn refusal(limit: &'static str, message: String) -> ServerError {
-    let err = AppError::LimitExceeded {
+    super::request_error(&AppError::LimitExceeded {
         limit,
         field: None,
         message,
-    }
-    .extend();
-    // No location: the operation as a whole is refused.
-    let mut server_error = ServerError::new(err.message, None);
-    server_error.extensions = err.extensions;
-    server_error
+    })
 }
 
 /// Deepest nesting of `{`, `[` and `(` in query text: room for a content literal nested

@@ -24,7 +24,7 @@ use async_graphql::{
 use crate::{domain::Viewer, error::AppError, service::Services};
 
 pub use documents::{DOCUMENT_CACHE_ENTRIES, DocumentCache};
-pub use errors::GqlResultExt;
+pub use errors::{GqlResultExt, request_error};
 pub use limits::QueryLimits;
 pub use loaders::{Loaders, Prefetched};
 pub use uploads::Uploads;

@@ -4,7 +4,6 @@
 //! response instead (see `graphql.rs`). The plain-HTTP routes (assets, exports, backpack,
 //! GraphiQL) answer short text bodies with [`plain`].
 
-use async_graphql::{ErrorExtensions, ServerError};
 use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
@@ -22,14 +21,7 @@ pub fn status(e: &AppError) -> StatusCode {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = status(&self);
-        let err = self.extend();
-        let server_error = ServerError {
-            message: err.message,
-            source: None,
-            locations: Vec::new(),
-            path: Vec::new(),
-            extensions: err.extensions,
-        };
+        let server_error = crate::graphql::request_error(&self);
         let body = serde_json::json!({ "data": null, "errors": [server_error] });
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {

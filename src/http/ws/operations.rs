@@ -2,7 +2,7 @@
 //! mutation answered once, a subscription streamed until it ends or loses access.
 
 use async_graphql::{
-    BatchRequest, ErrorExtensions, ServerError,
+    BatchRequest, ServerError,
     parser::types::{DocumentOperations, OperationType},
 };
 use futures::{StreamExt, stream::BoxStream};
@@ -242,15 +242,7 @@ pub(super) fn result_payload(body: Vec<u8>, replayed: bool) -> Payload {
 
 /// An error as the `payload` of an `error` message: a list of one GraphQL error with its code.
 pub(super) fn errors_json(e: &AppError) -> serde_json::Value {
-    let err = e.extend();
-    let server_error = ServerError {
-        message: err.message,
-        source: None,
-        locations: Vec::new(),
-        path: Vec::new(),
-        extensions: err.extensions,
-    };
-    serde_json::to_value(vec![server_error]).unwrap_or_default()
+    serde_json::to_value(vec![crate::graphql::request_error(e)]).unwrap_or_default()
 }
 
 pub(super) fn code_of(e: &ServerError) -> Option<&str> {
