@@ -83,11 +83,7 @@ pub async fn shares_seen(
         .order_by_asc(project_share::Column::GroupId)
         .all(svc.db.conn())
         .await?;
-    for (share, group) in rows {
-        if let Some(group) = group {
-            out.entry(share.project_id).or_default().push(group);
-        }
-    }
+    group_by_project(&mut out, rows, |share| share.project_id);
     Ok(out)
 }
 
@@ -106,11 +102,7 @@ pub async fn assets_of(
         .await?;
     let mut out: HashMap<i64, Vec<asset::Model>> =
         projects.iter().map(|p| (*p, Vec::new())).collect();
-    for (link, asset) in rows {
-        if let Some(asset) = asset {
-            out.entry(link.project_id).or_default().push(asset);
-        }
-    }
+    group_by_project(&mut out, rows, |link| link.project_id);
     Ok(out)
 }
 
@@ -225,4 +217,18 @@ pub async fn first_shared(
         out.entry(row.share_group).or_default().push(row.project);
     }
     Ok(out)
+}
+
+/// Files the related rows of a join under the project each link row names (a link whose
+/// related row is gone is skipped), in the order the rows came.
+fn group_by_project<L, R>(
+    out: &mut HashMap<i64, Vec<R>>,
+    rows: Vec<(L, Option<R>)>,
+    project_of: impl Fn(&L) -> i64,
+) {
+    for (link, related) in rows {
+        if let Some(related) = related {
+            out.entry(project_of(&link)).or_default().push(related);
+        }
+    }
 }
