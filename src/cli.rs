@@ -373,6 +373,11 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
     let public_url = cfg.auth.public_url(addr);
     let svc = Services {
         oidc: oidc(&cfg.auth, &public_url, &store.data_dir)?,
+        editor: service::editor::EditorSettings {
+            session_ttl: Duration::from_secs(cfg.editor_session_ttl_secs.max(1)),
+            project_token_ttl: Duration::from_secs(cfg.project_token_ttl_secs.max(1)),
+            public_url: public_url.clone(),
+        },
         subscriptions: std::sync::Arc::new(service::subscriptions::Subscriptions::new(
             service::subscriptions::Caps {
                 per_connection: cfg.ws_max_subscriptions,

@@ -205,6 +205,14 @@ pub struct ServeConfig {
     #[arg(long, env = "ATELIER_MAX_RESPONSE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_response_bytes: u64,
 
+    /// How long an editing session (`openEditor`) lives after its last use, in seconds.
+    #[arg(long, env = "ATELIER_EDITOR_SESSION_TTL_SECS", default_value_t = 12 * 3600)]
+    pub editor_session_ttl_secs: u64,
+
+    /// How long a read-only project token (`projectToken`) lives, in seconds.
+    #[arg(long, env = "ATELIER_PROJECT_TOKEN_TTL_SECS", default_value_t = 300)]
+    pub project_token_ttl_secs: u64,
+
     #[command(flatten)]
     pub auth: AuthConfig,
 }

@@ -4,6 +4,7 @@
 pub mod api_token;
 pub mod asset;
 pub mod backpack_item;
+pub mod editor_session;
 pub mod group;
 pub mod group_member;
 pub mod idempotency_effect;
@@ -15,5 +16,6 @@ pub mod oidc_login;
 pub mod project;
 pub mod project_asset;
 pub mod project_share;
+pub mod project_token;
 pub mod session;
 pub mod user;

@@ -4,6 +4,7 @@
 mod assets;
 mod backpack;
 mod documents;
+mod editor;
 mod errors;
 mod identity;
 mod imports;
@@ -36,6 +37,7 @@ pub struct Query(
     backpack::BackpackQuery,
     identity::IdentityQuery,
     jobs::JobsQuery,
+    editor::EditorQuery,
 );
 
 /// The mutation root, merged the same way.
@@ -46,6 +48,7 @@ pub struct Mutation(
     backpack::BackpackMutation,
     jobs::JobsMutation,
     imports::ImportsMutation,
+    editor::EditorMutation,
 );
 
 pub use jobs::Subscription;
@@ -144,6 +147,10 @@ fn loaders<'a>(ctx: &async_graphql::Context<'a>) -> Result<&'a Loaders, AppError
 fn prefetched<'a>(ctx: &async_graphql::Context<'a>) -> Result<&'a Prefetched, AppError> {
     request_data::<Arc<Prefetched>>(ctx, "Prefetched").map(|p| &**p)
 }
+
+/// The credential an HTTP request was made with (`openEditor` ties a session to it).
+#[derive(Clone, Debug)]
+pub struct RequestCredential(pub Arc<crate::service::credential::Credential>);
 
 /// Who a long-running operation (a subscription) acts for, asked again before each event:
 /// the socket's credential when it runs on one (see `service::credential`), else the viewer

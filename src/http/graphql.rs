@@ -88,6 +88,12 @@ pub async fn post(
         return e.into_response();
     }
     state.documents.prepare_batch(&mut batch);
+    // `openEditor` ties the session it opens to this credential.
+    if let Ok(credential) = super::auth::credential(&headers) {
+        batch = batch.data(crate::graphql::RequestCredential(std::sync::Arc::new(
+            credential,
+        )));
+    }
     match answer(&state, viewer, batch, uploads, key).await {
         Err(e) => e.into_response(),
         Ok(Answer::Replayed { status, body }) => {

@@ -6,6 +6,7 @@ pub mod assets;
 pub mod backpack;
 pub mod coalesce;
 pub mod credential;
+pub mod editor;
 pub mod export;
 pub mod idempotency;
 pub mod identity;
@@ -42,6 +43,8 @@ pub struct Services {
     pub jobs: std::sync::Arc<jobs::JobRunner>,
     /// This process's live subscriptions, under their caps.
     pub subscriptions: std::sync::Arc<subscriptions::Subscriptions>,
+    /// Editing sessions and project tokens: lifetimes, and the public URL of their hosts.
+    pub editor: editor::EditorSettings,
 }
 
 impl Services {
@@ -70,6 +73,7 @@ impl Services {
             project_reads: Default::default(),
             oidc: None,
             subscriptions: Default::default(),
+            editor: Default::default(),
         }
     }
 }

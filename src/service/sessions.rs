@@ -305,16 +305,21 @@ async fn sync_memberships(
 /// Resolves a session token. Unknown, ended or too old: `UNAUTHENTICATED`. A provider access
 /// token that has expired is refreshed first (see [`refresh`]).
 pub async fn authenticate(svc: &Services, token: &str) -> AppResult<Viewer> {
+    authenticate_hashed(svc, &hash_token(token)).await
+}
+
+/// [`authenticate`] by the token's SHA-256 (what an editing session remembers of the session
+/// it was opened with), through the same cache.
+pub async fn authenticate_hashed(svc: &Services, hash: &str) -> AppResult<Viewer> {
     // Without a provider there are no sessions to trust (sign-in was turned off).
     let oidc = oidc(svc).map_err(|_| AppError::Unauthenticated)?;
-    let hash = hash_token(token);
-    let key = cache_key(&hash);
+    let key = cache_key(hash);
     let ticket = match svc.tokens.get(&key) {
         Ok(viewer) => return Ok(viewer),
         Err(ticket) => ticket,
     };
     let found = session::Entity::find()
-        .filter(session::Column::TokenHash.eq(&hash))
+        .filter(session::Column::TokenHash.eq(hash))
         .one(svc.db.conn())
         .await?;
     let Some(s) = found.filter(|s| s.ended_at.is_none()) else {

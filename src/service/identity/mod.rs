@@ -7,7 +7,7 @@ mod cache;
 mod propagate;
 mod users;
 
-pub use authn::{authenticate, hash_token};
+pub use authn::{authenticate, authenticate_hashed, hash_token};
 pub use cache::{Ticket, TokenCache};
 pub(crate) use propagate::announce_authority_change;
 pub use propagate::{AUTH_CHANNEL, AuthSubscriber, await_authority_propagated};
