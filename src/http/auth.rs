@@ -327,7 +327,7 @@ pub fn cors(web: &WebConfig) -> Option<tower_http::cors::CorsLayer> {
                 web.cors_origins.clone(),
             ))
             .allow_credentials(true)
-            .allow_methods([Method::GET, Method::POST])
+            .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT])
             .allow_headers([
                 header::CONTENT_TYPE,
                 header::AUTHORIZATION,

@@ -11,6 +11,7 @@ mod graphiql;
 mod graphql;
 mod headers;
 mod health;
+pub mod scratch;
 mod upload;
 mod ws;
 
@@ -66,15 +67,17 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/login", get(auth::login))
         .route("/auth/callback", get(auth::callback))
         .route("/auth/logout", axum::routing::post(auth::logout))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            record_metrics,
-        ));
+        .merge(scratch::routes());
     let app = match cors {
         Some(cors) => app.layer(cors),
         None => app,
     };
-    app
+    // The session routes have their own CORS policy (see `scratch`).
+    app.merge(scratch::session_routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
         .with_state(state)
         .layer(
             tower::ServiceBuilder::new()
@@ -86,7 +89,7 @@ pub fn router(state: AppState) -> Router {
                             .get::<RequestId>()
                             .and_then(|id| id.header_value().to_str().ok())
                             .unwrap_or("-");
-                        tracing::info_span!("request", request.id = %id, method = %req.method(), uri = %req.uri().path())
+                        tracing::info_span!("request", request.id = %id, method = %req.method(), uri = %scratch::redacted_uri(req.uri()))
                     })
                     // One line per request, with its id, status and latency.
                     .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
