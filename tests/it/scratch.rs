@@ -1,0 +1,331 @@
+//! The Scratch editor's wire (`/scratch/…`): load, save (last writer wins), create, copy and
+//! remix with lineage, asset upload checks, project tokens, editing sessions (scope, expiry,
+//! revocation of their parent credential), concurrent saves, and no token in the logs.
+
+use serde_json::{Value, json};
+
+use crate::{
+    both_backends,
+    harness::{Backend, Client, TestServer, md5_hex, svg},
+};
+
+both_backends!(
+    load_save_create_copy_and_remix,
+    asset_upload_checks_name_and_credentials,
+    project_tokens_read_one_project_only,
+    editing_sessions_are_scoped_and_end_with_their_credential,
+    concurrent_saves_all_win_in_turn,
+);
+
+const PROJECT: &str = "query($id: ID!) { project(id: $id) { id version content remixedFrom { id } } }";
+
+fn token_of(c: &Client) -> &str {
+    c.token.as_deref().unwrap()
+}
+
+async fn created(c: &Client, title: &str) -> String {
+    c.create_project(title, json!({"targets": [], "meta": {"semver": "3.0.0"}}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+async fn project(c: &Client, id: &str) -> Value {
+    c.data(PROJECT, json!({"id": id})).await["project"].clone()
+}
+
+async fn load_save_create_copy_and_remix(s: TestServer) {
+    let alice = s.user("alice").await;
+    let http = reqwest::Client::new();
+    let id = created(&alice, "mine").await;
+    let url = format!("{}/scratch/projects/{id}", s.base_url);
+
+    let (status, body) = send(http.get(&url).bearer_auth(token_of(&alice))).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"targets": [], "meta": {"semver": "3.0.0"}}));
+
+    let content = json!({"targets": [{"name": "Stage", "isStage": true}], "meta": {"semver": "3.0.0"}});
+    let (status, body) = send(
+        http.put(&url)
+            .bearer_auth(token_of(&alice))
+            .header("content-type", "application/json")
+            .body(content.to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"status": "ok", "content-name": id, "version": 2}));
+    let p = project(&alice, &id).await;
+    assert_eq!(p["version"], 2);
+    assert_eq!(p["content"], content);
+
+    // Invalid content: a clear 4xx, nothing changes.
+    let (status, body) = send(http.put(&url).bearer_auth(token_of(&alice)).body("[1,2")).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["status"], "error");
+    assert_eq!(body["code"], "BAD_USER_INPUT");
+    assert_eq!(project(&alice, &id).await["version"], 2);
+
+    // Nobody else may save it, and an anonymous load is not found.
+    let bob = s.user("bob").await;
+    let (status, body) = send(http.put(&url).bearer_auth(token_of(&bob)).body(content.to_string())).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("NOT_FOUND")));
+    let (status, _) = send(http.get(&url)).await;
+    assert_eq!(status, 404);
+    let (status, body) = send(http.put(&url).body(content.to_string())).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("UNAUTHENTICATED")));
+    assert_eq!(project(&alice, &id).await["version"], 2);
+
+    // Create.
+    let new = json!({"targets": [], "meta": {"semver": "3.0.0", "agent": "editor"}});
+    let (status, body) = send(
+        http.post(format!("{}/scratch/projects/?title=Fresh", s.base_url))
+            .bearer_auth(token_of(&alice))
+            .body(new.to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ok");
+    let new_id = body["content-name"].as_str().unwrap().to_owned();
+    let p = project(&alice, &new_id).await;
+    assert_eq!((p["version"].clone(), p["content"].clone()), (json!(1), new.clone()));
+    assert_eq!(p["remixedFrom"], Value::Null);
+
+    // Copy and remix: lineage, the posted content, by whoever may read the original.
+    for flag in ["is_copy", "is_remix"] {
+        let (status, body) = send(
+            http.post(format!(
+                "{}/scratch/projects/?{flag}=1&original_id={id}&title=Mine%20too",
+                s.base_url
+            ))
+            .bearer_auth(token_of(&alice))
+            .body(new.to_string()),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let copy = body["content-name"].as_str().unwrap().to_owned();
+        let p = project(&alice, &copy).await;
+        assert_eq!(p["remixedFrom"]["id"], id.as_str());
+        assert_eq!(p["content"], new);
+        assert_eq!(p["version"], 1);
+    }
+    let (status, body) = send(
+        http.post(format!("{}/scratch/projects/?is_remix=1&original_id={id}", s.base_url))
+            .bearer_auth(token_of(&bob))
+            .body(new.to_string()),
+    )
+    .await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("NOT_FOUND")));
+    assert_eq!(s.count("projects").await, 4);
+}
+
+async fn asset_upload_checks_name_and_credentials(s: TestServer) {
+    let alice = s.user("alice").await;
+    let http = reqwest::Client::new();
+    let bytes = svg(7);
+    let md5 = md5_hex(&bytes);
+    let post = |name: String| http.post(format!("{}/scratch/assets/{name}", s.base_url));
+
+    let wrong = md5_hex(b"other");
+    let (status, body) = send(post(format!("{wrong}.svg")).bearer_auth(token_of(&alice)).body(bytes.clone())).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("CHECKSUM_MISMATCH")), "{body}");
+    let (status, body) = send(post(format!("{md5}.exe")).bearer_auth(token_of(&alice)).body(bytes.clone())).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("BAD_USER_INPUT")));
+    let (status, body) = send(post(format!("{md5}.svg")).body(bytes.clone())).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("UNAUTHENTICATED")));
+    assert_eq!(s.count("assets").await, 0);
+
+    let (status, body) = send(post(format!("{md5}.svg")).bearer_auth(token_of(&alice)).body(bytes.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"status": "ok", "content-name": format!("{md5}.svg")}));
+    // Again: deduplicated.
+    let (status, _) = send(post(format!("{md5}.svg")).bearer_auth(token_of(&alice)).body(bytes.clone())).await;
+    assert_eq!(status, 200);
+    assert_eq!(s.count("assets").await, 1);
+
+    let got = http
+        .get(format!("{}/scratch/assets/internalapi/asset/{md5}.svg/get/", s.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status().as_u16(), 200);
+    assert_eq!(got.bytes().await.unwrap().to_vec(), bytes);
+
+    // A save that references it now passes the asset check.
+    let id = created(&alice, "with costume").await;
+    let content = json!({"targets": [{"name": "Stage", "isStage": true, "costumes": [{"name": "c", "assetId": md5, "md5ext": format!("{md5}.svg"), "dataFormat": "svg"}], "sounds": []}], "meta": {"semver": "3.0.0"}});
+    let (status, body) = send(
+        http.put(format!("{}/scratch/projects/{id}", s.base_url))
+            .bearer_auth(token_of(&alice))
+            .body(content.to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let missing = md5_hex(b"never uploaded");
+    let content = json!({"targets": [{"name": "Stage", "isStage": true, "costumes": [{"name": "c", "assetId": missing, "md5ext": format!("{missing}.svg"), "dataFormat": "svg"}], "sounds": []}], "meta": {"semver": "3.0.0"}});
+    let (status, body) = send(
+        http.put(format!("{}/scratch/projects/{id}", s.base_url))
+            .bearer_auth(token_of(&alice))
+            .body(content.to_string()),
+    )
+    .await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("MISSING_ASSETS")), "{body}");
+    assert_eq!(body["missing"], json!([format!("{missing}.svg")]));
+    assert_eq!(project(&alice, &id).await["version"], 2);
+}
+
+const PROJECT_TOKEN: &str = "query($id: ID!) { projectToken(id: $id) { token expiresAt } }";
+const OPEN: &str = "mutation($id: ID!) { openEditor(projectId: $id) { token projectHost assetHost expiresAt } }";
+
+async fn project_tokens_read_one_project_only(s: TestServer) {
+    let alice = s.user("alice").await;
+    let http = reqwest::Client::new();
+    let id = created(&alice, "one").await;
+    let other = created(&alice, "two").await;
+    let t = alice.data(PROJECT_TOKEN, json!({"id": id})).await["projectToken"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = send(http.get(format!("{}/scratch/projects/{id}?token={t}", s.base_url))).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["meta"]["semver"], "3.0.0");
+    let (status, body) = send(http.get(format!("{}/scratch/projects/{other}?token={t}", s.base_url))).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("FORBIDDEN")));
+    // Read only: a PUT does not read ?token= at all.
+    let (status, _) = send(
+        http.put(format!("{}/scratch/projects/{id}?token={t}", s.base_url))
+            .body(json!({"targets": []}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = send(http.put(format!("{}/scratch/projects/{id}", s.base_url)).bearer_auth(&t).body("{\"targets\":[]}")).await;
+    assert_eq!(status, 401);
+    assert_eq!(project(&alice, &id).await["version"], 1);
+    // An API token (or a session token) in the URL is refused.
+    let (status, body) = send(http.get(format!("{}/scratch/projects/{id}?token={}", s.base_url, token_of(&alice)))).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("BAD_USER_INPUT")));
+    let (status, _) = send(http.get(format!("{}/scratch/projects/{id}?token=ses_whatever", s.base_url))).await;
+    assert_eq!(status, 400);
+    // Someone who cannot read the project gets no token for it.
+    let bob = s.user("bob").await;
+    let err = bob.error(PROJECT_TOKEN, json!({"id": id})).await;
+    assert_eq!(crate::harness::code(&err), "NOT_FOUND");
+    assert_no_token_logged(&s, &[&t, token_of(&alice), token_of(&bob)]);
+}
+
+fn assert_no_token_logged(s: &TestServer, tokens: &[&str]) {
+    let log = s.server_log();
+    assert!(log.contains("/scratch/"), "the server log is captured");
+    for t in tokens {
+        assert!(!log.contains(t), "a token appears in the server log");
+    }
+}
+
+async fn editing_sessions_are_scoped_and_end_with_their_credential(s: TestServer) {
+    let alice = s.user("alice").await;
+    let http = reqwest::Client::new();
+    let id = created(&alice, "edited").await;
+    let other = created(&alice, "other").await;
+    let grant = alice.data(OPEN, json!({"id": id})).await["openEditor"].clone();
+    let token = grant["token"].as_str().unwrap().to_owned();
+    let host = grant["projectHost"].as_str().unwrap().to_owned();
+    let assets = grant["assetHost"].as_str().unwrap().to_owned();
+    assert_eq!(host, format!("{}/scratch/sessions/{token}/projects", s.base_url));
+    assert_eq!(assets, format!("{}/scratch/sessions/{token}/assets", s.base_url));
+
+    let (status, _) = send(http.get(format!("{host}/{id}"))).await;
+    assert_eq!(status, 200);
+    let (status, body) = send(http.get(format!("{host}/{other}"))).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("FORBIDDEN")));
+    let content = json!({"targets": [], "meta": {"semver": "3.0.0", "via": "session"}});
+    let (status, body) = send(http.put(format!("{host}/{id}")).body(content.to_string())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], 2);
+    let (status, _) = send(http.put(format!("{host}/{other}")).body(content.to_string())).await;
+    assert_eq!(status, 403);
+    assert_eq!(project(&alice, &other).await["version"], 1);
+    let bytes = svg(3);
+    let md5 = md5_hex(&bytes);
+    let (status, body) = send(http.post(format!("{assets}/{md5}.svg")).body(bytes.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    let got = http.get(format!("{assets}/internalapi/asset/{md5}.svg/get/")).send().await.unwrap();
+    assert_eq!(got.status().as_u16(), 200);
+
+    // Who cannot read the project opens no session of it.
+    let carol = s.user("carol").await;
+    let err = carol.error(OPEN, json!({"id": id})).await;
+    assert_eq!(crate::harness::code(&err), "NOT_FOUND");
+    // An editing token is no bearer token for the plain routes.
+    let (status, _) = send(http.get(format!("{}/scratch/projects/{id}", s.base_url)).bearer_auth(&token)).await;
+    assert_eq!(status, 401);
+
+    // Revoking the API token the session was opened with ends the session.
+    let (ok, _) = s.cli(&["token", "revoke", token_of(&alice)]);
+    assert!(ok);
+    let (status, body) = send(http.get(format!("{host}/{id}"))).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("UNAUTHENTICATED")));
+    let (status, _) = send(http.put(format!("{host}/{id}")).body(content.to_string())).await;
+    assert_eq!(status, 401);
+    assert_no_token_logged(&s, &[&token, token_of(&alice), token_of(&carol)]);
+}
+
+async fn concurrent_saves_all_win_in_turn(s: TestServer) {
+    let alice = s.user("alice").await;
+    let http = reqwest::Client::new();
+    let id = created(&alice, "busy").await;
+    let url = format!("{}/scratch/projects/{id}", s.base_url);
+    let contents: Vec<Value> = (0..20)
+        .map(|n| json!({"targets": [], "meta": {"semver": "3.0.0", "n": n}}))
+        .collect();
+    let saves = contents.iter().map(|c| {
+        send(http.put(&url).bearer_auth(token_of(&alice)).body(c.to_string()))
+    });
+    let results = futures::future::join_all(saves).await;
+    let mut versions: Vec<i64> = results
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 200, "{body}");
+            body["version"].as_i64().unwrap()
+        })
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (2..=21).collect::<Vec<i64>>());
+    let p = project(&alice, &id).await;
+    assert_eq!(p["version"], 21);
+    assert!(contents.contains(&p["content"]));
+}
+
+mod expired_editing_sessions {
+    use super::*;
+
+    async fn run(backend: Backend) {
+        let s = TestServer::start_with(backend, &[("ATELIER_EDITOR_SESSION_TTL_SECS", "1")]).await;
+        let alice = s.user("alice").await;
+        let id = created(&alice, "short").await;
+        let grant = alice.data(OPEN, json!({"id": id})).await["openEditor"].clone();
+        let host = grant["projectHost"].as_str().unwrap().to_owned();
+        let (status, _) = send(reqwest::Client::new().get(format!("{host}/{id}"))).await;
+        assert_eq!(status, 200);
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let (status, body) = send(reqwest::Client::new().get(format!("{host}/{id}"))).await;
+        assert_eq!((status, body["code"].as_str()), (401, Some("UNAUTHENTICATED")));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite() {
+        run(Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(not(atelier_pg_tests), ignore = "set TEST_DATABASE_URL to run the PostgreSQL variant")]
+    async fn postgres() {
+        run(Backend::Postgres).await;
+    }
+}
