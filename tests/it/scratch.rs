@@ -17,7 +17,8 @@ both_backends!(
     concurrent_saves_all_win_in_turn,
 );
 
-const PROJECT: &str = "query($id: ID!) { project(id: $id) { id version content remixedFrom { id } } }";
+const PROJECT: &str =
+    "query($id: ID!) { project(id: $id) { id version content remixedFrom { id } } }";
 
 fn token_of(c: &Client) -> &str {
     c.token.as_deref().unwrap()
@@ -52,7 +53,8 @@ async fn load_save_create_copy_and_remix(s: TestServer) {
     assert_eq!(status, 200);
     assert_eq!(body, json!({"targets": [], "meta": {"semver": "3.0.0"}}));
 
-    let content = json!({"targets": [{"name": "Stage", "isStage": true}], "meta": {"semver": "3.0.0"}});
+    let content =
+        json!({"targets": [{"name": "Stage", "isStage": true}], "meta": {"semver": "3.0.0"}});
     let (status, body) = send(
         http.put(&url)
             .bearer_auth(token_of(&alice))
@@ -61,7 +63,10 @@ async fn load_save_create_copy_and_remix(s: TestServer) {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body, json!({"status": "ok", "content-name": id, "version": 2}));
+    assert_eq!(
+        body,
+        json!({"status": "ok", "content-name": id, "version": 2})
+    );
     let p = project(&alice, &id).await;
     assert_eq!(p["version"], 2);
     assert_eq!(p["content"], content);
@@ -75,12 +80,20 @@ async fn load_save_create_copy_and_remix(s: TestServer) {
 
     // Nobody else may save it, and an anonymous load is not found.
     let bob = s.user("bob").await;
-    let (status, body) = send(http.put(&url).bearer_auth(token_of(&bob)).body(content.to_string())).await;
+    let (status, body) = send(
+        http.put(&url)
+            .bearer_auth(token_of(&bob))
+            .body(content.to_string()),
+    )
+    .await;
     assert_eq!((status, body["code"].as_str()), (404, Some("NOT_FOUND")));
     let (status, _) = send(http.get(&url)).await;
     assert_eq!(status, 404);
     let (status, body) = send(http.put(&url).body(content.to_string())).await;
-    assert_eq!((status, body["code"].as_str()), (401, Some("UNAUTHENTICATED")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("UNAUTHENTICATED"))
+    );
     assert_eq!(project(&alice, &id).await["version"], 2);
 
     // Create.
@@ -95,7 +108,10 @@ async fn load_save_create_copy_and_remix(s: TestServer) {
     assert_eq!(body["status"], "ok");
     let new_id = body["content-name"].as_str().unwrap().to_owned();
     let p = project(&alice, &new_id).await;
-    assert_eq!((p["version"].clone(), p["content"].clone()), (json!(1), new.clone()));
+    assert_eq!(
+        (p["version"].clone(), p["content"].clone()),
+        (json!(1), new.clone())
+    );
     assert_eq!(p["remixedFrom"], Value::Null);
 
     // Copy and remix: lineage, the posted content, by whoever may read the original.
@@ -117,9 +133,12 @@ async fn load_save_create_copy_and_remix(s: TestServer) {
         assert_eq!(p["version"], 1);
     }
     let (status, body) = send(
-        http.post(format!("{}/scratch/projects/?is_remix=1&original_id={id}", s.base_url))
-            .bearer_auth(token_of(&bob))
-            .body(new.to_string()),
+        http.post(format!(
+            "{}/scratch/projects/?is_remix=1&original_id={id}",
+            s.base_url
+        ))
+        .bearer_auth(token_of(&bob))
+        .body(new.to_string()),
     )
     .await;
     assert_eq!((status, body["code"].as_str()), (404, Some("NOT_FOUND")));
@@ -134,24 +153,60 @@ async fn asset_upload_checks_name_and_credentials(s: TestServer) {
     let post = |name: String| http.post(format!("{}/scratch/assets/{name}", s.base_url));
 
     let wrong = md5_hex(b"other");
-    let (status, body) = send(post(format!("{wrong}.svg")).bearer_auth(token_of(&alice)).body(bytes.clone())).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("CHECKSUM_MISMATCH")), "{body}");
-    let (status, body) = send(post(format!("{md5}.exe")).bearer_auth(token_of(&alice)).body(bytes.clone())).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("BAD_USER_INPUT")));
+    let (status, body) = send(
+        post(format!("{wrong}.svg"))
+            .bearer_auth(token_of(&alice))
+            .body(bytes.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("CHECKSUM_MISMATCH")),
+        "{body}"
+    );
+    let (status, body) = send(
+        post(format!("{md5}.exe"))
+            .bearer_auth(token_of(&alice))
+            .body(bytes.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("BAD_USER_INPUT"))
+    );
     let (status, body) = send(post(format!("{md5}.svg")).body(bytes.clone())).await;
-    assert_eq!((status, body["code"].as_str()), (401, Some("UNAUTHENTICATED")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("UNAUTHENTICATED"))
+    );
     assert_eq!(s.count("assets").await, 0);
 
-    let (status, body) = send(post(format!("{md5}.svg")).bearer_auth(token_of(&alice)).body(bytes.clone())).await;
+    let (status, body) = send(
+        post(format!("{md5}.svg"))
+            .bearer_auth(token_of(&alice))
+            .body(bytes.clone()),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body, json!({"status": "ok", "content-name": format!("{md5}.svg")}));
+    assert_eq!(
+        body,
+        json!({"status": "ok", "content-name": format!("{md5}.svg")})
+    );
     // Again: deduplicated.
-    let (status, _) = send(post(format!("{md5}.svg")).bearer_auth(token_of(&alice)).body(bytes.clone())).await;
+    let (status, _) = send(
+        post(format!("{md5}.svg"))
+            .bearer_auth(token_of(&alice))
+            .body(bytes.clone()),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(s.count("assets").await, 1);
 
     let got = http
-        .get(format!("{}/scratch/assets/internalapi/asset/{md5}.svg/get/", s.base_url))
+        .get(format!(
+            "{}/scratch/assets/internalapi/asset/{md5}.svg/get/",
+            s.base_url
+        ))
         .send()
         .await
         .unwrap();
@@ -176,13 +231,18 @@ async fn asset_upload_checks_name_and_credentials(s: TestServer) {
             .body(content.to_string()),
     )
     .await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("MISSING_ASSETS")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("MISSING_ASSETS")),
+        "{body}"
+    );
     assert_eq!(body["missing"], json!([format!("{missing}.svg")]));
     assert_eq!(project(&alice, &id).await["version"], 2);
 }
 
 const PROJECT_TOKEN: &str = "query($id: ID!) { projectToken(id: $id) { token expiresAt } }";
-const OPEN: &str = "mutation($id: ID!) { openEditor(projectId: $id) { token projectHost assetHost expiresAt } }";
+const OPEN: &str =
+    "mutation($id: ID!) { openEditor(projectId: $id) { token projectHost assetHost expiresAt } }";
 
 async fn project_tokens_read_one_project_only(s: TestServer) {
     let alice = s.user("alice").await;
@@ -193,10 +253,12 @@ async fn project_tokens_read_one_project_only(s: TestServer) {
         .as_str()
         .unwrap()
         .to_owned();
-    let (status, body) = send(http.get(format!("{}/scratch/projects/{id}?token={t}", s.base_url))).await;
+    let (status, body) =
+        send(http.get(format!("{}/scratch/projects/{id}?token={t}", s.base_url))).await;
     assert_eq!(status, 200);
     assert_eq!(body["meta"]["semver"], "3.0.0");
-    let (status, body) = send(http.get(format!("{}/scratch/projects/{other}?token={t}", s.base_url))).await;
+    let (status, body) =
+        send(http.get(format!("{}/scratch/projects/{other}?token={t}", s.base_url))).await;
     assert_eq!((status, body["code"].as_str()), (403, Some("FORBIDDEN")));
     // Read only: a PUT does not read ?token= at all.
     let (status, _) = send(
@@ -205,13 +267,30 @@ async fn project_tokens_read_one_project_only(s: TestServer) {
     )
     .await;
     assert_eq!(status, 401);
-    let (status, _) = send(http.put(format!("{}/scratch/projects/{id}", s.base_url)).bearer_auth(&t).body("{\"targets\":[]}")).await;
+    let (status, _) = send(
+        http.put(format!("{}/scratch/projects/{id}", s.base_url))
+            .bearer_auth(&t)
+            .body("{\"targets\":[]}"),
+    )
+    .await;
     assert_eq!(status, 401);
     assert_eq!(project(&alice, &id).await["version"], 1);
     // An API token (or a session token) in the URL is refused.
-    let (status, body) = send(http.get(format!("{}/scratch/projects/{id}?token={}", s.base_url, token_of(&alice)))).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("BAD_USER_INPUT")));
-    let (status, _) = send(http.get(format!("{}/scratch/projects/{id}?token=ses_whatever", s.base_url))).await;
+    let (status, body) = send(http.get(format!(
+        "{}/scratch/projects/{id}?token={}",
+        s.base_url,
+        token_of(&alice)
+    )))
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("BAD_USER_INPUT"))
+    );
+    let (status, _) = send(http.get(format!(
+        "{}/scratch/projects/{id}?token=ses_whatever",
+        s.base_url
+    )))
+    .await;
     assert_eq!(status, 400);
     // Someone who cannot read the project gets no token for it.
     let bob = s.user("bob").await;
@@ -237,8 +316,14 @@ async fn editing_sessions_are_scoped_and_end_with_their_credential(s: TestServer
     let token = grant["token"].as_str().unwrap().to_owned();
     let host = grant["projectHost"].as_str().unwrap().to_owned();
     let assets = grant["assetHost"].as_str().unwrap().to_owned();
-    assert_eq!(host, format!("{}/scratch/sessions/{token}/projects", s.base_url));
-    assert_eq!(assets, format!("{}/scratch/sessions/{token}/assets", s.base_url));
+    assert_eq!(
+        host,
+        format!("{}/scratch/sessions/{token}/projects", s.base_url)
+    );
+    assert_eq!(
+        assets,
+        format!("{}/scratch/sessions/{token}/assets", s.base_url)
+    );
 
     let (status, _) = send(http.get(format!("{host}/{id}"))).await;
     assert_eq!(status, 200);
@@ -248,14 +333,22 @@ async fn editing_sessions_are_scoped_and_end_with_their_credential(s: TestServer
     let (status, body) = send(http.put(format!("{host}/{id}")).body(content.to_string())).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["version"], 2);
-    let (status, _) = send(http.put(format!("{host}/{other}")).body(content.to_string())).await;
+    let (status, _) = send(
+        http.put(format!("{host}/{other}"))
+            .body(content.to_string()),
+    )
+    .await;
     assert_eq!(status, 403);
     assert_eq!(project(&alice, &other).await["version"], 1);
     let bytes = svg(3);
     let md5 = md5_hex(&bytes);
     let (status, body) = send(http.post(format!("{assets}/{md5}.svg")).body(bytes.clone())).await;
     assert_eq!(status, 200, "{body}");
-    let got = http.get(format!("{assets}/internalapi/asset/{md5}.svg/get/")).send().await.unwrap();
+    let got = http
+        .get(format!("{assets}/internalapi/asset/{md5}.svg/get/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(got.status().as_u16(), 200);
 
     // Who cannot read the project opens no session of it.
@@ -263,14 +356,21 @@ async fn editing_sessions_are_scoped_and_end_with_their_credential(s: TestServer
     let err = carol.error(OPEN, json!({"id": id})).await;
     assert_eq!(crate::harness::code(&err), "NOT_FOUND");
     // An editing token is no bearer token for the plain routes.
-    let (status, _) = send(http.get(format!("{}/scratch/projects/{id}", s.base_url)).bearer_auth(&token)).await;
+    let (status, _) = send(
+        http.get(format!("{}/scratch/projects/{id}", s.base_url))
+            .bearer_auth(&token),
+    )
+    .await;
     assert_eq!(status, 401);
 
     // Revoking the API token the session was opened with ends the session.
     let (ok, _) = s.cli(&["token", "revoke", token_of(&alice)]);
     assert!(ok);
     let (status, body) = send(http.get(format!("{host}/{id}"))).await;
-    assert_eq!((status, body["code"].as_str()), (401, Some("UNAUTHENTICATED")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("UNAUTHENTICATED"))
+    );
     let (status, _) = send(http.put(format!("{host}/{id}")).body(content.to_string())).await;
     assert_eq!(status, 401);
     assert_no_token_logged(&s, &[&token, token_of(&alice), token_of(&carol)]);
@@ -285,7 +385,11 @@ async fn concurrent_saves_all_win_in_turn(s: TestServer) {
         .map(|n| json!({"targets": [], "meta": {"semver": "3.0.0", "n": n}}))
         .collect();
     let saves = contents.iter().map(|c| {
-        send(http.put(&url).bearer_auth(token_of(&alice)).body(c.to_string()))
+        send(
+            http.put(&url)
+                .bearer_auth(token_of(&alice))
+                .body(c.to_string()),
+        )
     });
     let results = futures::future::join_all(saves).await;
     let mut versions: Vec<i64> = results
@@ -315,7 +419,10 @@ mod expired_editing_sessions {
         assert_eq!(status, 200);
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
         let (status, body) = send(reqwest::Client::new().get(format!("{host}/{id}"))).await;
-        assert_eq!((status, body["code"].as_str()), (401, Some("UNAUTHENTICATED")));
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("UNAUTHENTICATED"))
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -324,7 +431,130 @@ mod expired_editing_sessions {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    #[cfg_attr(not(atelier_pg_tests), ignore = "set TEST_DATABASE_URL to run the PostgreSQL variant")]
+    #[cfg_attr(
+        not(atelier_pg_tests),
+        ignore = "set TEST_DATABASE_URL to run the PostgreSQL variant"
+    )]
+    async fn postgres() {
+        run(Backend::Postgres).await;
+    }
+}
+
+/// Cookie sessions need an OpenID Connect sign-in: the fake provider of the test kit.
+mod signed_in {
+    use super::*;
+    use atelier_testkit::oidc::{Browser, FakeProvider};
+
+    async fn run(backend: Backend) {
+        let p = FakeProvider::start().await;
+        let env = p.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let s = TestServer::start_with(backend, &env).await;
+        p.set_user("alice", "Alice", json!([]));
+        cookie_writes_need_our_origin_and_logout_ends_editing_sessions(s).await;
+    }
+
+    async fn cookie_writes_need_our_origin_and_logout_ends_editing_sessions(s: TestServer) {
+        let base = s.graphql_url().trim_end_matches("/graphql").to_owned();
+        let b = Browser::default();
+        b.sign_in(&base, "alice").await;
+        let session = b.session().unwrap();
+        let alice = Client::new(s.graphql_url(), Some(session.clone()));
+        let id = created(&alice, "cookie").await;
+        let http = reqwest::Client::new();
+        let cookie = format!("atelier_session={session}");
+        let url = format!("{}/scratch/projects/{id}", base);
+        let body = json!({"targets": [], "meta": {"semver": "3.0.0", "by": "cookie"}}).to_string();
+
+        // A load needs no Origin.
+        let (status, _) = send(http.get(&url).header("cookie", &cookie)).await;
+        assert_eq!(status, 200);
+        // Writes: no Origin, or a foreign one, change nothing.
+        let (status, b1) = send(http.put(&url).header("cookie", &cookie).body(body.clone())).await;
+        assert_eq!((status, b1["code"].as_str()), (403, Some("FORBIDDEN")));
+        let (status, _) = send(
+            http.put(&url)
+                .header("cookie", &cookie)
+                .header("origin", "http://evil.example")
+                .body(body.clone()),
+        )
+        .await;
+        assert_eq!(status, 403);
+        let bytes = svg(11);
+        let md5 = md5_hex(&bytes);
+        let (status, _) = send(
+            http.post(format!("{}/scratch/assets/{md5}.svg", base))
+                .header("cookie", &cookie)
+                .body(bytes.clone()),
+        )
+        .await;
+        assert_eq!(status, 403);
+        let (status, _) = send(
+            http.post(format!("{}/scratch/projects/", base))
+                .header("cookie", &cookie)
+                .header("origin", "http://evil.example")
+                .body(body.clone()),
+        )
+        .await;
+        assert_eq!(status, 403);
+        assert_eq!(project(&alice, &id).await["version"], 1);
+        assert_eq!(s.count("assets").await, 0);
+        assert_eq!(s.count("projects").await, 1);
+        // Our own origin may.
+        let (status, b2) = send(
+            http.put(&url)
+                .header("cookie", &cookie)
+                .header("origin", &base)
+                .body(body.clone()),
+        )
+        .await;
+        assert_eq!(status, 200, "{b2}");
+        assert_eq!(b2["version"], 2);
+        let (status, _) = send(
+            http.post(format!("{}/scratch/assets/{md5}.svg", base))
+                .header("cookie", &cookie)
+                .header("origin", &base)
+                .body(bytes),
+        )
+        .await;
+        assert_eq!(status, 200);
+
+        // An editing session opened with the browser session ends at its logout.
+        let (status, opened) = b.graphql(&base, OPEN, json!({"id": id})).await;
+        assert_eq!(status, 200, "{opened}");
+        let grant = opened["data"]["openEditor"].clone();
+        let token = grant["token"].as_str().unwrap().to_owned();
+        let host = grant["projectHost"].as_str().unwrap().to_owned();
+        let (status, _) = send(http.get(format!("{host}/{id}"))).await;
+        assert_eq!(status, 200);
+        // The session's token is no URL token either.
+        let (status, _) = send(http.get(format!("{url}?token={session}"))).await;
+        assert_eq!(status, 400);
+        let resp = http
+            .post(format!("{}/auth/logout", base))
+            .bearer_auth(&session)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        let (status, body) = send(http.get(format!("{host}/{id}"))).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("UNAUTHENTICATED"))
+        );
+        assert_no_token_logged(&s, &[&token, &session]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite() {
+        run(Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(
+        not(atelier_pg_tests),
+        ignore = "set TEST_DATABASE_URL to run the PostgreSQL variant"
+    )]
     async fn postgres() {
         run(Backend::Postgres).await;
     }
