@@ -559,3 +559,77 @@ mod signed_in {
         run(Backend::Postgres).await;
     }
 }
+
+/// CORS: the editor's PUT passes the preflight, errors carry the headers too, and the
+/// session routes answer any page (their token is the authority, never a cookie).
+mod cors {
+    use super::*;
+
+    async fn run(backend: Backend) {
+        let editor = "http://editor.example";
+        let s = TestServer::start_with(backend, &[("ATELIER_CORS_ORIGINS", editor)]).await;
+        let http = reqwest::Client::new();
+        let preflight = |url: String, origin: &str| {
+            http.request(reqwest::Method::OPTIONS, url)
+                .header("origin", origin)
+                .header("access-control-request-method", "PUT")
+                .header("access-control-request-headers", "content-type")
+        };
+        let resp = preflight(format!("{}/scratch/projects/1", s.base_url), editor)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        let methods = resp.headers()["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(methods.contains("PUT"), "{methods}");
+        assert_eq!(resp.headers()["access-control-allow-origin"], editor);
+
+        let resp = http
+            .get(format!("{}/scratch/projects/999", s.base_url))
+            .header("origin", editor)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 404);
+        assert_eq!(resp.headers()["access-control-allow-origin"], editor);
+
+        let alice = s.user("alice").await;
+        let id = created(&alice, "cors").await;
+        let grant = alice.data(OPEN, json!({"id": id})).await["openEditor"].clone();
+        let host = grant["projectHost"].as_str().unwrap().to_owned();
+        let school = "https://school.example.org";
+        let resp = preflight(format!("{host}/{id}"), school)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        assert_eq!(resp.headers()["access-control-allow-origin"], school);
+        let resp = http
+            .put(format!("{host}/{id}"))
+            .header("origin", school)
+            .header("content-type", "application/json")
+            .body(json!({"targets": []}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(resp.headers()["access-control-allow-origin"], school);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite() {
+        run(Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(
+        not(atelier_pg_tests),
+        ignore = "set TEST_DATABASE_URL to run the PostgreSQL variant"
+    )]
+    async fn postgres() {
+        run(Backend::Postgres).await;
+    }
+}
