@@ -92,7 +92,11 @@ async fn text(db: &DatabaseConnection, sql: &str) -> Option<String> {
 /// The lease-states migration: rows written in the old words read in the one vocabulary,
 /// and every built export is retired (failed, without its bundle) so it is built again.
 async fn lease_states(db: DatabaseConnection) {
-    let before = Migrator::migrations().len() as u32 - 1;
+    // Every migration before this one (later ones may follow it).
+    let before = Migrator::migrations()
+        .iter()
+        .position(|m| m.name() == "m20261207_000001_lease_states")
+        .expect("the lease-states migration") as u32;
     Migrator::up(&db, Some(before)).await.unwrap();
     for sql in [
         "INSERT INTO users (id, provider, subject, display_name, role, created_at) VALUES (1, 'p', 's', 'n', 'student', CURRENT_TIMESTAMP)",
@@ -171,7 +175,8 @@ async fn lease_states(db: DatabaseConnection) {
     );
 
     // Down: the old words again; a retired export stays failed (its bundle is gone).
-    Migrator::down(&db, Some(1)).await.unwrap();
+    let after = Migrator::migrations().len() as u32 - before;
+    Migrator::down(&db, Some(after)).await.unwrap();
     assert_eq!(text(&db, &run(1)).await.as_deref(), Some("pending"));
     assert_eq!(text(&db, &key("a")).await.as_deref(), Some("complete"));
     assert_eq!(text(&db, &job(1)).await.as_deref(), Some("failed"));
