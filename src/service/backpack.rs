@@ -36,6 +36,19 @@ impl ItemKind {
         }
     }
 
+    /// The kind named by its lower-case name (the Scratch editor's `type`); `None` for
+    /// anything else.
+    pub fn from_name(s: &str) -> Option<ItemKind> {
+        [
+            ItemKind::Costume,
+            ItemKind::Sound,
+            ItemKind::Sprite,
+            ItemKind::Script,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+
     pub fn from_db(s: &str) -> ItemKind {
         match s {
             "costume" => ItemKind::Costume,
@@ -191,6 +204,23 @@ pub async fn list(
     Ok((rows, has_next))
 }
 
+/// A page of the viewer's own backpack by position (the Scratch editor pages with
+/// `limit`/`offset`), newest first.
+pub async fn list_at(
+    svc: &Services,
+    viewer: Viewer,
+    limit: u64,
+    offset: u64,
+) -> AppResult<Vec<backpack_item::Model>> {
+    Ok(backpack_item::Entity::find()
+        .filter(access::own_backpack(viewer))
+        .order_by_desc(backpack_item::Column::Id)
+        .offset(offset)
+        .limit(limit)
+        .all(svc.db.conn())
+        .await?)
+}
+
 /// An item the viewer may read (`access::backpack_items`); any other does not exist for them.
 pub async fn get(
     svc: &Services,
@@ -211,11 +241,33 @@ pub async fn delete(
     id: i64,
     effect: Option<&Effect>,
 ) -> AppResult<i64> {
+    delete_where(svc, viewer, id, access::backpack_items(viewer), effect).await
+}
+
+/// Deletes an item of the viewer's own backpack (a route that names the backpack: an item
+/// of another one is `NOT_FOUND` there, even for an admin).
+pub async fn delete_own(
+    svc: &Services,
+    viewer: Viewer,
+    id: i64,
+    effect: Option<&Effect>,
+) -> AppResult<i64> {
+    delete_where(svc, viewer, id, access::own_backpack(viewer), effect).await
+}
+
+async fn delete_where(
+    svc: &Services,
+    viewer: Viewer,
+    id: i64,
+    scope: sea_orm::Condition,
+    effect: Option<&Effect>,
+) -> AppResult<i64> {
     super::write::commit(svc, Vec::new(), effect, |txn| {
+        let scope = scope.clone();
         Box::pin(async move {
             let deleted = backpack_item::Entity::delete_many()
                 .filter(backpack_item::Column::Id.eq(id))
-                .filter(access::backpack_items(viewer))
+                .filter(scope)
                 .exec(txn)
                 .await?;
             if deleted.rows_affected == 0 {
