@@ -4,7 +4,9 @@
 //! and no file. The quota (items and bytes per user) holds under concurrent saves: the
 //! owner's user row is locked before the backpack is counted.
 
-use entity::{backpack_item, user};
+use std::collections::HashMap;
+
+use entity::{asset, backpack_item, user};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect,
@@ -219,6 +221,60 @@ pub async fn list_at(
         .limit(limit)
         .all(svc.db.conn())
         .await?)
+}
+
+/// Publishes a saved item's parts as content-addressed assets, the way Scratch's backpack
+/// shares its asset store: the thumbnail (PNG or JPEG) always, the body when it is a costume or
+/// a sound (the editor adds those to a project by md5ext, and a project saved with them must
+/// find them on the asset server). Each is `assets::upload`: idempotent, and racers of the same
+/// bytes get one row.
+pub async fn publish_parts(
+    svc: &Services,
+    viewer: Viewer,
+    kind: ItemKind,
+    body: StagedUpload,
+    thumbnail: StagedUpload,
+) -> AppResult<()> {
+    super::assets::upload(svc, viewer, thumbnail, AssetKind::ImageBitmap, None, None).await?;
+    let body_kind = match kind {
+        ItemKind::Costume => [AssetKind::ImageVector, AssetKind::ImageBitmap]
+            .into_iter()
+            .find(|k| sniff(*k, &body.head).is_some()),
+        ItemKind::Sound => Some(AssetKind::Sound),
+        ItemKind::Sprite | ItemKind::Script => None,
+    };
+    if let Some(asset_kind) = body_kind {
+        super::assets::upload(svc, viewer, body, asset_kind, None, None).await?;
+    }
+    Ok(())
+}
+
+/// The asset names (`<md5>.<ext>`) of the blobs of `items` that are published as assets
+/// ([`publish_parts`]), by blob key. A blob missing here is reachable only through its item.
+pub async fn asset_names(
+    svc: &Services,
+    items: &[backpack_item::Model],
+) -> AppResult<HashMap<String, String>> {
+    let keys: Vec<&str> = items
+        .iter()
+        .flat_map(|i| std::iter::once(i.body_key.as_str()).chain(i.thumbnail_key.as_deref()))
+        .collect();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, String, String)> = asset::Entity::find()
+        .select_only()
+        .column(asset::Column::BlobKey)
+        .column(asset::Column::Md5)
+        .column(asset::Column::DataFormat)
+        .filter(asset::Column::BlobKey.is_in(keys))
+        .into_tuple()
+        .all(svc.db.conn())
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, md5, ext)| (key, format!("{md5}.{ext}")))
+        .collect())
 }
 
 /// An item the viewer may read (`access::backpack_items`); any other does not exist for them.

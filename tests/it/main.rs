@@ -28,5 +28,6 @@ mod projects;
 mod proxy;
 mod reads;
 mod schema;
+mod scratch_backpack;
 mod sharing;
 mod ws;

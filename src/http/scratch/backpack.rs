@@ -5,13 +5,18 @@
 //! - `POST /scratch/backpack/{userId}` (`{type, mime, name, body, thumbnail}`, body and
 //!   thumbnail base64) → the saved item;
 //! - `DELETE /scratch/backpack/{userId}/{itemId}` → `{"status":"ok"}`;
-//! - `GET /scratch/backpack/{itemId}/{body|thumbnail}` → the part's bytes (the editor builds
-//!   `<host>/<item.body>` and `<host>/<item.thumbnail>`, so an item's `body` is
-//!   `"<id>/body"`), for its owner and admins as `/backpack/{id}/{part}`;
 //! - `GET /scratch/backpack/{md5}.{ext}` → the asset with that md5, exactly as
-//!   `/assets/{md5}.{ext}` (the editor loads a backpacked sprite's costumes and sounds there).
-//!   As on Scratch, knowing the md5 is the capability: assets are content-addressed and served
-//!   under the server's asset policy (`ATELIER_ASSET_ACCESS`), never by backpack owner.
+//!   `/assets/{md5}.{ext}`. The editor builds `<host>/<item.body>` and
+//!   `<host>/<item.thumbnail>` (an `<img>`, no `x-token`) and adds a backpacked costume or
+//!   sound to a project by `item.body` as an md5ext, loading it here. So a save publishes the
+//!   thumbnail and a costume's or sound's body as assets (`service::backpack::publish_parts`)
+//!   and the item names them `<md5>.<ext>`. As on Scratch, knowing the md5 is the capability:
+//!   assets are content-addressed and served under the server's asset policy
+//!   (`ATELIER_ASSET_ACCESS`), never by backpack owner;
+//! - `GET /scratch/backpack/{itemId}/{body|thumbnail}` → a part that is not an asset (a
+//!   sprite's `.sprite3` or a script's JSON: `item.body` is `"<id>/body"`), for its owner and
+//!   admins as `/backpack/{id}/{part}` (by `x-token`, or the session cookie the editor's
+//!   same-origin `fetch` sends).
 //!
 //! Who calls is the `x-token` header (see [`viewer_of`]); only the owner or an admin reaches a
 //! backpack (`access::act_on_backpack_of`). A stranger's backpack is `FORBIDDEN` and nothing
@@ -102,7 +107,8 @@ async fn list(
     }
     let offset = number(params, "offset", 0)?;
     let rows = service::backpack::list_at(&state.services, viewer, limit, offset).await?;
-    Ok(rows.iter().map(item_json).collect())
+    let names = service::backpack::asset_names(&state.services, &rows).await?;
+    Ok(rows.iter().map(|i| item_json(i, &names)).collect())
 }
 
 /// The body of `POST /scratch/backpack/{userId}`.
@@ -124,17 +130,12 @@ pub async fn post(
     body: Body,
 ) -> Response {
     match save(&state, &owner, &headers, body).await {
-        Ok(item) => Json(item_json(&item)).into_response(),
+        Ok(item) => Json(item).into_response(),
         Err(e) => error_response(&e),
     }
 }
 
-async fn save(
-    state: &AppState,
-    owner: &str,
-    headers: &HeaderMap,
-    body: Body,
-) -> AppResult<backpack_item::Model> {
+async fn save(state: &AppState, owner: &str, headers: &HeaderMap, body: Body) -> AppResult<Value> {
     let viewer = owner_viewer(state, owner, headers).await?;
     let limit = state.max_request_bytes;
     let bytes = axum::body::to_bytes(body, limit)
@@ -152,16 +153,29 @@ async fn save(
     let kind = ItemKind::from_name(&req.kind).ok_or_else(|| {
         AppError::bad_input("type", "type must be costume, sound, sprite or script")
     })?;
-    let body = decode(&req.body, "body")?;
-    let thumbnail = decode(&req.thumbnail, "thumbnail")?;
+    let body = Arc::new(decode(&req.body, "body")?);
+    let thumbnail = Arc::new(decode(&req.thumbnail, "thumbnail")?);
     let item = NewItem {
         name: req.name,
         kind,
         mime: req.mime,
-        body: stage(state, body).await?,
-        thumbnail: stage(state, thumbnail).await?,
+        body: stage(state, &body).await?,
+        thumbnail: stage(state, &thumbnail).await?,
     };
-    service::backpack::save(&state.services, viewer, item, None).await
+    let saved = service::backpack::save(&state.services, viewer, item, None).await?;
+    // The item is whole already; its parts' md5ext names are an addition. If publishing
+    // fails the item answers with its own part URLs (`<id>/body`) instead.
+    let published = async {
+        let (body, thumbnail) = (stage(state, &body).await?, stage(state, &thumbnail).await?);
+        service::backpack::publish_parts(&state.services, viewer, kind, body, thumbnail).await
+    };
+    if let Err(e) = published.await {
+        tracing::warn!(error = %e, backpack.item = saved.id, "backpack parts not published as assets");
+    }
+    let names = service::backpack::asset_names(&state.services, std::slice::from_ref(&saved))
+        .await
+        .unwrap_or_default();
+    Ok(item_json(&saved, &names))
 }
 
 /// `DELETE /scratch/backpack/{userId}/{itemId}` → `{"status":"ok"}`.
@@ -213,15 +227,23 @@ async fn owner_viewer(state: &AppState, owner: &str, headers: &HeaderMap) -> App
     service::access::act_on_backpack_of(viewer, owner)
 }
 
-/// An item as the editor reads it; it builds `<host>/<body>` and `<host>/<thumbnail>`.
-fn item_json(item: &backpack_item::Model) -> Value {
+/// An item as the editor reads it; it builds `<host>/<body>` and `<host>/<thumbnail>`, and
+/// adds a costume or sound to a project by its `body` as an md5ext. So a part published as an
+/// asset is named `<md5>.<ext>` (served by the md5ext fallback without credentials); any other
+/// (a sprite's or script's body) is `<id>/<part>`, served to the owner by [`part`].
+fn item_json(item: &backpack_item::Model, names: &HashMap<String, String>) -> Value {
+    let name = |key: Option<&String>, part: &str| {
+        key.and_then(|k| names.get(k))
+            .cloned()
+            .unwrap_or_else(|| format!("{}/{part}", item.id))
+    };
     json!({
         "id": item.id.to_string(),
         "type": item.kind,
         "mime": item.mime,
         "name": item.name,
-        "body": format!("{}/body", item.id),
-        "thumbnail": format!("{}/thumbnail", item.id),
+        "body": name(Some(&item.body_key), "body"),
+        "thumbnail": name(item.thumbnail_key.as_ref(), "thumbnail"),
         "size": item.size,
         "createdAt": item.created_at.to_rfc3339(),
     })
@@ -253,8 +275,8 @@ fn decode(b64: &str, field: &'static str) -> AppResult<Vec<u8>> {
 }
 
 /// Stages decoded bytes as an upload (its head kept for the type check).
-async fn stage(state: &AppState, bytes: Vec<u8>) -> AppResult<StagedUpload> {
+async fn stage(state: &AppState, bytes: &Arc<Vec<u8>>) -> AppResult<StagedUpload> {
     let head = bytes[..bytes.len().min(SNIFF_BYTES)].to_vec();
-    let blob = state.services.blobs.stage_bytes(Arc::new(bytes)).await?;
+    let blob = state.services.blobs.stage_bytes(Arc::clone(bytes)).await?;
     Ok(StagedUpload { blob, head })
 }
