@@ -327,7 +327,13 @@ pub fn cors(web: &WebConfig) -> Option<tower_http::cors::CorsLayer> {
                 web.cors_origins.clone(),
             ))
             .allow_credentials(true)
-            .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT])
+            .allow_methods([
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::DELETE,
+            ])
             .allow_headers([
                 header::CONTENT_TYPE,
                 header::AUTHORIZATION,
@@ -335,6 +341,8 @@ pub fn cors(web: &WebConfig) -> Option<tower_http::cors::CorsLayer> {
                 HeaderName::from_static("x-atelier-csrf"),
                 HeaderName::from_static("apollo-require-preflight"),
                 HeaderName::from_static("x-request-id"),
+                // The Scratch editor's backpack credential.
+                HeaderName::from_static("x-token"),
             ])
             .expose_headers([
                 HeaderName::from_static("idempotent-replayed"),

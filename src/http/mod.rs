@@ -61,6 +61,14 @@ pub fn router(state: AppState) -> Router {
         .route("/exports/{name}", get(exports::get))
         .route("/assets/{name}", get(assets::get))
         .route("/backpack/{id}/{part}", get(backpack::get))
+        .route(
+            "/scratch/backpack/{segment}",
+            get(scratch::backpack::get).post(scratch::backpack::post),
+        )
+        .route(
+            "/scratch/backpack/{first}/{second}",
+            get(scratch::backpack::part).delete(scratch::backpack::delete),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -277,3 +277,19 @@ async fn teaches<C: ConnectionTrait>(
         .await?;
     Ok(n > 0)
 }
+
+/// Whose backpack `viewer` may act on when a route names its owner (the Scratch editor's
+/// `/scratch/backpack/{userId}`): their own, or anyone's for an admin. The answer is the
+/// viewer acting as that owner, so the backpack service counts and writes under the owner.
+pub fn act_on_backpack_of(viewer: Viewer, owner: UserId) -> AppResult<Viewer> {
+    if viewer.id == owner || viewer.is_admin() {
+        Ok(Viewer {
+            id: owner,
+            role: viewer.role,
+        })
+    } else {
+        Err(AppError::Forbidden(
+            "this backpack belongs to someone else".into(),
+        ))
+    }
+}

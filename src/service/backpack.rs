@@ -4,7 +4,9 @@
 //! and no file. The quota (items and bytes per user) holds under concurrent saves: the
 //! owner's user row is locked before the backpack is counted.
 
-use entity::{backpack_item, user};
+use std::collections::HashMap;
+
+use entity::{asset, backpack_item, user};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect,
@@ -34,6 +36,19 @@ impl ItemKind {
             ItemKind::Sprite => "sprite",
             ItemKind::Script => "script",
         }
+    }
+
+    /// The kind named by its lower-case name (the Scratch editor's `type`); `None` for
+    /// anything else.
+    pub fn from_name(s: &str) -> Option<ItemKind> {
+        [
+            ItemKind::Costume,
+            ItemKind::Sound,
+            ItemKind::Sprite,
+            ItemKind::Script,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 
     pub fn from_db(s: &str) -> ItemKind {
@@ -191,6 +206,77 @@ pub async fn list(
     Ok((rows, has_next))
 }
 
+/// A page of the viewer's own backpack by position (the Scratch editor pages with
+/// `limit`/`offset`), newest first.
+pub async fn list_at(
+    svc: &Services,
+    viewer: Viewer,
+    limit: u64,
+    offset: u64,
+) -> AppResult<Vec<backpack_item::Model>> {
+    Ok(backpack_item::Entity::find()
+        .filter(access::own_backpack(viewer))
+        .order_by_desc(backpack_item::Column::Id)
+        .offset(offset)
+        .limit(limit)
+        .all(svc.db.conn())
+        .await?)
+}
+
+/// Publishes a saved item's parts as content-addressed assets, the way Scratch's backpack
+/// shares its asset store: the thumbnail (PNG or JPEG) always, the body when it is a costume or
+/// a sound (the editor adds those to a project by md5ext, and a project saved with them must
+/// find them on the asset server). Each is `assets::upload`: idempotent, and racers of the same
+/// bytes get one row.
+pub async fn publish_parts(
+    svc: &Services,
+    viewer: Viewer,
+    kind: ItemKind,
+    body: StagedUpload,
+    thumbnail: StagedUpload,
+) -> AppResult<()> {
+    super::assets::upload(svc, viewer, thumbnail, AssetKind::ImageBitmap, None, None).await?;
+    let body_kind = match kind {
+        ItemKind::Costume => [AssetKind::ImageVector, AssetKind::ImageBitmap]
+            .into_iter()
+            .find(|k| sniff(*k, &body.head).is_some()),
+        ItemKind::Sound => Some(AssetKind::Sound),
+        ItemKind::Sprite | ItemKind::Script => None,
+    };
+    if let Some(asset_kind) = body_kind {
+        super::assets::upload(svc, viewer, body, asset_kind, None, None).await?;
+    }
+    Ok(())
+}
+
+/// The asset names (`<md5>.<ext>`) of the blobs of `items` that are published as assets
+/// ([`publish_parts`]), by blob key. A blob missing here is reachable only through its item.
+pub async fn asset_names(
+    svc: &Services,
+    items: &[backpack_item::Model],
+) -> AppResult<HashMap<String, String>> {
+    let keys: Vec<&str> = items
+        .iter()
+        .flat_map(|i| std::iter::once(i.body_key.as_str()).chain(i.thumbnail_key.as_deref()))
+        .collect();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, String, String)> = asset::Entity::find()
+        .select_only()
+        .column(asset::Column::BlobKey)
+        .column(asset::Column::Md5)
+        .column(asset::Column::DataFormat)
+        .filter(asset::Column::BlobKey.is_in(keys))
+        .into_tuple()
+        .all(svc.db.conn())
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, md5, ext)| (key, format!("{md5}.{ext}")))
+        .collect())
+}
+
 /// An item the viewer may read (`access::backpack_items`); any other does not exist for them.
 pub async fn get(
     svc: &Services,
@@ -211,11 +297,33 @@ pub async fn delete(
     id: i64,
     effect: Option<&Effect>,
 ) -> AppResult<i64> {
+    delete_where(svc, viewer, id, access::backpack_items(viewer), effect).await
+}
+
+/// Deletes an item of the viewer's own backpack (a route that names the backpack: an item
+/// of another one is `NOT_FOUND` there, even for an admin).
+pub async fn delete_own(
+    svc: &Services,
+    viewer: Viewer,
+    id: i64,
+    effect: Option<&Effect>,
+) -> AppResult<i64> {
+    delete_where(svc, viewer, id, access::own_backpack(viewer), effect).await
+}
+
+async fn delete_where(
+    svc: &Services,
+    viewer: Viewer,
+    id: i64,
+    scope: sea_orm::Condition,
+    effect: Option<&Effect>,
+) -> AppResult<i64> {
     super::write::commit(svc, Vec::new(), effect, |txn| {
+        let scope = scope.clone();
         Box::pin(async move {
             let deleted = backpack_item::Entity::delete_many()
                 .filter(backpack_item::Column::Id.eq(id))
-                .filter(access::backpack_items(viewer))
+                .filter(scope)
                 .exec(txn)
                 .await?;
             if deleted.rows_affected == 0 {

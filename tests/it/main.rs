@@ -29,5 +29,6 @@ mod proxy;
 mod reads;
 mod schema;
 mod scratch;
+mod scratch_backpack;
 mod sharing;
 mod ws;

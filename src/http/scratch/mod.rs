@@ -9,6 +9,7 @@
 //! (cookies and `Authorization` are ignored there).
 
 mod assets;
+pub mod backpack;
 mod projects;
 
 use axum::{
