@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use futures::future::join_all;
 use serde_json::{Value, json};
 
+use atelier::service::builtin::BUILTINS;
+
 use crate::api::{CREATE_PROJECT as CREATE, GET_PROJECT as GET, UPDATE_PROJECT as UPDATE};
 use crate::{
     both_backends,
@@ -458,7 +460,7 @@ async fn disk_full_is_unavailable_and_leaves_nothing(backend: Backend) {
         .flatten()
         .map(|d| std::fs::read_dir(d.path()).unwrap().count())
         .sum();
-    assert_eq!(blobs, 2);
+    assert_eq!(blobs, 2 + BUILTINS.len(), "two uploads and the built-ins");
     // The space came back: a small write works.
     alice.upload(wav(9), "SOUND").await;
     assert_eq!(s.count_assets().await, 3);
