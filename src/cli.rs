@@ -147,8 +147,9 @@ pub async fn run(cli: Cli) -> AppResult<()> {
             Ok(())
         }
         Command::Migrate => {
-            let db = Db::connect(&cli.store).await?;
-            db::migrate(&db).await?;
+            // Migrates, then puts the built-in assets in place (both idempotent).
+            let svc = services(&cli.store, Limits::default()).await?;
+            service::builtin::ensure(&svc).await?;
             tracing::info!("migrations applied");
             Ok(())
         }
@@ -387,6 +388,7 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
         ..svc
     };
     service::maintenance::recover(&svc).await?;
+    service::builtin::ensure(&svc).await?;
     let sweeper = tokio::spawn(sweep_forever(
         svc.clone(),
         Duration::from_secs(cfg.sweep_interval_secs.max(1)),

@@ -95,6 +95,19 @@ pub async fn upload(
     claimed_md5: Option<Md5>,
     effect: Option<&Effect>,
 ) -> AppResult<(asset::Model, bool)> {
+    store(svc, Some(viewer.id.0), upload, kind, claimed_md5, effect).await
+}
+
+/// [`upload`] for any origin: `created_by` is None for the built-in assets
+/// ([`super::builtin`]), which no user uploaded.
+pub(crate) async fn store(
+    svc: &Services,
+    created_by: Option<i64>,
+    upload: StagedUpload,
+    kind: AssetKind,
+    claimed_md5: Option<Md5>,
+    effect: Option<&Effect>,
+) -> AppResult<(asset::Model, bool)> {
     let StagedUpload { blob, head } = upload;
     if let Some(claimed) = &claimed_md5
         && claimed.as_str() != blob.md5
@@ -132,7 +145,7 @@ pub async fn upload(
                     content_type: Set(format.content_type.to_owned()),
                     data_format: Set(format.extension.to_owned()),
                     blob_key: Set(sha256.clone()),
-                    created_by: Set(Some(viewer.id.0)),
+                    created_by: Set(created_by),
                     created_at: Set(now()),
                     ..Default::default()
                 },

@@ -194,6 +194,30 @@ pub async fn fsck(svc: &Services) -> AppResult<Vec<Violation>> {
             }
         }
     }
+    // Built-ins: each one has its row with the embedded bytes' hash (its blob is checked
+    // with every other asset's above).
+    for b in &super::builtin::BUILTINS {
+        let (md5, format) = b.parts();
+        match assets
+            .iter()
+            .find(|a| a.md5 == md5.as_str() && a.data_format == format.extension())
+        {
+            None => out.push(Violation {
+                invariant: "builtin",
+                subject: b.md5ext.to_owned(),
+                detail: "built-in asset has no row (`atelier migrate` restores it)".to_owned(),
+            }),
+            Some(a) if a.sha256 != b.sha256 => out.push(Violation {
+                invariant: "builtin",
+                subject: b.md5ext.to_owned(),
+                detail: format!(
+                    "asset {} has sha256 {}, the built-in {}",
+                    a.id, a.sha256, b.sha256
+                ),
+            }),
+            Some(_) => {}
+        }
+    }
     let by_key: HashMap<(String, String), (i64, &str)> = assets
         .iter()
         .map(|a| {

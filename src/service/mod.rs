@@ -4,6 +4,7 @@
 pub mod access;
 pub mod assets;
 pub mod backpack;
+pub mod builtin;
 pub mod coalesce;
 pub mod credential;
 pub mod editor;

@@ -201,6 +201,22 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Puts a staged file in place of the published blob of its key, whatever is there: for a
+    /// published blob that no longer hashes to its key (the staged bytes do, being hashed
+    /// while written). Readers see the old file or the new one, never a mix (rename).
+    pub async fn replace(&self, mut staged: StagedBlob) -> io::Result<()> {
+        let target = self.blob_path(&staged.key);
+        let path = std::mem::take(&mut staged.path);
+        tokio::task::spawn_blocking(move || {
+            let dir = target.parent().expect("blob path has a shard dir");
+            std::fs::create_dir_all(dir)?;
+            std::fs::rename(&path, &target)?;
+            sync_dir(dir)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
     /// Publishes a committed key's staged file if its blob is missing (a publish that failed,
     /// has not happened yet, or waits as `.pending` after a commit of unknown outcome). Only
     /// called for keys a committed row references, so the bytes are needed whatever the staged

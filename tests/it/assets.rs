@@ -40,7 +40,7 @@ async fn identical_concurrent_uploads_make_one_asset(s: TestServer) {
     let created = results.iter().filter(|r| r["created"] == true).count();
     assert_eq!(created, 1, "exactly one upload created the asset");
     assert_eq!(results[0]["asset"]["md5"], md5_hex(&bytes));
-    assert_eq!(s.count("assets").await, 1);
+    assert_eq!(s.count_assets().await, 1);
     assert_eq!(s.blob_files().len(), 1);
     assert!(
         s.staging_files().is_empty(),
@@ -92,7 +92,7 @@ async fn mixed_concurrent_batch_has_exact_counts(s: TestServer) {
         created.values().all(|n| *n == 1),
         "one creator per (md5, type): {created:?}"
     );
-    assert_eq!(s.count("assets").await, 14);
+    assert_eq!(s.count_assets().await, 14);
     assert_eq!(s.blob_files().len(), 14);
     assert!(s.staging_files().is_empty());
 }
@@ -122,7 +122,7 @@ async fn same_bytes_different_type_are_different_keys(s: TestServer) {
         .data(q, json!({ "m": md5, "t": "IMAGE_VECTOR" }))
         .await;
     assert_eq!(anon["asset"]["assetType"], "IMAGE_VECTOR");
-    assert_eq!(s.count("assets").await, 1);
+    assert_eq!(s.count_assets().await, 1);
 }
 
 async fn upload_errors_leave_nothing(_s: TestServer) {
@@ -177,7 +177,7 @@ async fn upload_errors_leave_nothing(_s: TestServer) {
     assert_eq!(code(&e), "BAD_USER_INPUT");
     assert_eq!(e["extensions"]["field"], "file");
 
-    assert_eq!(s.count("assets").await, 0);
+    assert_eq!(s.count_assets().await, 0);
     assert!(s.blob_files().is_empty(), "{:?}", s.blob_files());
     assert!(s.staging_files().is_empty(), "{:?}", s.staging_files());
     // The right md5 is accepted.
@@ -238,11 +238,11 @@ async fn cut_off_upload_leaves_nothing(s: TestServer) {
         }
     }
     assert!(clean, "staging still holds {:?}", s.staging_files());
-    assert_eq!(s.count("assets").await, 0);
+    assert_eq!(s.count_assets().await, 0);
     assert!(s.blob_files().is_empty());
     // And the server is fine.
     alice.upload(wav(2), "SOUND").await;
-    assert_eq!(s.count("assets").await, 1);
+    assert_eq!(s.count_assets().await, 1);
 }
 
 async fn asset_download_behaves_like_a_cdn(s: TestServer) {
@@ -480,7 +480,7 @@ async fn projects_reference_stored_assets_exactly(s: TestServer) {
         .await;
     assert_eq!(s.count("project_assets").await, 0);
     assert_eq!(s.count("project_shares").await, 0);
-    assert_eq!(s.count("assets").await, 3);
+    assert_eq!(s.count_assets().await, 3);
 }
 
 /// JPEG magic plus `n`-dependent filler.
@@ -691,7 +691,7 @@ async fn anonymous_upload_is_refused_before_its_body_is_read(s: TestServer) {
     );
     drop(conn);
     assert_eq!(s.blob_files(), blobs, "nothing published");
-    assert_eq!(s.count("assets").await, 0);
+    assert_eq!(s.count_assets().await, 0);
 
     // Anonymous JSON requests are still answered (queries may be public).
     let (status, body) = s.anonymous().raw("{ viewer { id } }", json!({})).await;

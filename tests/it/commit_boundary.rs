@@ -127,7 +127,7 @@ async fn lost_commit_reply_keeps_the_bytes() {
         uploaded.get("errors").is_none() || code(&uploaded["errors"][0]) == "UNAVAILABLE",
         "{uploaded}"
     );
-    assert_eq!(s.count("assets").await, 1);
+    assert_eq!(s.count_assets().await, 1);
     let got = reqwest::get(format!("{}/assets/{}.svg", s.base_url, md5_hex(&bytes)))
         .await
         .unwrap();

@@ -637,7 +637,7 @@ async fn an_exported_bundle_imports_back_equal(s: TestServer) {
     let (status, _, bundle) = get(&s, &alice, job["url"].as_str().unwrap()).await;
     assert_eq!(status, 200);
     assert_bundle(&bundle, &content, &assets);
-    let assets_before = s.count("assets").await;
+    let assets_before = s.count_assets().await;
     let bob = s.user("bob").await;
     let copy = crate::imports::imported(&bob, bundle).await;
     assert_ne!(copy["id"], id.as_str());
@@ -653,7 +653,7 @@ async fn an_exported_bundle_imports_back_equal(s: TestServer) {
         .map(|(name, _)| name[..32].to_owned())
         .collect();
     assert_eq!(md5s, expected, "the same asset set");
-    assert_eq!(s.count("assets").await, assets_before);
+    assert_eq!(s.count_assets().await, assets_before);
 }
 
 /// JPEG magic plus `n`-dependent filler.
@@ -873,7 +873,7 @@ async fn entries_are_named_as_the_json_says(s: TestServer) {
         .unwrap();
     assert_eq!(serde_json::from_str::<Value>(&json).unwrap(), content);
 
-    let assets_before = s.count("assets").await;
+    let assets_before = s.count_assets().await;
     assert_eq!(assets_before, 4);
     let bob = s.user("bob").await;
     let copy = crate::imports::imported(&bob, bundle).await;
@@ -890,7 +890,7 @@ async fn entries_are_named_as_the_json_says(s: TestServer) {
     let want: std::collections::BTreeSet<String> =
         table.iter().map(|r| md5_hex(&r.bytes)).collect();
     assert_eq!(md5s, want, "the same asset set");
-    assert_eq!(s.count("assets").await, assets_before);
+    assert_eq!(s.count_assets().await, assets_before);
 }
 
 /// Scratch's own VM (scratch-vm from npm, `tests/scratch-vm`) loads an export of the names

@@ -376,12 +376,12 @@ async fn multipart_bodies_are_bounded_per_byte_and_part(mut s: TestServer) {
     assert_eq!(code(&body["errors"][0]), "PAYLOAD_TOO_LARGE");
 
     // Nothing was stored or left staged by any of them; a good upload still works.
-    assert_eq!(s.count("assets").await, 0);
+    assert_eq!(s.count_assets().await, 0);
     assert!(s.staging_files().is_empty(), "{:?}", s.staging_files());
     let (status, body) = send(form(map, vec![("0", svg(7))])).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.get("errors").is_none(), "{body}");
-    assert_eq!(s.count("assets").await, 1);
+    assert_eq!(s.count_assets().await, 1);
 }
 
 async fn sharing_is_capped_per_project(s: TestServer) {

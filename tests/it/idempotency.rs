@@ -152,7 +152,7 @@ async fn uploads_are_idempotent_too(s: TestServer) {
         other["errors"][0]["extensions"]["reason"],
         "IDEMPOTENCY_KEY_REUSED"
     );
-    assert_eq!(s.count("assets").await, 1);
+    assert_eq!(s.count_assets().await, 1);
     assert!(s.staging_files().is_empty(), "{:?}", s.staging_files());
 }
 

@@ -9,6 +9,7 @@ mod access_matrix;
 mod assets;
 mod authority;
 mod backpack;
+mod builtin;
 mod cli;
 mod commit_boundary;
 mod crash;

@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use atelier::service::builtin::BUILTINS;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 
 use super::{BIN, Backend, PgDatabase};
@@ -344,9 +345,26 @@ impl TestServer {
             .unwrap()
     }
 
-    /// Published blob files.
+    /// Published blob files, the built-in assets' left out (every data dir has those).
     pub fn blob_files(&self) -> Vec<PathBuf> {
         walk(&self.storage_dir().join("blobs"))
+            .into_iter()
+            .filter(|p| {
+                !BUILTINS
+                    .iter()
+                    .any(|b| p.file_name().is_some_and(|n| n == b.sha256))
+            })
+            .collect()
+    }
+
+    /// Asset rows, the built-in assets' left out.
+    pub async fn count_assets(&self) -> i64 {
+        let keys: Vec<String> = BUILTINS.iter().map(|b| format!("'{}'", b.sha256)).collect();
+        self.count(&format!(
+            "assets WHERE blob_key NOT IN ({})",
+            keys.join(",")
+        ))
+        .await
     }
 
     /// Files left in staging.
