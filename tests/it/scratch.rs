@@ -179,7 +179,7 @@ async fn asset_upload_checks_name_and_credentials(s: TestServer) {
         (status, body["code"].as_str()),
         (401, Some("UNAUTHENTICATED"))
     );
-    assert_eq!(s.count("assets").await, 0);
+    assert_eq!(s.count_assets().await, 0);
 
     let (status, body) = send(
         post(format!("{md5}.svg"))
@@ -200,7 +200,7 @@ async fn asset_upload_checks_name_and_credentials(s: TestServer) {
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(s.count("assets").await, 1);
+    assert_eq!(s.count_assets().await, 1);
 
     let got = http
         .get(format!(
@@ -498,7 +498,7 @@ mod signed_in {
         .await;
         assert_eq!(status, 403);
         assert_eq!(project(&alice, &id).await["version"], 1);
-        assert_eq!(s.count("assets").await, 0);
+        assert_eq!(s.count_assets().await, 0);
         assert_eq!(s.count("projects").await, 1);
         // Our own origin may.
         let (status, b2) = send(

@@ -112,7 +112,7 @@ async fn save_list_page_fetch_and_delete(s: TestServer) {
     let (status, thumb) = get(&s, None, rest[0]["thumbnail"].as_str().unwrap()).await;
     assert_eq!((status, thumb), (200, png(0)));
     // Three bodies and one shared thumbnail, each one asset row.
-    assert_eq!(s.count("assets").await, 4);
+    assert_eq!(s.count_assets().await, 4);
 
     // A script's body is no asset: `<id>/body`, for its owner only.
     let script = json!({ "type": "script", "mime": "application/json", "name": "Go", "body": b64(b"[{\"opcode\":\"x\"}]"), "thumbnail": b64(&png(1)) });
@@ -224,7 +224,7 @@ async fn bad_saves_are_refused_and_write_nothing(mut s: TestServer) {
         (400, Some("BAD_USER_INPUT"))
     );
     assert_eq!(s.count("backpack_items").await, 0);
-    assert_eq!(s.count("assets").await, 0);
+    assert_eq!(s.count_assets().await, 0);
     assert_eq!(s.blob_files().len(), blobs);
     assert!(s.staging_files().is_empty(), "{:?}", s.staging_files());
 }
@@ -270,7 +270,7 @@ async fn concurrent_saves_of_the_same_item_both_land(s: TestServer) {
         assert_eq!((status, body), (200, svg(4)));
     }
     // The racers published one body asset and one thumbnail asset.
-    assert_eq!(s.count("assets").await, 2);
+    assert_eq!(s.count_assets().await, 2);
 }
 
 /// The editor sends x-token cross-origin: the preflight must allow it (and DELETE).
