@@ -487,6 +487,35 @@ async fn every_root_field_gets_an_answer(s: TestServer) {
     let exported = data(ws.execute(EXPORT, json!({ "id": new_id })).await);
     let new_job = exported["exportProject"]["id"].as_str().unwrap().to_owned();
     sent.insert("Mutation.exportProject".into());
+    // The editor's credentials: a socket's credential opens a session like a request's.
+    let token = data(
+        ws.execute(
+            "query($id: ID!) { projectToken(id: $id) { token } }",
+            json!({ "id": new_id }),
+        )
+        .await,
+    );
+    assert!(
+        token["projectToken"]["token"]
+            .as_str()
+            .unwrap()
+            .starts_with("ptk_")
+    );
+    sent.insert("Query.projectToken".into());
+    let opened = data(
+        ws.execute(
+            "mutation($id: ID!) { openEditor(projectId: $id) { token } }",
+            json!({ "id": new_id }),
+        )
+        .await,
+    );
+    assert!(
+        opened["openEditor"]["token"]
+            .as_str()
+            .unwrap()
+            .starts_with("eds_")
+    );
+    sent.insert("Mutation.openEditor".into());
     let deleted = data(
         ws.execute(
             "mutation($id: ID!) { deleteProject(input: {id: $id}) }",
