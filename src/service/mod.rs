@@ -7,6 +7,7 @@ pub mod backpack;
 pub mod coalesce;
 pub mod credential;
 pub mod editor;
+pub mod editor_page;
 pub mod export;
 pub mod idempotency;
 pub mod identity;

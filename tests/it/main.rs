@@ -12,6 +12,7 @@ mod backpack;
 mod cli;
 mod commit_boundary;
 mod crash;
+mod editor_page;
 mod errors;
 mod exports;
 mod graphiql;
