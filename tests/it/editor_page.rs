@@ -6,7 +6,11 @@ use serde_json::{Value, json};
 
 use crate::harness::{Client, TestServer, empty_project};
 
-crate::both_backends!(editor_page_without_package, editor_page_with_package);
+crate::both_backends!(
+    editor_page_without_package,
+    editor_page_with_package,
+    editor_page_serves_the_real_package,
+);
 
 const SHARE: &str =
     "mutation($id: ID!, $g: [ID!]!) { shareProject(input: {id: $id, groupIds: $g}) { id } }";
@@ -235,4 +239,83 @@ async fn editor_page_with_package(mut s: TestServer) {
         assert_eq!(r.json::<Value>().await.unwrap(), empty_project());
     }
     assert_eq!(s.count("editor_sessions").await, 2);
+}
+
+/// The installed package (`ATELIER_TEST_EDITOR_DIR`, set by `.ci/run` after
+/// `scripts/install-editor.sh`). With `CI=true` it must be there; elsewhere its absence skips
+/// the test, loudly.
+fn real_package() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("ATELIER_TEST_EDITOR_DIR").map(std::path::PathBuf::from);
+    let ok = dir
+        .as_ref()
+        .is_some_and(|d| d.join("dist/scratch-gui-standalone.js").is_file());
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        ok || !ci,
+        "ATELIER_TEST_EDITOR_DIR does not hold the editor package: CI must run \
+         `bash scripts/install-editor.sh DIR` and export it (.ci/run does)"
+    );
+    if !ok {
+        eprintln!(
+            "SKIPPED editor_page_serves_the_real_package: set ATELIER_TEST_EDITOR_DIR to an \
+             editor installed by scripts/install-editor.sh"
+        );
+    }
+    dir.filter(|_| ok)
+}
+
+/// Every file the real bundle fetches from the root is served, byte for byte, from its
+/// package: the bundle, its worker, the micro:bit firmware, the libraries, a chunk and a
+/// static asset.
+async fn editor_page_serves_the_real_package(mut s: TestServer) {
+    let Some(dir) = real_package() else { return };
+    s.set_env("ATELIER_EDITOR_DIR", dir.to_str().unwrap());
+    s.restart();
+    let dist = dir.join("dist");
+    let first_in = |sub: &str, ext: &str| -> String {
+        let mut names: Vec<String> = std::fs::read_dir(dist.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(ext))
+            .collect();
+        names.sort();
+        let name = names.first().cloned().expect("a file");
+        if sub.is_empty() {
+            name
+        } else {
+            format!("{sub}/{name}")
+        }
+    };
+    let mut paths = vec![
+        "scratch-gui-standalone.js".to_owned(),
+        "extension-worker.js".to_owned(),
+        "libraries/sprites.json".to_owned(),
+        "libraries/costumes.json".to_owned(),
+        "libraries/backdrops.json".to_owned(),
+        "libraries/sounds.json".to_owned(),
+        first_in("", ".hex"),
+        first_in("chunks", ".js"),
+        first_in("static/assets", ".svg"),
+    ];
+    paths.dedup();
+    for path in paths {
+        let r = get(&s, &format!("/{path}"), None).await;
+        assert_eq!(r.status(), 200, "{path}");
+        let bytes = r.bytes().await.unwrap();
+        assert_eq!(
+            bytes.len(),
+            std::fs::metadata(dist.join(&path)).unwrap().len() as usize,
+            "{path}"
+        );
+        assert!(
+            bytes[..] == std::fs::read(dist.join(&path)).unwrap()[..],
+            "{path}"
+        );
+    }
+    // The bundle loads its chunks from the root, as the reserved paths assume.
+    let gui = std::fs::read_to_string(dist.join("scratch-gui-standalone.js")).unwrap();
+    assert!(
+        gui.contains("chunks/"),
+        "the bundle names its chunks under /chunks/"
+    );
 }
