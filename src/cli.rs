@@ -416,6 +416,10 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
         max_batch: cfg.max_batch.max(1),
         ws_send_queue: cfg.ws_send_queue.max(1),
         web: std::sync::Arc::new(http::WebConfig::new(&public_url, &cfg.auth.cors_origins)?),
+        editor_dist: cfg
+            .editor_dir
+            .as_ref()
+            .map(|d| std::sync::Arc::new(d.join("dist"))),
     };
     tracing::info!(%addr, "listening");
     // The one line for humans and scripts (tests read the port from it).

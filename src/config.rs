@@ -213,6 +213,12 @@ pub struct ServeConfig {
     #[arg(long, env = "ATELIER_PROJECT_TOKEN_TTL_SECS", default_value_t = 300)]
     pub project_token_ttl_secs: u64,
 
+    /// The installed Scratch editor package (`@scratch/scratch-gui-standalone`, the directory
+    /// holding `dist/`; see `scripts/install-editor.sh`). Unset: `/projects/{id}/editor` says
+    /// how to install it.
+    #[arg(long, env = "ATELIER_EDITOR_DIR")]
+    pub editor_dir: Option<PathBuf>,
+
     #[command(flatten)]
     pub auth: AuthConfig,
 }

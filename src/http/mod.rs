@@ -4,6 +4,7 @@
 mod assets;
 mod auth;
 mod backpack;
+mod editor_page;
 mod error;
 mod exports;
 mod extractor;
@@ -47,6 +48,8 @@ pub struct AppState {
     /// Messages queued for one WebSocket client before it is closed as a slow consumer.
     pub ws_send_queue: usize,
     pub web: std::sync::Arc<WebConfig>,
+    /// The editor package's `dist/`, when installed (`ATELIER_EDITOR_DIR`).
+    pub editor_dist: Option<std::sync::Arc<std::path::PathBuf>>,
 }
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -75,7 +78,8 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/login", get(auth::login))
         .route("/auth/callback", get(auth::callback))
         .route("/auth/logout", axum::routing::post(auth::logout))
-        .merge(scratch::routes());
+        .merge(scratch::routes())
+        .merge(editor_page::routes());
     let app = match cors {
         Some(cors) => app.layer(cors),
         None => app,

@@ -8,6 +8,7 @@ pub mod builtin;
 pub mod coalesce;
 pub mod credential;
 pub mod editor;
+pub mod editor_page;
 pub mod export;
 pub mod idempotency;
 pub mod identity;
