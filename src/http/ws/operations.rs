@@ -127,10 +127,13 @@ impl super::Connection {
             self.outbox.clone(),
             id.clone(),
         );
+        let credential = self.credential.clone();
         let mut running = self.ops.lock();
         tokio::spawn(async move {
             let _slot = slot;
-            let batch = BatchRequest::Single(request);
+            // `openEditor` ties the session it opens to the socket's credential, as a POST's.
+            let batch =
+                BatchRequest::Single(request).data(crate::graphql::RequestCredential(credential));
             let (body, replayed) =
                 match crate::http::graphql::answer(&state, viewer, batch, None, key).await {
                     Err(e) => {
