@@ -207,6 +207,43 @@ impl Api {
         Ok(data["uploadAsset"].take())
     }
 
+    /// `PUT path` with a JSON body and a bearer token, as the Scratch editor saves a project;
+    /// succeeds only on exactly 200 with `"status":"ok"` (the editor's own check).
+    pub async fn put_json(
+        &self,
+        token: &str,
+        path: &str,
+        body: bytes::Bytes,
+    ) -> Result<Value, CallError> {
+        let response = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await;
+        editor_ok(response).await
+    }
+
+    /// `POST path` with raw bytes and no Content-Type, as the Scratch editor uploads an asset;
+    /// succeeds only on exactly 200 with `"status":"ok"`.
+    pub async fn post_raw(
+        &self,
+        token: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Value, CallError> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await;
+        editor_ok(response).await
+    }
+
     /// `GET path`: status and body.
     pub async fn get(&self, path: &str) -> Result<(StatusCode, String), CallError> {
         let response = self
@@ -329,4 +366,28 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// The Scratch editor's view of an answer: exactly 200 and a JSON body with `"status":"ok"`;
+/// anything else is an error (a 4xx JSON body's `code` becomes the error's code).
+async fn editor_ok(response: reqwest::Result<reqwest::Response>) -> Result<Value, CallError> {
+    let response = response.map_err(|e| CallError::Transport(error_chain(&e)))?;
+    let status = response.status();
+    let body = response
+        .text()
+        .await
+        .map_err(|e| CallError::Transport(error_chain(&e)))?;
+    let json: Option<Value> = serde_json::from_str(&body).ok();
+    match (status, json) {
+        (StatusCode::OK, Some(v)) if v["status"] == "ok" => Ok(v),
+        (_, Some(v)) if v["code"].is_string() => Err(CallError::GraphQl {
+            code: v["code"].as_str().unwrap_or_default().to_owned(),
+            message: v["message"].as_str().unwrap_or_default().to_owned(),
+            extensions: v,
+        }),
+        (status, _) => Err(CallError::Status {
+            status: status.as_u16(),
+            body: body.chars().take(200).collect(),
+        }),
+    }
 }

@@ -1,8 +1,9 @@
-//! The scenarios (R1 … S1, IMP1) and their table, what they share — the running server, tokens, seeded data, the
+//! The scenarios (R1 … S1, ED1, ED2, IMP1) and their table, what they share — the running server, tokens, seeded data, the
 //! baselines, the fake OpenID Provider — and the measuring wrapper that reads the server's counters and RSS around a
 //! load run.
 
 mod auth;
+mod editor;
 mod exports;
 mod imports;
 mod memory;
@@ -44,6 +45,8 @@ pub enum Scenario {
     R2,
     W1,
     W2,
+    ED1,
+    ED2,
     U1,
     U2,
     C1,
@@ -117,6 +120,18 @@ pub const TABLE: &[Spec] = &[
         run: Run::Server(|ctx| Box::pin(writes::w2(ctx))),
         needs_provider: false,
         baseline: Baseline::Pgbench(Workload::HotRow, writes::W2_CLIENTS as u32),
+    },
+    Spec {
+        id: Scenario::ED1,
+        run: Run::Server(|ctx| Box::pin(editor::ed1(ctx))),
+        needs_provider: false,
+        baseline: Baseline::None,
+    },
+    Spec {
+        id: Scenario::ED2,
+        run: Run::Server(|ctx| Box::pin(editor::ed2(ctx))),
+        needs_provider: false,
+        baseline: Baseline::None,
     },
     Spec {
         id: Scenario::U1,
