@@ -15,6 +15,7 @@ both_backends!(
     project_tokens_read_one_project_only,
     editing_sessions_are_scoped_and_end_with_their_credential,
     concurrent_saves_all_win_in_turn,
+    a_reader_loads_but_never_saves,
 );
 
 const PROJECT: &str =
@@ -632,4 +633,65 @@ mod cors {
     async fn postgres() {
         run(Backend::Postgres).await;
     }
+}
+
+/// A classmate who may read a shared project loads it through the editor's routes, plain and
+/// through an editing session, but neither route lets them save it or upload into it: the
+/// PUT is FORBIDDEN and the project stays at its version and content.
+async fn a_reader_loads_but_never_saves(s: TestServer) {
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let id = created(&alice, "shared").await;
+    let group = s.cli(&["group", "create", "class"]).1.trim().to_owned();
+    for m in ["alice", "bob"] {
+        assert!(s.cli(&["group", "add-member", &group, m]).0);
+    }
+    alice
+        .data(
+            "mutation($id: ID!, $g: [ID!]!) { shareProject(input: {id: $id, groupIds: $g}) { id } }",
+            json!({"id": id, "g": [group]}),
+        )
+        .await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/scratch/projects/{id}", s.base_url);
+    let content = json!({"targets": [], "meta": {"semver": "3.0.0", "agent": "bob"}});
+
+    let (status, body) = send(http.get(&url).bearer_auth(token_of(&bob))).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"targets": [], "meta": {"semver": "3.0.0"}}));
+    let (status, body) = send(http.put(&url).bearer_auth(token_of(&bob)).json(&content)).await;
+    assert_eq!(
+        (status, body["status"].as_str(), body["code"].as_str()),
+        (403, Some("error"), Some("FORBIDDEN"))
+    );
+
+    let session = bob
+        .data(
+            "mutation($id: ID!) { openEditor(projectId: $id) { token projectHost assetHost } }",
+            json!({"id": id}),
+        )
+        .await["openEditor"]
+        .clone();
+    let host = session["projectHost"].as_str().unwrap();
+    let (status, _) = send(http.get(format!("{host}/{id}"))).await;
+    assert_eq!(status, 200);
+    let (status, body) = send(http.put(format!("{host}/{id}")).json(&content)).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("FORBIDDEN")));
+    let bytes = svg(7);
+    let asset = format!(
+        "{}/{}.svg",
+        session["assetHost"].as_str().unwrap(),
+        md5_hex(&bytes)
+    );
+    let (status, body) = send(http.post(asset).body(bytes)).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("FORBIDDEN")));
+
+    let p = project(&alice, &id).await;
+    assert_eq!(p["version"], 1);
+    assert_eq!(
+        p["content"],
+        json!({"targets": [], "meta": {"semver": "3.0.0"}})
+    );
+    assert_eq!(s.count_assets().await, 0);
+    assert_no_token_logged(&s, &[session["token"].as_str().unwrap()]);
 }
