@@ -21,7 +21,7 @@ use std::{sync::Arc, time::Duration};
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use entity::{editor_session, project, project_asset, project_token};
+use entity::{editor_session, project, project_token};
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
@@ -373,8 +373,6 @@ pub async fn save(
             access::project(txn, Some(viewer), &current)
                 .await?
                 .require_write("change")?;
-            // Inside the transaction: MISSING_ASSETS rolls the whole save back.
-            let asset_ids = projects::resolve_assets(txn, &refs).await?;
             let updated = project::Entity::update_many()
                 .col_expr(
                     project::Column::Version,
@@ -389,11 +387,8 @@ pub async fn save(
                 .into_iter()
                 .next()
                 .ok_or(AppError::NotFound("project"))?;
-            project_asset::Entity::delete_many()
-                .filter(project_asset::Column::ProjectId.eq(id.0))
-                .exec(txn)
-                .await?;
-            projects::link_assets(txn, id, &asset_ids).await?;
+            // Inside the transaction: MISSING_ASSETS rolls the whole save back.
+            projects::relink_assets(txn, id, &refs).await?;
             Ok(updated)
         })
     })

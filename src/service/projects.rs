@@ -141,12 +141,7 @@ pub async fn update(
                         compare_and_set(txn, viewer, id, expected, title, new_content).await?;
                     if let Some(refs) = refs {
                         // Inside the transaction: MISSING_ASSETS rolls the version bump back.
-                        let asset_ids = resolve_assets(txn, &refs).await?;
-                        project_asset::Entity::delete_many()
-                            .filter(project_asset::Column::ProjectId.eq(id.0))
-                            .exec(txn)
-                            .await?;
-                        link_assets(txn, id, &asset_ids).await?;
+                        relink_assets(txn, id, &refs).await?;
                     }
                     Ok(updated)
                 })
@@ -438,6 +433,21 @@ pub(super) async fn resolve_assets<C: ConnectionTrait>(
     ids.sort_unstable();
     ids.dedup();
     Ok(ids)
+}
+
+/// Points `project`'s asset links at exactly the assets `refs` names (MISSING_ASSETS when one
+/// is not stored): the part of every content change that runs inside its transaction.
+pub(super) async fn relink_assets<C: ConnectionTrait>(
+    conn: &C,
+    project: ProjectId,
+    refs: &[AssetRef],
+) -> AppResult<()> {
+    let asset_ids = resolve_assets(conn, refs).await?;
+    project_asset::Entity::delete_many()
+        .filter(project_asset::Column::ProjectId.eq(project.0))
+        .exec(conn)
+        .await?;
+    link_assets(conn, project, &asset_ids).await
 }
 
 pub(super) async fn link_assets<C: ConnectionTrait>(
