@@ -45,14 +45,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove blobs that no row references and that are older than the grace period.
+    /// Apply history retention, then remove blobs that no row references and that are older
+    /// than the grace period.
     Gc {
-        /// Only report what would be removed.
+        /// Only report what would be removed (history is not pruned).
         #[arg(long)]
         dry_run: bool,
         /// Minimum age of a blob before it may be removed, in seconds.
         #[arg(long, default_value_t = 3600)]
         grace_secs: u64,
+        /// Every version younger than this many days is kept.
+        #[arg(long, env = "ATELIER_HISTORY_KEEP_ALL_DAYS", default_value_t = 14)]
+        history_keep_all_days: u64,
+        /// Up to this many days, the last version of each UTC day is kept; older ones go
+        /// (a project's current version and versions an export names are always kept).
+        #[arg(long, env = "ATELIER_HISTORY_KEEP_DAILY_DAYS", default_value_t = 365)]
+        history_keep_daily_days: u64,
     },
     /// Manage API tokens.
     Token {
@@ -180,10 +188,23 @@ pub async fn run(cli: Cli) -> AppResult<()> {
         Command::Gc {
             dry_run,
             grace_secs,
+            history_keep_all_days,
+            history_keep_daily_days,
         } => {
             let svc = services(&cli.store, Limits::default()).await?;
-            let report =
-                service::maintenance::gc(&svc, Duration::from_secs(grace_secs), dry_run).await?;
+            let retention = service::history::Retention {
+                keep_all: Duration::from_secs(history_keep_all_days * 86_400),
+                keep_daily: Duration::from_secs(
+                    history_keep_daily_days.max(history_keep_all_days) * 86_400,
+                ),
+            };
+            let report = service::maintenance::gc_with(
+                &svc,
+                Duration::from_secs(grace_secs),
+                dry_run,
+                retention,
+            )
+            .await?;
             let verb = if dry_run { "would remove" } else { "removed" };
             for (key, size) in &report.removed {
                 println!("{verb} {key} ({size} bytes)");

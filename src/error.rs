@@ -25,6 +25,12 @@ pub enum AppError {
         /// Advice for a client that will re-read and try again (see `service::pacing`).
         retry_after: Option<std::time::Duration>,
     },
+    /// An editing session's save whose base version is no longer current: not a version, kept
+    /// as conflicted save `conflict_id` (see `service::history`).
+    #[error(
+        "the project changed since this editor loaded it (now version {current}); the save is kept as conflicted save {conflict_id}"
+    )]
+    SaveConflicted { current: i32, conflict_id: i64 },
     #[error("{0}")]
     Conflict(String),
     /// The `Idempotency-Key` was used before for a different request.
@@ -82,7 +88,9 @@ impl AppError {
             AppError::Forbidden(_) => Code::Forbidden,
             AppError::NotFound(_) => Code::NotFound,
             AppError::BadUserInput { .. } | AppError::LimitExceeded { .. } => Code::BadUserInput,
-            AppError::VersionConflict { .. } => Code::VersionConflict,
+            AppError::VersionConflict { .. } | AppError::SaveConflicted { .. } => {
+                Code::VersionConflict
+            }
             AppError::Conflict(_)
             | AppError::IdempotencyKeyReused
             | AppError::QuotaExceeded { .. } => Code::Conflict,

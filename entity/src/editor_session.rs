@@ -20,6 +20,9 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     pub expires_at: DateTimeUtc,
     pub last_used_at: DateTimeUtc,
+    /// The version this session last served or saved: the compare-and-set base of its next
+    /// save. NULL until its first load.
+    pub base_version: Option<i32>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

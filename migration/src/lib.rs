@@ -11,6 +11,7 @@ mod m20261127_000002_imports;
 mod m20261127_000003_jobs;
 mod m20261207_000001_lease_states;
 mod m20261207_000002_editor_sessions;
+mod m20261207_000003_history;
 
 pub use m20261207_000001_lease_states::RETIRED_EXPORT;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000003_jobs::Migration),
             Box::new(m20261207_000001_lease_states::Migration),
             Box::new(m20261207_000002_editor_sessions::Migration),
+            Box::new(m20261207_000003_history::Migration),
         ]
     }
 }

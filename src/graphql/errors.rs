@@ -29,6 +29,13 @@ impl ErrorExtensions for AppError {
                         ext.set("retryAfterMs", wait.as_micros().div_ceil(1000) as u64);
                     }
                 }
+                AppError::SaveConflicted {
+                    current,
+                    conflict_id,
+                } => {
+                    ext.set("currentVersion", *current);
+                    ext.set("conflictId", conflict_id.to_string());
+                }
                 AppError::MissingAssets(missing) => ext.set("missing", missing.clone()),
                 AppError::IdempotencyKeyReused => ext.set("reason", "IDEMPOTENCY_KEY_REUSED"),
                 AppError::QuotaExceeded { limit, .. } => {

@@ -114,12 +114,12 @@ impl JobsMutation {
     }
 }
 
-/// The subscription root (graphql-transport-ws on `/graphql/ws`).
+/// Job subscriptions (part of the subscription root).
 #[derive(Default)]
-pub struct Subscription;
+pub struct JobsSubscription;
 
 #[Subscription]
-impl Subscription {
+impl JobsSubscription {
     /// The job's current state, then each status change in order (PENDING → RUNNING →
     /// READY | FAILED); the stream ends after READY or FAILED. NOT_FOUND if the viewer may not
     /// read the job's project (checked again before every event: losing access ends it).

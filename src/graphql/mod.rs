@@ -6,6 +6,7 @@ mod backpack;
 mod documents;
 mod editor;
 mod errors;
+mod history;
 mod identity;
 mod imports;
 mod jobs;
@@ -49,26 +50,37 @@ pub struct Mutation(
     jobs::JobsMutation,
     imports::ImportsMutation,
     editor::EditorMutation,
+    history::HistoryMutation,
 );
 
-pub use jobs::Subscription;
+/// The subscription root (graphql-transport-ws on `/graphql/ws`), merged the same way.
+#[derive(async_graphql::MergedSubscription, Default)]
+pub struct Subscription(jobs::JobsSubscription, history::ProjectSubscription);
 
 pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
 /// Builds the schema; `Services` is shared by every request. Every operation, whatever
 /// transport brought it, is held to `limits` (see [`limits`]).
 pub fn build_schema(services: Services, limits: QueryLimits) -> AppSchema {
-    Schema::build(Query::default(), Mutation::default(), Subscription)
-        .data(services)
-        .extension(limits::Limits(limits))
-        .finish()
+    Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .data(services)
+    .extension(limits::Limits(limits))
+    .finish()
 }
 
 /// The SDL, as checked in at `schema.graphql`.
 pub fn sdl() -> String {
-    Schema::build(Query::default(), Mutation::default(), Subscription)
-        .finish()
-        .sdl()
+    Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .finish()
+    .sdl()
 }
 
 /// Gives one operation its per-request data: who is asking, fresh dataloaders and an empty

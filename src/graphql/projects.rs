@@ -162,6 +162,37 @@ impl Project {
         list(ctx, first, after, filter).await
     }
 
+    /// Every retained version, newest first (the owner's and admins').
+    #[graphql(complexity = "super::limits::page(first, child_complexity)")]
+    async fn versions(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<super::history::ProjectVersionConnection> {
+        super::history::versions(ctx, &self.0, first, after).await
+    }
+
+    /// One retained version, with its content (null when retention let it go).
+    async fn version_at(
+        &self,
+        ctx: &Context<'_>,
+        version: i32,
+    ) -> async_graphql::Result<Option<super::history::ProjectVersion>> {
+        super::history::version_at(ctx, &self.0, version).await
+    }
+
+    /// Saves an editor sent from a stale base: kept, never silently lost; newest first.
+    #[graphql(complexity = "super::limits::page(first, child_complexity)")]
+    async fn conflicts(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<super::history::ProjectConflictConnection> {
+        super::history::conflicts(ctx, &self.0, first, after).await
+    }
+
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
     }
@@ -416,9 +447,16 @@ impl ProjectsMutation {
         let svc = services(ctx).gql()?;
         let title = Title::parse(&input.title).gql()?;
         let content = ProjectContent::parse(input.content.0, svc.limits.max_content_bytes).gql()?;
-        let project = service::projects::create(svc, viewer, title, content, effect(ctx).as_ref())
-            .await
-            .gql()?;
+        let project = service::projects::create(
+            svc,
+            viewer,
+            title,
+            content,
+            service::history::Via::Graphql,
+            effect(ctx).as_ref(),
+        )
+        .await
+        .gql()?;
         Ok(Project(project))
     }
 

@@ -33,7 +33,8 @@ use crate::{
     domain::{ProjectContent, ProjectId, Role, Title, UserId, Viewer},
     error::{AppError, AppResult},
     service::{
-        Services, access, credential::Credential, identity, now, projects, sessions, sharing,
+        Services, access, credential::Credential, history, identity, now, projects, sessions,
+        sharing,
     },
 };
 
@@ -87,6 +88,8 @@ pub struct EditorSessionGrant {
 /// What an editing token authorizes now.
 #[derive(Clone, Copy, Debug)]
 pub struct EditorGrant {
+    /// The editing session's row (its compare-and-set base lives there).
+    pub session: i64,
     pub viewer: Viewer,
     pub project: ProjectId,
     /// The viewer may save the project and upload assets (asked again on every request).
@@ -248,7 +251,7 @@ pub async fn open_session(
         return Err(AppError::Unauthenticated);
     }
     let viewer = *viewer;
-    let (_, access) = visible_project(svc, viewer, project).await?;
+    let (opened_at, access) = visible_project(svc, viewer, project).await?;
     let token = mint(EDITOR_SESSION_PREFIX);
     let hash = identity::hash_token(&token);
     let expires_at = after(svc.editor.session_ttl);
@@ -273,6 +276,8 @@ pub async fn open_session(
                     created_at: Set(at),
                     expires_at: Set(expires_at),
                     last_used_at: Set(at),
+                    // Until its first load, the session stands on the version it was opened at.
+                    base_version: Set(Some(opened_at.version)),
                     ..Default::default()
                 }
                 .insert(txn)
@@ -319,6 +324,7 @@ pub async fn authenticate_editing_token(svc: &Services, token: &str) -> AppResul
         renew(svc, s.id).await;
     }
     Ok(EditorGrant {
+        session: s.id,
         viewer,
         project,
         can_write: access == access::ProjectAccess::Write,
@@ -348,17 +354,58 @@ async fn renew(svc: &Services, id: i64) {
     }
 }
 
-/// The editor's save (`PUT /scratch/projects/{id}`): the editor sends no version, so the last
-/// writer wins, and every save is a version. The row is locked before the access check, so
-/// concurrent saves of one project queue up and each raises the version by exactly one.
-/// Content is validated as `updateProject`'s (size, depth, asset references).
+/// Records that an editing session served `version` of its project: the base its next save
+/// is compared against. Written only when it changes (an editor reloading the same version
+/// costs no write).
+pub async fn served(svc: &Services, session: i64, version: i32) -> AppResult<()> {
+    svc.db
+        .write_one(|conn| {
+            Box::pin(async move {
+                editor_session::Entity::update_many()
+                    .col_expr(editor_session::Column::BaseVersion, Expr::value(version))
+                    .filter(editor_session::Column::Id.eq(session))
+                    .filter(
+                        sea_orm::Condition::any()
+                            .add(editor_session::Column::BaseVersion.is_null())
+                            .add(editor_session::Column::BaseVersion.ne(version)),
+                    )
+                    .exec(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
+}
+
+/// What a save did.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+enum Saved {
+    Version(project::Model),
+    /// Refused: the session's base was stale. Kept as conflicted save `conflict`.
+    Conflicted {
+        current: i32,
+        conflict: i64,
+    },
+}
+
+/// The editor's save (`PUT …/projects/{id}`): every save that lands is a version. The row is
+/// locked before the access check, so concurrent saves of one project queue up and each
+/// raises the version by exactly one. Content is validated as `updateProject`'s (size, depth,
+/// asset references).
+///
+/// - On the plain route (`session` = None) the editor sends no version: the last writer wins.
+/// - Through an editing session it is a compare-and-set from the version that session last
+///   served or saved (its base, in the database): a stale save is not a version but a
+///   conflicted save, kept with its content, and answered `VERSION_CONFLICT` with the
+///   conflict's id. A saved one moves the session's base to the new version.
 pub async fn save(
     svc: &Services,
     viewer: Viewer,
     id: ProjectId,
     content: ProjectContent,
+    session: Option<i64>,
 ) -> AppResult<project::Model> {
-    let staged = svc.blobs.stage_bytes(content.bytes.clone()).await?;
+    let staged = svc.blobs.stage_content(content.bytes.clone()).await?;
     let (key, size) = (staged.key.clone(), staged.size as i64);
     let refs = Arc::new(content.asset_refs);
     let saved = super::write::commit(svc, vec![staged], None, |txn| {
@@ -373,6 +420,27 @@ pub async fn save(
             access::project(txn, Some(viewer), &current)
                 .await?
                 .require_write("change")?;
+            if let Some(session) = session {
+                let base = editor_session::Entity::find_by_id(session)
+                    .one(txn)
+                    .await?
+                    .ok_or(AppError::Unauthenticated)?
+                    .base_version;
+                if let Some(base) = base
+                    && base != current.version
+                {
+                    // Its asset references must hold like a version's: a conflicted save
+                    // can be made current later.
+                    projects::resolve_assets(txn, &refs).await?;
+                    let conflict =
+                        history::keep_conflict(txn, &current, session, base, &key, size, viewer.id)
+                            .await?;
+                    return Ok(Saved::Conflicted {
+                        current: current.version,
+                        conflict,
+                    });
+                }
+            }
             let updated = project::Entity::update_many()
                 .col_expr(
                     project::Column::Version,
@@ -389,16 +457,44 @@ pub async fn save(
                 .ok_or(AppError::NotFound("project"))?;
             // Inside the transaction: MISSING_ASSETS rolls the whole save back.
             projects::relink_assets(txn, id, &refs).await?;
-            Ok(updated)
+            history::record(txn, &updated, Some(viewer.id), history::Via::Editor).await?;
+            if let Some(session) = session {
+                editor_session::Entity::update_many()
+                    .col_expr(
+                        editor_session::Column::BaseVersion,
+                        Expr::value(updated.version),
+                    )
+                    .filter(editor_session::Column::Id.eq(session))
+                    .exec(txn)
+                    .await?;
+            }
+            Ok(Saved::Version(updated))
         })
     })
     .await?;
-    tracing::info!(
-        project.id = saved.id,
-        project.version = saved.version,
-        "project_saved_by_editor"
-    );
-    Ok(saved)
+    match saved {
+        Saved::Version(saved) => {
+            svc.project_changes.changed(saved.id);
+            tracing::info!(
+                project.id = saved.id,
+                project.version = saved.version,
+                "project_saved_by_editor"
+            );
+            Ok(saved)
+        }
+        Saved::Conflicted { current, conflict } => {
+            tracing::info!(
+                project.id = %id,
+                project.version = current,
+                conflict.id = conflict,
+                "editor_save_conflicted"
+            );
+            Err(AppError::SaveConflicted {
+                current,
+                conflict_id: conflict,
+            })
+        }
+    }
 }
 
 /// The editor's "new project" (`POST /scratch/projects/`): a project of the viewer's with the
@@ -413,7 +509,7 @@ pub async fn create(
         Some(t) => t,
         None => Title::parse("Untitled")?,
     };
-    projects::create(svc, viewer, title, content, None).await
+    projects::create(svc, viewer, title, content, history::Via::Editor, None).await
 }
 
 /// The editor's "save as a copy" / remix (`POST /scratch/projects/?is_copy=1&original_id=…`):
@@ -430,7 +526,7 @@ pub async fn copy(
     let Some(content) = content else {
         return sharing::copy(svc, viewer, original, title, None).await;
     };
-    let staged = svc.blobs.stage_bytes(content.bytes.clone()).await?;
+    let staged = svc.blobs.stage_content(content.bytes.clone()).await?;
     let (key, size) = (staged.key.clone(), staged.size as i64);
     let refs = Arc::new(content.asset_refs);
     let title = title.map(Title::into_inner);
@@ -460,6 +556,7 @@ pub async fn copy(
             .insert(txn)
             .await?;
             projects::link_assets(txn, ProjectId(copy.id), &asset_ids).await?;
+            history::record(txn, &copy, Some(viewer.id), history::Via::Copy).await?;
             Ok(copy)
         })
     })

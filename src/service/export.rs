@@ -77,7 +77,7 @@ pub async fn build(svc: &Services, job: &job::Model) -> Result<StagedBlob, Build
         .source_key
         .as_deref()
         .ok_or_else(|| failed("the job does not name the project's content"))?;
-    let json = match svc.blobs.read(key).await {
+    let json = match svc.blobs.read_content(key).await {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(failed(format!(

@@ -3,7 +3,9 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use entity::{asset, backpack_item, job, lease::LeaseStatus, project};
+use entity::{
+    asset, backpack_item, job, lease::LeaseStatus, project, project_conflict, project_version,
+};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use crate::{error::AppResult, service::Services, storage::RecoveryReport};
@@ -115,11 +117,28 @@ async fn referenced_keys<C: ConnectionTrait>(
         let sources: Vec<Option<String>> = job::Entity::find()
             .select_only()
             .column(job::Column::SourceKey)
-            .filter(job::Column::SourceKey.is_in(chunk))
+            .filter(job::Column::SourceKey.is_in(chunk.clone()))
             .filter(job::Column::Status.is_in([LeaseStatus::Pending, LeaseStatus::Running]))
             .into_tuple()
             .all(conn)
             .await?;
+        // Every retained version's content and every kept conflicted save's (history).
+        let versions: Vec<String> = project_version::Entity::find()
+            .select_only()
+            .column(project_version::Column::ContentKey)
+            .filter(project_version::Column::ContentKey.is_in(chunk.clone()))
+            .into_tuple()
+            .all(conn)
+            .await?;
+        let conflicts: Vec<String> = project_conflict::Entity::find()
+            .select_only()
+            .column(project_conflict::Column::ContentKey)
+            .filter(project_conflict::Column::ContentKey.is_in(chunk.clone()))
+            .into_tuple()
+            .all(conn)
+            .await?;
+        out.extend(versions);
+        out.extend(conflicts);
         out.extend(bundles.into_iter().flatten());
         out.extend(sources.into_iter().flatten());
         out.extend(projects);
@@ -247,7 +266,10 @@ pub async fn fsck(svc: &Services) -> AppResult<Vec<Violation>> {
         for p in page {
             let subject = format!("project {}", p.id);
             let path = locate(&p.content_key);
-            let bytes = match tokio::fs::read(&path).await {
+            let bytes = match tokio::fs::read(&path)
+                .await
+                .and_then(crate::storage::decode_content)
+            {
                 Ok(b) => b,
                 Err(e) => {
                     out.push(Violation {
@@ -318,6 +340,65 @@ pub async fn fsck(svc: &Services) -> AppResult<Vec<Violation>> {
         }
     }
 
+    // I10: every retained version and kept conflicted save names content that is stored and
+    // is a project; a project's current version is in its history.
+    let mut after = (0i64, 0i32);
+    loop {
+        use sea_orm::{QueryOrder, QuerySelect};
+        let page = project_version::Entity::find()
+            .filter(
+                sea_orm::Condition::any()
+                    .add(project_version::Column::ProjectId.gt(after.0))
+                    .add(
+                        sea_orm::Condition::all()
+                            .add(project_version::Column::ProjectId.eq(after.0))
+                            .add(project_version::Column::Version.gt(after.1)),
+                    ),
+            )
+            .order_by_asc(project_version::Column::ProjectId)
+            .order_by_asc(project_version::Column::Version)
+            .limit(500)
+            .all(conn)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = (last.project_id, last.version);
+        for v in page {
+            if let Some(detail) = unreadable_content(&locate(&v.content_key)).await {
+                out.push(Violation {
+                    invariant: "I10",
+                    subject: format!("project {} version {}", v.project_id, v.version),
+                    detail: format!("content blob {}: {detail}", v.content_key),
+                });
+            }
+        }
+    }
+    let unrecorded = conn
+        .query_all_raw(sea_orm::Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT p.id, p.version FROM projects p WHERE NOT EXISTS \
+             (SELECT 1 FROM project_versions v WHERE v.project_id = p.id AND v.version = p.version)",
+        ))
+        .await?
+        .into_iter()
+        .map(|row| Ok((row.try_get::<i64>("", "id")?, row.try_get::<i32>("", "version")?)))
+        .collect::<Result<Vec<_>, sea_orm::DbErr>>()?;
+    for (id, version) in unrecorded {
+        out.push(Violation {
+            invariant: "I10",
+            subject: format!("project {id}"),
+            detail: format!("current version {version} has no history entry"),
+        });
+    }
+    for c in project_conflict::Entity::find().all(conn).await? {
+        if let Some(detail) = unreadable_content(&locate(&c.content_key)).await {
+            out.push(Violation {
+                invariant: "I10",
+                subject: format!("conflict {}", c.id),
+                detail: format!("content blob {}: {detail}", c.content_key),
+            });
+        }
+    }
+
     for path in &census.stale {
         out.push(Violation {
             invariant: "STAGING",
@@ -326,6 +407,21 @@ pub async fn fsck(svc: &Services) -> AppResult<Vec<Violation>> {
         });
     }
     Ok(out)
+}
+
+/// Why the content blob at `path` is not a readable project (None when it is one).
+async fn unreadable_content(path: &std::path::Path) -> Option<String> {
+    let bytes = match tokio::fs::read(path)
+        .await
+        .and_then(crate::storage::decode_content)
+    {
+        Ok(b) => b,
+        Err(e) => return Some(format!("unreadable: {e}")),
+    };
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(_)) => None,
+        _ => Some("not a JSON object".to_owned()),
+    }
 }
 
 /// What [`gc`] removed (or would remove, with `dry_run`).
@@ -345,6 +441,20 @@ pub struct GcReport {
 /// commits after it checks for the blob only after its commit, finds it gone, and publishes
 /// its own staged copy of the same bytes.
 pub async fn gc(svc: &Services, grace: std::time::Duration, dry_run: bool) -> AppResult<GcReport> {
+    gc_with(svc, grace, dry_run, super::history::Retention::default()).await
+}
+
+/// [`gc`] under a history retention: versions and conflicts retention lets go are removed
+/// first (not with `dry_run`), so their blobs can be collected in the same run.
+pub async fn gc_with(
+    svc: &Services,
+    grace: std::time::Duration,
+    dry_run: bool,
+    retention: super::history::Retention,
+) -> AppResult<GcReport> {
+    if !dry_run {
+        super::history::prune(svc, retention).await?;
+    }
     let blobs = svc.blobs.clone();
     let candidates = tokio::task::spawn_blocking(move || blobs.blobs_older_than(grace))
         .await

@@ -5,11 +5,13 @@ pub mod access;
 pub mod assets;
 pub mod backpack;
 pub mod builtin;
+pub mod changes;
 pub mod coalesce;
 pub mod credential;
 pub mod editor;
 pub mod editor_page;
 pub mod export;
+pub mod history;
 pub mod idempotency;
 pub mod identity;
 pub mod imports;
@@ -47,6 +49,8 @@ pub struct Services {
     pub subscriptions: std::sync::Arc<subscriptions::Subscriptions>,
     /// Editing sessions and project tokens: lifetimes, and the public URL of their hosts.
     pub editor: editor::EditorSettings,
+    /// Project versions committed (heard here, and on PostgreSQL from every process).
+    pub project_changes: std::sync::Arc<changes::ProjectChanges>,
 }
 
 impl Services {
@@ -76,6 +80,7 @@ impl Services {
             oidc: None,
             subscriptions: Default::default(),
             editor: Default::default(),
+            project_changes: Default::default(),
         }
     }
 }
@@ -93,6 +98,12 @@ impl Services {
             .subscribe(
                 jobs::CHANNEL,
                 Arc::new(jobs::JobSubscriber(self.jobs.clone())),
+            )
+            .subscribe(
+                changes::CHANNEL,
+                Arc::new(changes::ProjectChangeSubscriber(
+                    self.project_changes.clone(),
+                )),
             )
     }
 

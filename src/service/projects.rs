@@ -15,7 +15,12 @@ use sea_orm::{
 use crate::{
     domain::{AssetRef, ProjectContent, ProjectId, Title, UserId, Viewer},
     error::{AppError, AppResult},
-    service::{Services, access, now, write::Effect},
+    service::{
+        Services, access,
+        history::{self, Via},
+        now,
+        write::Effect,
+    },
 };
 
 /// Largest page a client may ask for.
@@ -54,9 +59,10 @@ pub async fn create(
     viewer: Viewer,
     title: Title,
     content: ProjectContent,
+    via: Via,
     effect: Option<&Effect>,
 ) -> AppResult<project::Model> {
-    let staged = svc.blobs.stage_bytes(content.bytes.clone()).await?;
+    let staged = svc.blobs.stage_content(content.bytes.clone()).await?;
     let key = staged.key.clone();
     let size = staged.size as i64;
     let refs = Arc::new(content.asset_refs);
@@ -67,6 +73,7 @@ pub async fn create(
             let asset_ids = resolve_assets(txn, &refs).await?;
             let project = new_row(viewer, title, key, size, None).insert(txn).await?;
             link_assets(txn, ProjectId(project.id), &asset_ids).await?;
+            history::record(txn, &project, Some(viewer.id), via).await?;
             Ok(project)
         })
     })
@@ -115,62 +122,95 @@ pub async fn update(
         });
     }
     let staged = match &content {
-        Some(c) => Some(svc.blobs.stage_bytes(c.bytes.clone()).await?),
+        Some(c) => Some(svc.blobs.stage_content(c.bytes.clone()).await?),
         None => None,
     };
     let new_content = staged.as_ref().map(|s| (s.key.clone(), s.size as i64));
     let refs = content.map(|c| Arc::new(c.asset_refs));
     let title = title.map(Title::into_inner);
     let started = std::time::Instant::now();
-    let written = match refs {
-        // A rename is one statement: it commits by itself, without BEGIN and COMMIT's two
-        // extra round trips. (An idempotent one needs a transaction for its effect.)
-        None if effect.is_none() => {
-            svc.db
-                .write_one(|conn| {
-                    let title = title.clone();
-                    Box::pin(compare_and_set(conn, viewer, id, expected, title, None))
-                })
-                .await
-        }
-        refs => {
-            super::write::commit(svc, staged.into_iter().collect(), effect, |txn| {
-                let (refs, title, new_content) = (refs.clone(), title.clone(), new_content.clone());
-                Box::pin(async move {
-                    let updated =
-                        compare_and_set(txn, viewer, id, expected, title, new_content).await?;
-                    if let Some(refs) = refs {
-                        // Inside the transaction: MISSING_ASSETS rolls the version bump back.
-                        relink_assets(txn, id, &refs).await?;
-                    }
-                    Ok(updated)
-                })
-            })
-            .await
-        }
-    };
-    let project = match written {
-        Ok(project) => {
-            svc.pacer.record_update(started.elapsed());
-            project
-        }
-        Err(AppError::VersionConflict {
-            expected, current, ..
-        }) => {
-            // Losers of a race on one row are spread out rather than sent back as a herd.
-            return Err(AppError::VersionConflict {
-                expected,
-                current,
-                retry_after: Some(svc.pacer.after_conflict(id.0)),
-            });
-        }
-        Err(e) => return Err(e),
-    };
+    // Every change is a version: even a rename writes two rows, in one transaction.
+    let written = super::write::commit(svc, staged.into_iter().collect(), effect, |txn| {
+        let (refs, title, new_content) = (refs.clone(), title.clone(), new_content.clone());
+        Box::pin(async move {
+            let updated = compare_and_set(txn, viewer, id, expected, title, new_content).await?;
+            if let Some(refs) = refs {
+                // Inside the transaction: MISSING_ASSETS rolls the version bump back.
+                relink_assets(txn, id, &refs).await?;
+            }
+            history::record(txn, &updated, Some(viewer.id), Via::Graphql).await?;
+            Ok(updated)
+        })
+    })
+    .await;
+    let project = paced(svc, id, started, written)?;
+    svc.project_changes.changed(project.id);
     tracing::info!(
         project.id = project.id,
         project.version = project.version,
         "project_updated"
     );
+    Ok(project)
+}
+
+/// A compare-and-set outcome, with the pacer told: losers of a race on one row are spread
+/// out rather than sent back as a herd.
+fn paced(
+    svc: &Services,
+    id: ProjectId,
+    started: std::time::Instant,
+    written: AppResult<project::Model>,
+) -> AppResult<project::Model> {
+    match written {
+        Ok(project) => {
+            svc.pacer.record_update(started.elapsed());
+            Ok(project)
+        }
+        Err(AppError::VersionConflict {
+            expected, current, ..
+        }) => Err(AppError::VersionConflict {
+            expected,
+            current,
+            retry_after: Some(svc.pacer.after_conflict(id.0)),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes stored content current again as a new version (a restore, a conflicted save kept):
+/// compare-and-set against `expected`, the asset links re-pointed, the version recorded with
+/// `via`, and `resolved` (a conflict id) marked with the version it became. The content's blob
+/// is already stored and referenced (by a version or a conflict), so nothing is staged.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn make_current(
+    svc: &Services,
+    viewer: Viewer,
+    id: ProjectId,
+    expected: i32,
+    title: Option<Title>,
+    content: (String, i64),
+    refs: Arc<Vec<AssetRef>>,
+    via: Via,
+    effect: Option<&Effect>,
+    resolved: Option<i64>,
+) -> AppResult<project::Model> {
+    let title = title.map(Title::into_inner);
+    let started = std::time::Instant::now();
+    let written = super::write::commit(svc, Vec::new(), effect, |txn| {
+        let (refs, title, content) = (refs.clone(), title.clone(), content.clone());
+        Box::pin(async move {
+            let updated = compare_and_set(txn, viewer, id, expected, title, Some(content)).await?;
+            relink_assets(txn, id, &refs).await?;
+            history::record(txn, &updated, Some(viewer.id), via).await?;
+            if let Some(conflict) = resolved {
+                history::mark_resolved(txn, conflict, updated.version).await?;
+            }
+            Ok(updated)
+        })
+    })
+    .await;
+    let project = paced(svc, id, started, written)?;
+    svc.project_changes.changed(project.id);
     Ok(project)
 }
 
@@ -284,7 +324,7 @@ pub async fn content(svc: &Services, project: &project::Model) -> AppResult<serd
     let mut key = project.content_key.clone();
     let mut rereads = 0;
     let bytes = loop {
-        match svc.blobs.read(&key).await {
+        match svc.blobs.read_content(&key).await {
             Ok(bytes) => break bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && rereads < MAX_REREADS => {
                 rereads += 1;

@@ -145,6 +145,7 @@ pub async fn copy(
             .insert(txn)
             .await?;
             copy_links(txn, source.id, copy.id).await?;
+            super::history::record(txn, &copy, Some(viewer.id), super::history::Via::Copy).await?;
             Ok(copy)
         })
     })

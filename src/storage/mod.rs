@@ -292,6 +292,14 @@ impl BlobStore {
         }
     }
 
+    /// Reads a project content blob: gzip-compressed ([`BlobStore::stage_content`]) or, if
+    /// written before content was compressed, the plain JSON (which never starts with gzip's
+    /// magic bytes: JSON text starts with `{`, `[` or whitespace).
+    pub async fn read_content(&self, key: &str) -> io::Result<Vec<u8>> {
+        let bytes = self.read(key).await?;
+        decode_content(bytes)
+    }
+
     /// For a key a committed row references: waits briefly for its publish, then publishes it
     /// from staging if that is where it still is.
     pub async fn ensure_published(&self, key: &str) -> io::Result<()> {
@@ -314,6 +322,17 @@ impl BlobStore {
 
 /// What an injected failure does: `enospc` fakes a full disk, `crash` kills the process on the
 /// spot (no destructors run, like `kill -9`), anything else is a plain I/O error.
+/// The JSON a content blob's bytes hold (see [`BlobStore::read_content`]).
+pub fn decode_content(bytes: Vec<u8>) -> io::Result<Vec<u8>> {
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::with_capacity(bytes.len() * 4);
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut out)?;
+        Ok(out)
+    } else {
+        Ok(bytes)
+    }
+}
+
 pub fn injected(point: &str, arg: Option<String>) -> io::Error {
     match arg.as_deref() {
         Some("enospc") => io::Error::from_raw_os_error(28),

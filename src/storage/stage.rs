@@ -54,6 +54,30 @@ impl BlobStore {
         .map_err(io::Error::other)?
     }
 
+    /// Stages a project's JSON as content: stored gzip-compressed, named (and described) by
+    /// the hash and size of the JSON itself, so a key means the same bytes whether its blob
+    /// is compressed or not (blobs written before compression stay plain and readable, see
+    /// [`BlobStore::read_content`]). Versions of a project differ in small parts, but every
+    /// version is a whole blob: compression is what keeps history cheap.
+    pub async fn stage_content(&self, json: Arc<Vec<u8>>) -> io::Result<StagedBlob> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut plain = Hasher::default();
+            plain.update(&json);
+            let mut gz = flate2::write::GzEncoder::new(
+                Vec::with_capacity(json.len() / 4 + 64),
+                flate2::Compression::new(6),
+            );
+            gz.write_all(&json)?;
+            let compressed = gz.finish()?;
+            let mut writer = store.begin_staging()?;
+            writer.write(&compressed)?;
+            writer.finish_as(plain)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
     /// Starts a staged write; feed it with [`StagingWriter::write`].
     pub fn begin_staging(&self) -> io::Result<StagingWriter> {
         let id = uuid::Uuid::new_v4().simple().to_string();
@@ -100,6 +124,13 @@ impl StagingWriter {
 
     /// Flushes, fsyncs and names the file after its hash, ready to publish.
     pub fn finish(mut self) -> io::Result<StagedBlob> {
+        let hasher = std::mem::take(&mut self.hasher);
+        self.finish_as(hasher)
+    }
+
+    /// [`Self::finish`], named and described by `named` (the hash of what the written bytes
+    /// encode) instead of the written bytes' own hash.
+    fn finish_as(mut self, named: Hasher) -> io::Result<StagedBlob> {
         let file = self.file.take().expect("finish called once");
         let file = file.into_inner().map_err(|e| e.into_error())?;
         fail::fail_point!("storage::stage_fsync", |arg| Err(super::injected(
@@ -108,8 +139,7 @@ impl StagingWriter {
         )));
         file.sync_all()?;
         drop(file);
-        let hasher = std::mem::take(&mut self.hasher);
-        let (md5, sha256, size) = hasher.finish();
+        let (md5, sha256, size) = named.finish();
         let ready = self
             .store
             .inner

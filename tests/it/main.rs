@@ -17,6 +17,7 @@ mod editor_page;
 mod errors;
 mod exports;
 mod graphiql;
+mod history;
 mod hostile;
 mod http;
 mod idempotency;

@@ -62,21 +62,23 @@ pub async fn get(
                 }
                 None => super::plain_caller(&state, &headers).await?.viewer,
             };
-            load(&state, viewer, id).await
+            Ok(load(&state, viewer, id).await?.0)
         }
         .await,
     )
 }
 
+/// The project's JSON, and the version it is.
 async fn load(
     state: &AppState,
     viewer: Option<Viewer>,
     id: ProjectId,
-) -> AppResult<serde_json::Value> {
+) -> AppResult<(serde_json::Value, i32)> {
     let project = service::projects::get(&state.services, viewer, id)
         .await?
         .ok_or(AppError::NotFound("project"))?;
-    service::projects::content(&state.services, &project).await
+    let json = service::projects::content(&state.services, &project).await?;
+    Ok((json, project.version))
 }
 
 /// The body, as project content (bounded before parsing).
@@ -102,9 +104,10 @@ async fn save(
     viewer: Viewer,
     id: ProjectId,
     body: Body,
+    session: Option<i64>,
 ) -> AppResult<serde_json::Value> {
     let content = content(state, body).await?;
-    let saved = service::editor::save(&state.services, viewer, id, content).await?;
+    let saved = service::editor::save(&state.services, viewer, id, content, session).await?;
     Ok(serde_json::json!({
         "status": "ok",
         "content-name": saved.id.to_string(),
@@ -123,7 +126,7 @@ pub async fn put(
         async {
             let id = parse_project_id(&id)?;
             let viewer = super::writer(&state, &headers).await?;
-            save(&state, viewer, id, body).await
+            save(&state, viewer, id, body, None).await
         }
         .await,
     )
@@ -225,7 +228,10 @@ pub async fn session_get(
         async {
             let id = parse_project_id(&id)?;
             let grant = super::session_grant(&state, &token, Some(id)).await?;
-            load(&state, Some(grant.viewer), id).await
+            let (json, version) = load(&state, Some(grant.viewer), id).await?;
+            // The base of this session's next save: the version it now holds.
+            service::editor::served(&state.services, grant.session, version).await?;
+            Ok(json)
         }
         .await,
     )
@@ -242,7 +248,7 @@ pub async fn session_put(
             let id = parse_project_id(&id)?;
             let grant = super::session_grant(&state, &token, Some(id)).await?;
             super::require_write(&grant)?;
-            save(&state, grant.viewer, id, body).await
+            save(&state, grant.viewer, id, body, Some(grant.session)).await
         }
         .await,
     )

@@ -61,7 +61,7 @@ pub(super) async fn prepare_file(
     );
     let stored = stored_assets(svc, &sb3).await?;
     let mut new_assets = Vec::new();
-    let mut to_stage = vec![sb3.content.bytes.clone()];
+    let mut to_stage = Vec::new();
     for a in &sb3.assets {
         let kind = a.format.kind();
         if stored.get(&(a.md5.as_str().to_owned(), kind)) == Some(&a.sha256) {
@@ -76,12 +76,7 @@ pub(super) async fn prepare_file(
         });
         to_stage.push(a.bytes.clone());
     }
-    let staged = futures::future::try_join_all(
-        to_stage
-            .into_iter()
-            .map(|bytes| svc.blobs.stage_bytes(bytes)),
-    )
-    .await?;
+    let staged = stage_all(svc, sb3.content.bytes.clone(), to_stage).await?;
     let plan = Plan {
         run_id,
         title,
@@ -95,13 +90,30 @@ pub(super) async fn prepare_file(
 
 /// Stages the blobs of a plan again (for a retry after its batch failed and dropped them).
 pub(super) async fn restage(svc: &Services, plan: &Plan, sb3: &Sb3) -> AppResult<Vec<StagedBlob>> {
-    let mut bytes = vec![sb3.content.bytes.clone()];
+    let mut bytes = Vec::new();
     for new in &plan.new_assets {
         if let Some(a) = sb3.assets.iter().find(|a| a.sha256 == new.sha256) {
             bytes.push(a.bytes.clone());
         }
     }
-    Ok(futures::future::try_join_all(bytes.into_iter().map(|b| svc.blobs.stage_bytes(b))).await?)
+    stage_all(svc, sb3.content.bytes.clone(), bytes).await
+}
+
+/// Stages a file's project JSON (first, as content: compressed) and its new assets (as they
+/// are), concurrently.
+async fn stage_all(
+    svc: &Services,
+    content: Arc<Vec<u8>>,
+    assets: Vec<Arc<Vec<u8>>>,
+) -> AppResult<Vec<StagedBlob>> {
+    let (content, assets) = futures::future::try_join(
+        svc.blobs.stage_content(content),
+        futures::future::try_join_all(assets.into_iter().map(|b| svc.blobs.stage_bytes(b))),
+    )
+    .await?;
+    let mut staged = vec![content];
+    staged.extend(assets);
+    Ok(staged)
 }
 
 /// The (md5, kind) → sha256 of the file's assets that are stored already.

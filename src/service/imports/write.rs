@@ -70,6 +70,13 @@ pub(super) async fn write_one(
     .insert(txn)
     .await?;
     crate::service::projects::link_assets(txn, ProjectId(project.id), &asset_ids).await?;
+    crate::service::history::record(
+        txn,
+        &project,
+        Some(owner.id),
+        crate::service::history::Via::Import,
+    )
+    .await?;
     let completed = lease::finish::<import_run::Entity>(
         import_run::Column::Id.eq(plan.run_id),
         claimer,

@@ -29,7 +29,7 @@
 mod claim;
 mod queue;
 mod runner;
-mod watch;
+pub(crate) mod watch;
 mod worker;
 
 use std::time::Duration;

@@ -110,7 +110,7 @@ pub fn watch(
 
 /// Why [`wait_for_change`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Woke {
+pub(crate) enum Woke {
     /// The job may have changed (a notification, lagged notifications, the poll).
     Job,
     /// This process heard of an authority change.
@@ -120,7 +120,7 @@ pub(super) enum Woke {
 /// Returns when job `id` may have changed, or who may see it: a notification for it, missed
 /// notifications (lagged), an authority change (after a random moment, see
 /// `credential::recheck_delay`), or the poll interval passing.
-pub(super) async fn wait_for_change(
+pub(crate) async fn wait_for_change(
     rx: &mut broadcast::Receiver<i64>,
     authority_changes: &mut tokio::sync::watch::Receiver<u64>,
     id: i64,
