@@ -349,6 +349,8 @@ async fn services(store: &StoreConfig, limits: Limits) -> AppResult<Services> {
 
 async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
     tracing::info!(config = ?store, listen = %cfg.listen, "starting");
+    // Checked before anything starts: a bad template is a config error, not a late surprise.
+    let upstream = asset_upstream(&cfg)?;
     let svc = services(
         store,
         Limits {
@@ -374,6 +376,7 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
     let public_url = cfg.auth.public_url(addr);
     let svc = Services {
         oidc: oidc(&cfg.auth, &public_url, &store.data_dir)?,
+        upstream,
         editor: service::editor::EditorSettings {
             session_ttl: Duration::from_secs(cfg.editor_session_ttl_secs.max(1)),
             project_token_ttl: Duration::from_secs(cfg.project_token_ttl_secs.max(1)),
@@ -436,6 +439,29 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
     svc.db.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The upstream asset host, when `ATELIER_ASSET_UPSTREAM` is set.
+fn asset_upstream(
+    cfg: &ServeConfig,
+) -> AppResult<Option<std::sync::Arc<service::upstream::Upstream>>> {
+    let settings = cfg
+        .asset_upstream()
+        .map_err(|e| AppError::bad_input("ATELIER_ASSET_UPSTREAM", e))?;
+    let Some(settings) = settings else {
+        tracing::info!("asset pull-through is off (ATELIER_ASSET_UPSTREAM is not set)");
+        return Ok(None);
+    };
+    tracing::info!(
+        upstream = %settings.template,
+        max_bytes = settings.max_bytes,
+        timeout_ms = settings.timeout.as_millis() as u64,
+        concurrency = settings.concurrency,
+        "asset pull-through is on"
+    );
+    let upstream = service::upstream::Upstream::new(settings)
+        .map_err(|e| AppError::bad_input("ATELIER_ASSET_UPSTREAM", e))?;
+    Ok(Some(std::sync::Arc::new(upstream)))
 }
 
 /// The OpenID Connect relying party, when an issuer is configured.

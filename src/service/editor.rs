@@ -358,7 +358,7 @@ pub async fn save(
     id: ProjectId,
     content: ProjectContent,
 ) -> AppResult<project::Model> {
-    let staged = svc.blobs.stage_bytes(content.bytes.clone()).await?;
+    let staged = projects::stage_content(svc, &content).await?;
     let (key, size) = (staged.key.clone(), staged.size as i64);
     let refs = Arc::new(content.asset_refs);
     let saved = super::write::commit(svc, vec![staged], None, |txn| {
@@ -430,7 +430,7 @@ pub async fn copy(
     let Some(content) = content else {
         return sharing::copy(svc, viewer, original, title, None).await;
     };
-    let staged = svc.blobs.stage_bytes(content.bytes.clone()).await?;
+    let staged = projects::stage_content(svc, &content).await?;
     let (key, size) = (staged.key.clone(), staged.size as i64);
     let refs = Arc::new(content.asset_refs);
     let title = title.map(Title::into_inner);

@@ -26,6 +26,7 @@ pub mod secrets;
 pub mod sessions;
 pub mod sharing;
 pub mod subscriptions;
+pub mod upstream;
 pub mod write;
 
 use crate::{config::Limits, db::Db, storage::BlobStore};
@@ -47,6 +48,8 @@ pub struct Services {
     pub subscriptions: std::sync::Arc<subscriptions::Subscriptions>,
     /// Editing sessions and project tokens: lifetimes, and the public URL of their hosts.
     pub editor: editor::EditorSettings,
+    /// The upstream asset host missing assets are pulled from (`ATELIER_ASSET_UPSTREAM`).
+    pub upstream: Option<std::sync::Arc<upstream::Upstream>>,
 }
 
 impl Services {
@@ -76,6 +79,7 @@ impl Services {
             oidc: None,
             subscriptions: Default::default(),
             editor: Default::default(),
+            upstream: None,
         }
     }
 }
