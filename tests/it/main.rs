@@ -33,4 +33,5 @@ mod schema;
 mod scratch;
 mod scratch_backpack;
 mod sharing;
+mod upstream;
 mod ws;
