@@ -140,17 +140,19 @@ async fn answer(State(up): State<Upstream>, Path(name): Path<String>) -> Respons
 }
 
 async fn start(backend: Backend) -> (TestServer, Upstream) {
+    start_with(backend, &[]).await
+}
+
+async fn start_with(backend: Backend, extra: &[(&str, &str)]) -> (TestServer, Upstream) {
     let up = Upstream::start().await;
     let (timeout, max) = (TIMEOUT_MS.to_string(), MAX_BYTES.to_string());
-    let s = TestServer::start_with(
-        backend,
-        &[
-            ("ATELIER_ASSET_UPSTREAM", up.url.as_str()),
-            ("ATELIER_ASSET_UPSTREAM_TIMEOUT_MS", timeout.as_str()),
-            ("ATELIER_ASSET_UPSTREAM_MAX_BYTES", max.as_str()),
-        ],
-    )
-    .await;
+    let mut env = vec![
+        ("ATELIER_ASSET_UPSTREAM", up.url.as_str()),
+        ("ATELIER_ASSET_UPSTREAM_TIMEOUT_MS", timeout.as_str()),
+        ("ATELIER_ASSET_UPSTREAM_MAX_BYTES", max.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let s = TestServer::start_with(backend, &env).await;
     (s, up)
 }
 
@@ -475,6 +477,61 @@ async fn without_the_setting_nothing_is_fetched(s: TestServer) {
     assert_eq!(get(&s, &format!("/assets/{name}")).await.0, 404);
     assert_eq!(up.total_requests(), 0);
     assert_eq!(fetches(&s, "ok").await, 0);
+}
+
+/// Anonymous GET misses spend a small budget of upstream fetches; signed-in GETs and saves
+/// do not.
+mod anonymous_gets_are_rate_bounded {
+    use super::*;
+
+    async fn run(backend: Backend) {
+        let (s, up) = start_with(
+            backend,
+            &[("ATELIER_ASSET_UPSTREAM_ANONYMOUS_PER_MINUTE", "2")],
+        )
+        .await;
+        let names: Vec<String> = (40..44).map(|n| up.library(svg(n), "svg")).collect();
+        assert_eq!(get(&s, &format!("/assets/{}", names[0])).await.0, 200);
+        assert_eq!(get(&s, &format!("/assets/{}", names[1])).await.0, 200);
+        // The budget is spent: a plain 404, the upstream is not asked.
+        assert_eq!(get(&s, &format!("/assets/{}", names[2])).await.0, 404);
+        assert_eq!(up.requests(&names[2]), 0);
+        assert_eq!(
+            s.metric("atelier_asset_upstream_skipped_total{reason=\"rate_limited\"}")
+                .await,
+            1
+        );
+        // A signed-in GET and a save are not counted against it.
+        let alice = s.user("alice").await;
+        let resp = reqwest::Client::new()
+            .get(format!("{}/assets/{}", s.base_url, names[2]))
+            .bearer_auth(alice.token.as_deref().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        alice
+            .create_project("p", content(&[names[3].as_str()], &[]))
+            .await;
+        assert_eq!(up.total_requests(), 4);
+        // Stored now: anyone gets them without a fetch.
+        assert_eq!(get(&s, &format!("/assets/{}", names[3])).await.0, 200);
+        assert_eq!(up.total_requests(), 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite() {
+        run(Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(
+        not(atelier_pg_tests),
+        ignore = "set TEST_DATABASE_URL to run the PostgreSQL variant"
+    )]
+    async fn postgres() {
+        run(Backend::Postgres).await;
+    }
 }
 
 /// A template that is not an http(s) URL with `{md5ext}` stops the server at start with a
