@@ -296,8 +296,25 @@ async fn run(
     md5: Md5,
     format: DataFormat,
 ) -> Outcome {
+    /// Ends the fetch however its task ends (a panic too): never left in flight for good.
+    struct Finish<'a> {
+        upstream: &'a Upstream,
+        key: &'a str,
+        outcome: Outcome,
+    }
+    impl Drop for Finish<'_> {
+        fn drop(&mut self) {
+            self.upstream.finish(self.key, self.outcome);
+        }
+    }
+    let mut finish = Finish {
+        upstream: &upstream,
+        key: &key,
+        outcome: Outcome::Failed("error"),
+    };
     let started = Instant::now();
-    let outcome = fetch_and_store(&svc, &upstream, &key, &md5, format).await;
+    let outcome = fetch_and_store(&svc, finish.upstream, finish.key, &md5, format).await;
+    finish.outcome = outcome;
     match outcome {
         Outcome::Stored => {}
         Outcome::Failed(o) => svc.db.metrics.record_upstream_fetch(o),
@@ -309,7 +326,6 @@ async fn run(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "upstream_fetch_done"
     );
-    upstream.finish(&key, outcome);
     outcome
 }
 
