@@ -445,12 +445,25 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
 fn asset_upstream(
     cfg: &ServeConfig,
 ) -> AppResult<Option<std::sync::Arc<service::upstream::Upstream>>> {
-    let settings = cfg
-        .asset_upstream()
-        .map_err(|e| AppError::bad_input("ATELIER_ASSET_UPSTREAM", e))?;
-    let Some(settings) = settings else {
+    let Some(raw) = cfg
+        .asset_upstream
+        .as_deref()
+        .filter(|t| !t.trim().is_empty())
+    else {
         tracing::info!("asset pull-through is off (ATELIER_ASSET_UPSTREAM is not set)");
         return Ok(None);
+    };
+    // Not an http(s) URL with `{md5ext}`: a config error naming the setting.
+    let template = service::upstream::UpstreamSettings::check_template(raw)
+        .map_err(|e| AppError::bad_input("ATELIER_ASSET_UPSTREAM", e))?;
+    let settings = service::upstream::UpstreamSettings {
+        template,
+        max_bytes: cfg.asset_upstream_max_bytes.unwrap_or(cfg.max_asset_bytes),
+        timeout: Duration::from_millis(cfg.asset_upstream_timeout_ms.max(1)),
+        connect_timeout: Duration::from_millis(cfg.asset_upstream_connect_timeout_ms.max(1)),
+        concurrency: cfg.asset_upstream_concurrency.max(1),
+        negative_ttl: Duration::from_secs(cfg.asset_upstream_negative_ttl_secs),
+        anonymous_per_minute: cfg.asset_upstream_anonymous_per_minute,
     };
     tracing::info!(
         upstream = %settings.template,

@@ -279,32 +279,6 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    /// The upstream asset host's settings, or None when `ATELIER_ASSET_UPSTREAM` is unset
-    /// (or empty). A template that is not an http(s) URL with `{md5ext}` is a config error.
-    pub fn asset_upstream(
-        &self,
-    ) -> Result<Option<crate::service::upstream::UpstreamSettings>, String> {
-        let Some(raw) = self
-            .asset_upstream
-            .as_deref()
-            .filter(|t| !t.trim().is_empty())
-        else {
-            return Ok(None);
-        };
-        let template = crate::service::upstream::UpstreamSettings::check_template(raw)?;
-        Ok(Some(crate::service::upstream::UpstreamSettings {
-            template,
-            max_bytes: self
-                .asset_upstream_max_bytes
-                .unwrap_or(self.max_asset_bytes),
-            timeout: Duration::from_millis(self.asset_upstream_timeout_ms.max(1)),
-            connect_timeout: Duration::from_millis(self.asset_upstream_connect_timeout_ms.max(1)),
-            concurrency: self.asset_upstream_concurrency.max(1),
-            negative_ttl: Duration::from_secs(self.asset_upstream_negative_ttl_secs),
-            anonymous_per_minute: self.asset_upstream_anonymous_per_minute,
-        }))
-    }
-
     /// The bounds every GraphQL operation is held to.
     pub fn query_limits(&self) -> crate::graphql::QueryLimits {
         crate::graphql::QueryLimits {
