@@ -370,6 +370,8 @@ async fn services(store: &StoreConfig, limits: Limits) -> AppResult<Services> {
 
 async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
     tracing::info!(config = ?store, listen = %cfg.listen, "starting");
+    // Checked before anything starts: a bad template is a config error, not a late surprise.
+    let upstream = asset_upstream(&cfg)?;
     let svc = services(
         store,
         Limits {
@@ -395,6 +397,7 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
     let public_url = cfg.auth.public_url(addr);
     let svc = Services {
         oidc: oidc(&cfg.auth, &public_url, &store.data_dir)?,
+        upstream,
         editor: service::editor::EditorSettings {
             session_ttl: Duration::from_secs(cfg.editor_session_ttl_secs.max(1)),
             project_token_ttl: Duration::from_secs(cfg.project_token_ttl_secs.max(1)),
@@ -457,6 +460,42 @@ async fn serve(store: &StoreConfig, cfg: ServeConfig) -> AppResult<()> {
     svc.db.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The upstream asset host, when `ATELIER_ASSET_UPSTREAM` is set.
+fn asset_upstream(
+    cfg: &ServeConfig,
+) -> AppResult<Option<std::sync::Arc<service::upstream::Upstream>>> {
+    let Some(raw) = cfg
+        .asset_upstream
+        .as_deref()
+        .filter(|t| !t.trim().is_empty())
+    else {
+        tracing::info!("asset pull-through is off (ATELIER_ASSET_UPSTREAM is not set)");
+        return Ok(None);
+    };
+    // Not an http(s) URL with `{md5ext}`: a config error naming the setting.
+    let template = service::upstream::UpstreamSettings::check_template(raw)
+        .map_err(|e| AppError::bad_input("ATELIER_ASSET_UPSTREAM", e))?;
+    let settings = service::upstream::UpstreamSettings {
+        template,
+        max_bytes: cfg.asset_upstream_max_bytes.unwrap_or(cfg.max_asset_bytes),
+        timeout: Duration::from_millis(cfg.asset_upstream_timeout_ms.max(1)),
+        connect_timeout: Duration::from_millis(cfg.asset_upstream_connect_timeout_ms.max(1)),
+        concurrency: cfg.asset_upstream_concurrency.max(1),
+        negative_ttl: Duration::from_secs(cfg.asset_upstream_negative_ttl_secs),
+        anonymous_per_minute: cfg.asset_upstream_anonymous_per_minute,
+    };
+    tracing::info!(
+        upstream = %settings.template,
+        max_bytes = settings.max_bytes,
+        timeout_ms = settings.timeout.as_millis() as u64,
+        concurrency = settings.concurrency,
+        "asset pull-through is on"
+    );
+    let upstream = service::upstream::Upstream::new(settings)
+        .map_err(|e| AppError::bad_input("ATELIER_ASSET_UPSTREAM", e))?;
+    Ok(Some(std::sync::Arc::new(upstream)))
 }
 
 /// The OpenID Connect relying party, when an issuer is configured.

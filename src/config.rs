@@ -219,6 +219,61 @@ pub struct ServeConfig {
     #[arg(long, env = "ATELIER_EDITOR_DIR")]
     pub editor_dir: Option<PathBuf>,
 
+    /// An upstream asset host to pull missing assets from (e.g. Scratch's,
+    /// `https://assets.scratch.mit.edu/internalapi/asset/{md5ext}/get/`): a URL template,
+    /// http or https, in which `{md5ext}` stands for `<md5>.<ext>`. An asset a save names but
+    /// nobody uploaded (the editor's library sprites, costumes and sounds), or an asset GET
+    /// misses, is fetched from there once, checked against its md5 and stored like an upload.
+    /// Unset: nothing is ever fetched.
+    #[arg(long, env = "ATELIER_ASSET_UPSTREAM")]
+    pub asset_upstream: Option<String>,
+
+    /// Largest asset fetched from the upstream, in bytes (reading stops beyond it). Default:
+    /// `ATELIER_MAX_ASSET_BYTES`.
+    #[arg(long, env = "ATELIER_ASSET_UPSTREAM_MAX_BYTES")]
+    pub asset_upstream_max_bytes: Option<u64>,
+
+    /// How long one upstream fetch may take in all (connect, headers and body), in
+    /// milliseconds; a save waits at most about twice this for its missing assets.
+    #[arg(
+        long,
+        env = "ATELIER_ASSET_UPSTREAM_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub asset_upstream_timeout_ms: u64,
+
+    /// How long connecting to the upstream may take, in milliseconds.
+    #[arg(
+        long,
+        env = "ATELIER_ASSET_UPSTREAM_CONNECT_TIMEOUT_MS",
+        default_value_t = 3_000
+    )]
+    pub asset_upstream_connect_timeout_ms: u64,
+
+    /// Upstream fetches this process runs at once; more wait for a turn (at most the fetch
+    /// timeout, then the asset counts as missing).
+    #[arg(long, env = "ATELIER_ASSET_UPSTREAM_CONCURRENCY", default_value_t = 8)]
+    pub asset_upstream_concurrency: usize,
+
+    /// How long an asset the upstream did not deliver (not found, wrong md5, too large, an
+    /// error or a timeout) is not asked for again, in seconds.
+    #[arg(
+        long,
+        env = "ATELIER_ASSET_UPSTREAM_NEGATIVE_TTL_SECS",
+        default_value_t = 300
+    )]
+    pub asset_upstream_negative_ttl_secs: u64,
+
+    /// Upstream fetches that anonymous asset GETs may start per minute (a token bucket of
+    /// this size, refilled evenly); beyond it such a miss is a plain 404. Saves and signed-in
+    /// GETs are not counted.
+    #[arg(
+        long,
+        env = "ATELIER_ASSET_UPSTREAM_ANONYMOUS_PER_MINUTE",
+        default_value_t = 120
+    )]
+    pub asset_upstream_anonymous_per_minute: u32,
+
     #[command(flatten)]
     pub auth: AuthConfig,
 }

@@ -121,7 +121,20 @@ pub struct Metrics {
     read_batch_reads: AtomicU64,
     db_write_attempts: AtomicU64,
     db_write_retries: AtomicU64,
+    /// Requests to the upstream asset host, by [`UPSTREAM_OUTCOMES`].
+    upstream_fetches: [AtomicU64; UPSTREAM_OUTCOMES.len()],
+    /// Upstream fetches not made, by [`UPSTREAM_SKIPS`].
+    upstream_skips: [AtomicU64; UPSTREAM_SKIPS.len()],
 }
+
+/// How a request to the upstream asset host ended: `ok` (stored), `not_found` (404 or 410),
+/// `mismatch` (the bytes' md5 is not the name's), `refused` (too large, or not the format
+/// the extension names), `error` (network, timeout, another status, storage).
+pub const UPSTREAM_OUTCOMES: [&str; 5] = ["ok", "not_found", "mismatch", "refused", "error"];
+
+/// Why an upstream fetch was not made: `negative_cached` (it failed a moment ago),
+/// `rate_limited` (anonymous GETs used up their budget), `busy` (no turn within the timeout).
+pub const UPSTREAM_SKIPS: [&str; 3] = ["negative_cached", "rate_limited", "busy"];
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
@@ -158,6 +171,21 @@ impl Metrics {
         self.db_write_attempts.fetch_add(1, Relaxed);
         if retry {
             self.db_write_retries.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// One request to the upstream asset host that ended as `outcome` (one of
+    /// [`UPSTREAM_OUTCOMES`]).
+    pub fn record_upstream_fetch(&self, outcome: &str) {
+        if let Some(i) = UPSTREAM_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.upstream_fetches[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// One upstream fetch not made, for `reason` (one of [`UPSTREAM_SKIPS`]).
+    pub fn record_upstream_skip(&self, reason: &str) {
+        if let Some(i) = UPSTREAM_SKIPS.iter().position(|r| *r == reason) {
+            self.upstream_skips[i].fetch_add(1, Relaxed);
         }
     }
 
@@ -236,6 +264,24 @@ impl Metrics {
             "Writes run again after a busy database, a serialization failure or a connection lost before COMMIT.",
             self.db_write_retries.load(Relaxed),
         );
+        let name = "atelier_asset_upstream_fetches_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests to the upstream asset host (ATELIER_ASSET_UPSTREAM), by outcome.\n# TYPE {name} counter"
+        );
+        for (i, outcome) in UPSTREAM_OUTCOMES.iter().enumerate() {
+            let v = self.upstream_fetches[i].load(Relaxed);
+            let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {v}");
+        }
+        let name = "atelier_asset_upstream_skipped_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Upstream asset fetches not made, by reason.\n# TYPE {name} counter"
+        );
+        for (i, reason) in UPSTREAM_SKIPS.iter().enumerate() {
+            let v = self.upstream_skips[i].load(Relaxed);
+            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {v}");
+        }
         let _ = writeln!(
             out,
             "# HELP atelier_db_statement_seconds_total Time spent in SQL statements.\n# TYPE atelier_db_statement_seconds_total counter\natelier_db_statement_seconds_total {}",

@@ -33,6 +33,27 @@ pub async fn get(
     if_none_match: IfNoneMatch,
     headers: HeaderMap,
 ) -> Response {
+    serve(&state, &name, if_none_match, &headers, false).await
+}
+
+/// [`get`] for a caller already known to be signed in (an editing session's route): a miss
+/// it pulls from the upstream is not counted against the anonymous budget.
+pub async fn get_signed_in(
+    state: &AppState,
+    name: &str,
+    if_none_match: IfNoneMatch,
+    headers: &HeaderMap,
+) -> Response {
+    serve(state, name, if_none_match, headers, true).await
+}
+
+async fn serve(
+    state: &AppState,
+    name: &str,
+    if_none_match: IfNoneMatch,
+    headers: &HeaderMap,
+    signed_in: bool,
+) -> Response {
     let Some((md5, ext)) = name.split_once('.') else {
         return plain(StatusCode::BAD_REQUEST, "expected /assets/<md5>.<ext>");
     };
@@ -52,7 +73,7 @@ pub async fn get(
     // Only the `authenticated` policy needs to know who is asking.
     let viewer = match state.services.limits.asset_access {
         AssetAccess::Public => None,
-        AssetAccess::Authenticated => MaybeCaller::of(&state, &headers)
+        AssetAccess::Authenticated => MaybeCaller::of(state, headers)
             .await
             .ok()
             .and_then(|c| c.viewer),
@@ -62,7 +83,12 @@ pub async fn get(
     }
     let asset = match service::assets::find_by_md5ext(&state.services, &md5, format).await {
         Ok(Some(a)) => a,
-        Ok(None) => return plain(StatusCode::NOT_FOUND, "no such asset"),
+        Ok(None) => {
+            match pull_through(state, headers, &md5, format, signed_in || viewer.is_some()).await {
+                Some(a) => a,
+                None => return plain(StatusCode::NOT_FOUND, "no such asset"),
+            }
+        }
         Err(e) => {
             let status = error::status(&e);
             tracing::warn!(error = %e, "asset lookup failed");
@@ -120,7 +146,7 @@ pub async fn get(
             (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
         }
     };
-    let file = match open_at(&state, &asset.blob_key, start).await {
+    let file = match open_at(state, &asset.blob_key, start).await {
         Ok(f) => f,
         Err(e) => {
             tracing::error!(asset.id = asset.id, blob.key = %asset.blob_key, error = %e, "asset blob unreadable");
@@ -136,6 +162,36 @@ pub async fn get(
         64 * 1024,
     ));
     (status, resp_headers, body).into_response()
+}
+
+/// A miss, pulled from the upstream asset host if one is configured: the asset if it is
+/// stored now. Anonymous callers' fetches are rate-bounded (see `service::upstream`).
+async fn pull_through(
+    state: &AppState,
+    headers: &HeaderMap,
+    md5: &Md5,
+    format: DataFormat,
+    signed_in: bool,
+) -> Option<entity::asset::Model> {
+    use service::upstream::{Outcome, Trigger};
+    state.services.upstream.as_ref()?;
+    // Who asks matters only now, on a miss with an upstream: a hit never looks the caller up.
+    let signed_in = signed_in
+        || MaybeCaller::of(state, headers)
+            .await
+            .is_ok_and(|c| c.viewer.is_some());
+    let trigger = if signed_in {
+        Trigger::SignedInGet
+    } else {
+        Trigger::AnonymousGet
+    };
+    match service::upstream::pull(&state.services, md5, format, trigger).await {
+        Outcome::Stored => service::assets::find_by_md5ext(&state.services, md5, format)
+            .await
+            .ok()
+            .flatten(),
+        _ => None,
+    }
 }
 
 async fn open_at(state: &AppState, key: &str, start: u64) -> std::io::Result<tokio::fs::File> {

@@ -405,7 +405,7 @@ pub async fn save(
     content: ProjectContent,
     session: Option<i64>,
 ) -> AppResult<project::Model> {
-    let staged = svc.blobs.stage_content(content.bytes.clone()).await?;
+    let staged = projects::stage_content(svc, &content).await?;
     let (key, size) = (staged.key.clone(), staged.size as i64);
     let refs = Arc::new(content.asset_refs);
     let saved = super::write::commit(svc, vec![staged], None, |txn| {
@@ -526,7 +526,7 @@ pub async fn copy(
     let Some(content) = content else {
         return sharing::copy(svc, viewer, original, title, None).await;
     };
-    let staged = svc.blobs.stage_content(content.bytes.clone()).await?;
+    let staged = projects::stage_content(svc, &content).await?;
     let (key, size) = (staged.key.clone(), staged.size as i64);
     let refs = Arc::new(content.asset_refs);
     let title = title.map(Title::into_inner);

@@ -28,6 +28,7 @@ pub mod secrets;
 pub mod sessions;
 pub mod sharing;
 pub mod subscriptions;
+pub mod upstream;
 pub mod write;
 
 use crate::{config::Limits, db::Db, storage::BlobStore};
@@ -51,6 +52,8 @@ pub struct Services {
     pub editor: editor::EditorSettings,
     /// Project versions committed (heard here, and on PostgreSQL from every process).
     pub project_changes: std::sync::Arc<changes::ProjectChanges>,
+    /// The upstream asset host missing assets are pulled from (`ATELIER_ASSET_UPSTREAM`).
+    pub upstream: Option<std::sync::Arc<upstream::Upstream>>,
 }
 
 impl Services {
@@ -81,6 +84,7 @@ impl Services {
             subscriptions: Default::default(),
             editor: Default::default(),
             project_changes: Default::default(),
+            upstream: None,
         }
     }
 }

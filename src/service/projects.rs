@@ -62,7 +62,7 @@ pub async fn create(
     via: Via,
     effect: Option<&Effect>,
 ) -> AppResult<project::Model> {
-    let staged = svc.blobs.stage_content(content.bytes.clone()).await?;
+    let staged = stage_content(svc, &content).await?;
     let key = staged.key.clone();
     let size = staged.size as i64;
     let refs = Arc::new(content.asset_refs);
@@ -122,7 +122,7 @@ pub async fn update(
         });
     }
     let staged = match &content {
-        Some(c) => Some(svc.blobs.stage_content(c.bytes.clone()).await?),
+        Some(c) => Some(stage_content(svc, c).await?),
         None => None,
     };
     let new_content = staged.as_ref().map(|s| (s.key.clone(), s.size as i64));
@@ -431,8 +431,32 @@ pub(super) async fn resolve_assets<C: ConnectionTrait>(
     conn: &C,
     refs: &[AssetRef],
 ) -> AppResult<Vec<i64>> {
+    let (mut ids, missing) = lookup_assets(conn, refs).await?;
+    if !missing.is_empty() {
+        return Err(AppError::MissingAssets(
+            missing.into_iter().map(|r| r.md5ext.clone()).collect(),
+        ));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// The references of `refs` that [`resolve_assets`] would report missing.
+pub(super) async fn missing_refs<'r, C: ConnectionTrait>(
+    conn: &C,
+    refs: &'r [AssetRef],
+) -> AppResult<Vec<&'r AssetRef>> {
+    Ok(lookup_assets(conn, refs).await?.1)
+}
+
+/// (ids of the stored assets `refs` names, the references not stored in their format).
+async fn lookup_assets<'r, C: ConnectionTrait>(
+    conn: &C,
+    refs: &'r [AssetRef],
+) -> AppResult<(Vec<i64>, Vec<&'r AssetRef>)> {
     if refs.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let mut found: BTreeMap<(String, String), (i64, String)> = BTreeMap::new();
     // Bounded IN-lists: a project with thousands of costumes must not build one huge query.
@@ -464,15 +488,23 @@ pub(super) async fn resolve_assets<C: ConnectionTrait>(
     for r in refs {
         match found.get(&(r.md5.as_str().to_owned(), r.kind.as_str().to_owned())) {
             Some((id, data_format)) if data_format == r.format.extension() => ids.push(*id),
-            _ => missing.push(r.md5ext.clone()),
+            _ => missing.push(r),
         }
     }
-    if !missing.is_empty() {
-        return Err(AppError::MissingAssets(missing));
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    Ok(ids)
+    Ok((ids, missing))
+}
+
+/// Stages a content write's bytes, after pulling the assets it names that are not stored
+/// from the upstream asset host, if one is configured (outside any transaction: a fetch may
+/// take seconds). Every content-writing path goes through here (createProject,
+/// updateProject, the editor's save, new project and copy), so each one's missing-asset
+/// check inside its transaction sees what the upstream delivered.
+pub(super) async fn stage_content(
+    svc: &Services,
+    content: &ProjectContent,
+) -> AppResult<crate::storage::StagedBlob> {
+    super::upstream::pull_missing(svc, &content.asset_refs).await;
+    Ok(svc.blobs.stage_content(content.bytes.clone()).await?)
 }
 
 /// Points `project`'s asset links at exactly the assets `refs` names (MISSING_ASSETS when one

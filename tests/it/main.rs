@@ -34,4 +34,5 @@ mod schema;
 mod scratch;
 mod scratch_backpack;
 mod sharing;
+mod upstream;
 mod ws;

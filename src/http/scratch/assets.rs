@@ -5,7 +5,7 @@ use axum::{
     body::Body,
     extract::{Path, State},
     http::HeaderMap,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 
 use super::{AppState, error_response, ok};
@@ -134,7 +134,5 @@ pub async fn session_get(
     if let Err(e) = super::session_grant(&state, &token, None).await {
         return error_response(&e);
     }
-    crate::http::assets::get(State(state), Path(name), if_none_match, headers)
-        .await
-        .into_response()
+    crate::http::assets::get_signed_in(&state, &name, if_none_match, &headers).await
 }
