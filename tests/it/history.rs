@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::{
     both_backends,
     harness::{Backend, Client, TestServer, code},
+    ws::WsClient,
 };
 
 both_backends!(
@@ -17,6 +18,7 @@ both_backends!(
     concurrent_saves_are_gapless_versions,
     a_stale_session_save_is_kept_as_a_conflict,
     retention_and_gc_keep_what_history_promises,
+    project_changed_delivers_every_version_once_in_order,
 );
 
 const VERSIONS: &str = "query($id: ID!, $first: Int, $after: String) { project(id: $id) {
@@ -439,4 +441,114 @@ async fn retention_and_gc_keep_what_history_promises(s: TestServer) {
     // Restoring a kept old version still works after gc.
     let d = alice.data(RESTORE, json!({"id": id, "v": 3, "e": 5})).await;
     assert_eq!(d["restoreProjectVersion"]["content"], content(3));
+}
+
+const CHANGED: &str =
+    "subscription($id: ID!) { projectChanged(id: $id) { id version title content } }";
+
+/// The versions one subscription delivers, until it has `until`.
+async fn changes(ws: &mut WsClient, sub: &str, until: i64) -> Vec<(i64, Value)> {
+    let mut out = Vec::new();
+    while out.last().map(|(v, _)| *v) != Some(until) {
+        let msg = ws.next_of(sub).await.expect("an event");
+        assert_eq!(msg["type"], "next", "{msg}");
+        let p = &msg["payload"]["data"]["projectChanged"];
+        out.push((p["version"].as_i64().unwrap(), p["content"].clone()));
+    }
+    out
+}
+
+/// 20 concurrent writers (over two processes on PostgreSQL): every subscriber, on either
+/// process, sees every version exactly once, in order, with that version's content; a save
+/// that rolled back (missing asset) and a conflicted save are no change.
+async fn project_changed_delivers_every_version_once_in_order(s: TestServer) {
+    let alice = s.user("alice").await;
+    let id = created(&alice, "live", 0).await;
+    let other = (s.backend == Backend::Postgres).then(|| s.second_process(&[]));
+    let servers: Vec<&TestServer> = std::iter::once(&s).chain(other.as_ref()).collect();
+    let mut subs = Vec::new();
+    for server in &servers {
+        for _ in 0..2 {
+            let mut ws = WsClient::connect(server, alice.token.as_deref()).await;
+            let sub = ws.start(CHANGED, json!({"id": id}), json!({})).await;
+            subs.push((ws, sub));
+        }
+    }
+    // Nobody else may watch it.
+    let bob = s.user("bob").await;
+    let mut bobs = WsClient::connect(&s, bob.token.as_deref()).await;
+    let refused = bobs.start(CHANGED, json!({"id": id}), json!({})).await;
+    let msg = bobs.next_of(&refused).await.unwrap();
+    assert_eq!(msg["type"], "error", "{msg}");
+    assert_eq!(code(&msg["payload"][0]), "NOT_FOUND");
+
+    // One change everyone sees first: from then on all subscriptions are live.
+    alice
+        .data(UPDATE, json!({"id": id, "e": 1, "c": content(1)}))
+        .await;
+    for (ws, sub) in subs.iter_mut() {
+        assert_eq!(changes(ws, sub, 2).await, vec![(2, content(1))]);
+    }
+    // A stale editing session's save (a conflict) and a save that rolls back: no change.
+    let g = alice.data(OPEN, json!({"id": id})).await["openEditor"].clone();
+    let tab = format!("{}/{id}", g["projectHost"].as_str().unwrap());
+    assert_eq!(reqwest::get(&tab).await.unwrap().status(), 200);
+    alice
+        .data(UPDATE, json!({"id": id, "e": 2, "c": content(2)}))
+        .await;
+    let (status, _) = put(&tab, None, &content(99)).await;
+    assert_eq!(status, 409);
+    let missing = json!({"targets": [{"isStage": true, "name": "Stage", "costumes": [
+        {"assetId": "0123456789abcdef0123456789abcdef", "md5ext": "0123456789abcdef0123456789abcdef.svg",
+         "dataFormat": "svg", "name": "x"}]}], "meta": {"semver": "3.0.0"}});
+    let plain = format!("{}/scratch/projects/{id}", s.base_url);
+    let (status, _) = put(&plain, Some(token_of(&alice)), &missing).await;
+    assert_eq!(status, 400);
+
+    // 20 writers at once, spread over the processes.
+    const N: usize = 20;
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let url = format!(
+            "{}/scratch/projects/{id}",
+            servers[i % servers.len()].base_url
+        );
+        let token = token_of(&alice).to_owned();
+        tasks.push(tokio::spawn(async move {
+            let (status, body) = put(&url, Some(&token), &content(100 + i)).await;
+            assert_eq!(status, 200, "{body}");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let last = 3 + N as i64;
+    for (ws, sub) in subs.iter_mut() {
+        let seen = changes(ws, sub, last).await;
+        let versions: Vec<i64> = seen.iter().map(|(v, _)| *v).collect();
+        assert_eq!(
+            versions,
+            (3..=last).collect::<Vec<_>>(),
+            "each version once, in order"
+        );
+        assert_eq!(seen[0].1, content(2));
+        // Each event carries its own version's content: the 20 saves, each once.
+        let ns: BTreeSet<i64> = seen[1..]
+            .iter()
+            .map(|(_, c)| c["targets"][0]["variables"]["n"][1].as_i64().unwrap())
+            .collect();
+        assert_eq!(ns, (100..100 + N as i64).collect::<BTreeSet<_>>());
+    }
+    // Deleting the project ends every subscription.
+    alice
+        .data(
+            "mutation($id: ID!) { deleteProject(input: {id: $id}) }",
+            json!({"id": id}),
+        )
+        .await;
+    for (ws, sub) in subs.iter_mut() {
+        let msg = ws.next_of(sub).await.unwrap();
+        assert_eq!(msg["type"], "error", "{msg}");
+        assert_eq!(code(&msg["payload"][0]), "NOT_FOUND");
+    }
 }

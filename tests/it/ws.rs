@@ -516,6 +516,34 @@ async fn every_root_field_gets_an_answer(s: TestServer) {
             .starts_with("eds_")
     );
     sent.insert("Mutation.openEditor".into());
+    // History: a restore, and its live change.
+    let live = ws
+        .start(
+            "subscription($id: ID!) { projectChanged(id: $id) { version title } }",
+            json!({ "id": new_id }),
+            json!({}),
+        )
+        .await;
+    let restored = data(
+        ws.execute(
+            "mutation($id: ID!) { restoreProjectVersion(input: {id: $id, version: 1, expectedVersion: 2}) { version title } }",
+            json!({ "id": new_id }),
+        )
+        .await,
+    );
+    assert_eq!(
+        restored["restoreProjectVersion"],
+        json!({ "version": 3, "title": "over the socket" })
+    );
+    sent.insert("Mutation.restoreProjectVersion".into());
+    let msg = ws.next_of(&live).await.expect("projectChanged answers");
+    assert_eq!(
+        msg["payload"]["data"]["projectChanged"],
+        json!({ "version": 3, "title": "over the socket" }),
+        "{msg}"
+    );
+    ws.send(json!({ "id": live, "type": "complete" })).await;
+    sent.insert("Subscription.projectChanged".into());
     let deleted = data(
         ws.execute(
             "mutation($id: ID!) { deleteProject(input: {id: $id}) }",
@@ -550,6 +578,12 @@ async fn every_root_field_gets_an_answer(s: TestServer) {
             "deleteBackpackItem",
             "mutation { deleteBackpackItem(id: \"999999\") }",
             json!({}),
+            "NOT_FOUND",
+        ),
+        (
+            "resolveConflict",
+            "mutation($id: ID!) { resolveConflict(input: {id: $id, conflictId: \"999999\", expectedVersion: 1}) { id } }",
+            json!({ "id": copy_id }),
             "NOT_FOUND",
         ),
     ];
