@@ -354,11 +354,11 @@ mod tests {
     #[test]
     fn hashes_the_inline_scripts_of_the_bundles_frames() {
         let script = "\nwindow.x = \"a\";\n";
-        let html = format!("<!DOCTYPE html>\n<html><body>\n<script>{script}</script>\n</body></html>");
+        let html =
+            format!("<!DOCTYPE html>\n<html><body>\n<script>{script}</script>\n</body></html>");
         let literal = serde_json::to_string(&html).unwrap();
-        let bundle = format!("e.exports={{IFRAME_HTML:{literal}}}},1(e){{var s=\"IFRAME_HTML:\"}}");
-        let want =
-            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script));
+        let bundle = format!("e.exports={{IFRAME_HTML:{literal}}},1(e){{var s=\"IFRAME_HTML:\"}}");
+        let want = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script));
         assert_eq!(super::frame_script_hashes(&bundle), vec![want]);
         assert!(super::frame_script_hashes("no frames here").is_empty());
     }

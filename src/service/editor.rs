@@ -2,7 +2,8 @@
 //!
 //! - **Editing sessions** (`openEditor`): a token that alone authorizes one project for one
 //!   user under `/scratch/sessions/{token}/…`, for editors on another site, where the session
-//!   cookie is never sent. Stored hashed (`editor_sessions`), so any process serves it. It
+//!   cookie is never sent. That project is the one it was opened for, or the last one the
+//!   editor created through it ([`follow_created_project`]). Stored hashed (`editor_sessions`), so any process serves it. It
 //!   expires ([`EditorSettings::session_ttl`] after its last use; the renewal is written at
 //!   most once per [`RENEW_EVERY`]), and it holds only as long as the credential it was opened
 //!   with: every use authenticates that credential again, through the same cached lookups as a

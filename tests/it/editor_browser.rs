@@ -77,7 +77,7 @@ scenarios!(
 
 const PROJECT: &str = "query($id: ID!) { project(id: $id) { id version content owner { id } } }";
 const MINE: &str = "query { viewer { id } projects(first: 50) { edges { node { id } } } }";
-const TOKEN: &str = "mutation($id: ID!) { projectToken(id: $id) { token } }";
+const TOKEN: &str = "query($id: ID!) { projectToken(id: $id) { token } }";
 const OPEN: &str =
     "mutation($id: ID!) { openEditor(projectId: $id) { token projectHost assetHost } }";
 
@@ -235,7 +235,9 @@ async fn mount_server(dist: PathBuf) -> (u16, tokio::sync::watch::Sender<String>
         routing::get,
     };
     let (page_tx, page_rx) = tokio::sync::watch::channel(String::new());
-    async fn page(State((_, page)): State<(PathBuf, tokio::sync::watch::Receiver<String>)>) -> Html<String> {
+    async fn page(
+        State((_, page)): State<(PathBuf, tokio::sync::watch::Receiver<String>)>,
+    ) -> Html<String> {
         Html(page.borrow().clone())
     }
     async fn file(
@@ -423,7 +425,9 @@ async fn run(backend: Backend, scenario: Scenario) {
     let costume = &sprite["costumes"][0];
     let md5ext = costume["md5ext"].as_str().unwrap().to_owned();
     assert_eq!(costume["dataFormat"], "svg");
-    let r = reqwest::get(format!("{base}/assets/{md5ext}")).await.unwrap();
+    let r = reqwest::get(format!("{base}/assets/{md5ext}"))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "/assets/{md5ext}");
     let bytes = r.bytes().await.unwrap();
     assert_eq!(format!("{}.svg", md5_hex(&bytes)), md5ext);
@@ -431,7 +435,10 @@ async fn run(backend: Backend, scenario: Scenario) {
     assert!(text.contains("#ff8800"), "the uploaded star: {text}");
 
     // File > New, Save now: a project of Ada's holding the default project.
-    let new_id = result["newProjectId"].as_str().expect("newProjectId").to_owned();
+    let new_id = result["newProjectId"]
+        .as_str()
+        .expect("newProjectId")
+        .to_owned();
     assert_ne!(new_id, id);
     let mine = ada.data(MINE, json!({})).await;
     let viewer = mine["viewer"]["id"].clone();
@@ -464,10 +471,21 @@ async fn run(backend: Backend, scenario: Scenario) {
     };
     let mut default = opened_project();
     default["targets"][1]["name"] = json!("Sprite1");
-    assert_eq!(summary(&n["content"]), summary(&default), "{}", n["content"]);
+    assert_eq!(
+        summary(&n["content"]),
+        summary(&default),
+        "{}",
+        n["content"]
+    );
 
     // The screenshots are there.
-    for shot in ["01-loaded", "02-sprite-added", "03-saved", "04-reopened", "05-new-saved"] {
+    for shot in [
+        "01-loaded",
+        "02-sprite-added",
+        "03-saved",
+        "04-reopened",
+        "05-new-saved",
+    ] {
         assert!(shots.join(format!("{shot}.png")).is_file(), "{shot}");
     }
     eprintln!(

@@ -393,14 +393,25 @@ async fn an_editing_session_follows_the_project_it_creates(s: TestServer) {
     let (status, body) = send(http.post(format!("{host}/")).body(content.to_string())).await;
     assert_eq!(status, 200, "{body}");
     let new_id = body["content-name"].as_str().unwrap().to_owned();
-    let (status, body) = send(http.put(format!("{host}/{new_id}")).body(content.to_string())).await;
+    let (status, body) = send(
+        http.put(format!("{host}/{new_id}"))
+            .body(content.to_string()),
+    )
+    .await;
     assert_eq!((status, body["version"].clone()), (200, json!(2)), "{body}");
     let p = project(&alice, &new_id).await;
-    assert_eq!((p["version"].clone(), p["content"].clone()), (json!(2), content.clone()));
+    assert_eq!(
+        (p["version"].clone(), p["content"].clone()),
+        (json!(2), content.clone())
+    );
     // The project it left is no longer the session's.
     let (status, _) = send(http.put(format!("{host}/{id}")).body(content.to_string())).await;
     assert_eq!(status, 403);
-    let (status, _) = send(http.post(format!("{host}/?is_copy=1&original_id={id}")).body(content.to_string())).await;
+    let (status, _) = send(
+        http.post(format!("{host}/?is_copy=1&original_id={id}"))
+            .body(content.to_string()),
+    )
+    .await;
     assert_eq!(status, 403);
     assert_eq!(project(&alice, &id).await["version"], 1);
 
@@ -415,7 +426,10 @@ async fn an_editing_session_follows_the_project_it_creates(s: TestServer) {
     let (status, _) = send(http.put(format!("{host}/{copy}")).body(content.to_string())).await;
     assert_eq!(status, 200);
     let p = project(&alice, &copy).await;
-    assert_eq!((p["version"].clone(), p["remixedFrom"]["id"].clone()), (json!(2), json!(new_id)));
+    assert_eq!(
+        (p["version"].clone(), p["remixedFrom"]["id"].clone()),
+        (json!(2), json!(new_id))
+    );
 
     // A reader's session: read-only on the original, a remix it may then save.
     let bob = s.user("bob").await;
@@ -440,7 +454,11 @@ async fn an_editing_session_follows_the_project_it_creates(s: TestServer) {
     .await;
     assert_eq!(status, 200, "{body}");
     let remix = body["content-name"].as_str().unwrap().to_owned();
-    let (status, body) = send(http.put(format!("{host}/{remix}")).body(content.to_string())).await;
+    let (status, body) = send(
+        http.put(format!("{host}/{remix}"))
+            .body(content.to_string()),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(project(&bob, &remix).await["version"], 2);
     assert_eq!(project(&alice, &copy).await["version"], 2);
