@@ -8,10 +8,7 @@
 //! `/chunks/…`, `/static/…`, `/libraries/…` and the files at the top of `dist/`
 //! (`/scratch-gui-standalone.js`, `/extension-worker.js`, `/*.hex`) are reserved for it.
 
-use std::{
-    path::{Component, Path, PathBuf},
-    sync::LazyLock,
-};
+use std::path::{Component, Path, PathBuf};
 
 use axum::{
     Router,
@@ -37,18 +34,81 @@ pub const INSTALL_HINT: &str = "bash scripts/install-editor.sh /var/cache/atelie
      start Atelier with ATELIER_EDITOR_DIR=/var/cache/atelier/editor (or --editor-dir)";
 
 /// The page's policy. The editor compiles code at run time ('unsafe-eval') and injects its
-/// styles; its library thumbnails come from Scratch's asset CDN; the only inline script is
-/// ours, allowed by its hash.
-static CSP: LazyLock<String> = LazyLock::new(|| {
-    let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(SCRIPT));
+/// styles; its library thumbnails come from Scratch's asset CDN; the inline scripts allowed
+/// are ours and those of the bundle's own `srcdoc` frames ([`bundle_frame_hashes`]), each by
+/// its hash.
+fn csp(dist: &Path) -> String {
+    let ours = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(SCRIPT));
+    let mut hashes = format!("'sha256-{ours}'");
+    for h in bundle_frame_hashes(dist) {
+        hashes.push_str(&format!(" 'sha256-{h}'"));
+    }
     format!(
-        "default-src 'self'; script-src 'self' 'unsafe-eval' 'sha256-{hash}'; \
+        "default-src 'self'; script-src 'self' 'unsafe-eval' {hashes}; \
          style-src 'self' 'unsafe-inline'; img-src 'self' data: blob: \
          https://cdn.assets.scratch.mit.edu; media-src 'self' data: blob:; font-src 'self' \
          data:; connect-src 'self' data: blob:; worker-src 'self' blob:; object-src 'none'; \
          base-uri 'self'; form-action 'self'; frame-ancestors 'self'"
     )
-});
+}
+
+/// The SHA-256 (base64) of each inline script in the bundle's `srcdoc` frames: the Paper.js
+/// sandbox the paint editor imports costumes through is an iframe whose document is the
+/// string `IFRAME_HTML` (15.1.1), with an inline `<script>`. A `srcdoc` document inherits the
+/// page's policy, so without its hash the script is refused and the sandbox never answers.
+/// Read once from the installed bundle (the package is fixed for the process's life).
+fn bundle_frame_hashes(dist: &Path) -> &'static [String] {
+    static HASHES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    HASHES.get_or_init(|| {
+        let Ok(bundle) = std::fs::read_to_string(dist.join("scratch-gui-standalone.js")) else {
+            return Vec::new();
+        };
+        frame_script_hashes(&bundle)
+    })
+}
+
+/// See [`bundle_frame_hashes`]: every `IFRAME_HTML:"…"` string literal of `bundle`, decoded,
+/// and the hash of each `<script>` body in it.
+fn frame_script_hashes(bundle: &str) -> Vec<String> {
+    const KEY: &str = "IFRAME_HTML:\"";
+    let mut out = Vec::new();
+    let mut rest = bundle;
+    while let Some(at) = rest.find(KEY) {
+        let literal = &rest[at + KEY.len() - 1..];
+        // The literal's end: the first unescaped quote.
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in literal.char_indices().skip(1) {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let Some(end) = end else { break };
+        // A minified double-quoted literal uses JSON's escapes.
+        if let Ok(html) = serde_json::from_str::<String>(&literal[..=end]) {
+            let mut doc = html.as_str();
+            while let Some(open) = doc.find("<script>") {
+                let body = &doc[open + "<script>".len()..];
+                let Some(close) = body.find("</script>") else {
+                    break;
+                };
+                out.push(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(sha2::Sha256::digest(&body[..close])),
+                );
+                doc = &body[close..];
+            }
+        }
+        rest = &literal[end..];
+    }
+    out
+}
 
 /// The page and the bundle's reserved paths.
 pub fn routes() -> Router<AppState> {
@@ -66,13 +126,13 @@ async fn page(
     UrlPath(id): UrlPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    if installed(&state).is_none() {
+    let Some(dist) = installed(&state) else {
         return message(
             StatusCode::SERVICE_UNAVAILABLE,
             "The editor is not installed",
             &format!("This Atelier serves no Scratch editor yet. To add it: {INSTALL_HINT}."),
         );
-    }
+    };
     let credential = match auth::credential(&headers) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
@@ -146,7 +206,7 @@ async fn page(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    if let Ok(v) = HeaderValue::from_str(&CSP) {
+    if let Ok(v) = HeaderValue::from_str(&csp(dist)) {
         h.insert(header::CONTENT_SECURITY_POLICY, v);
     }
     res
@@ -284,4 +344,22 @@ fn script_json(v: &serde_json::Value) -> String {
 /// Keeps only what a project id may hold in the sign-in link.
 fn url_safe(id: &str) -> String {
     id.chars().filter(|c| c.is_ascii_alphanumeric()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+    use sha2::Digest;
+
+    #[test]
+    fn hashes_the_inline_scripts_of_the_bundles_frames() {
+        let script = "\nwindow.x = \"a\";\n";
+        let html =
+            format!("<!DOCTYPE html>\n<html><body>\n<script>{script}</script>\n</body></html>");
+        let literal = serde_json::to_string(&html).unwrap();
+        let bundle = format!("e.exports={{IFRAME_HTML:{literal}}},1(e){{var s=\"IFRAME_HTML:\"}}");
+        let want = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script));
+        assert_eq!(super::frame_script_hashes(&bundle), vec![want]);
+        assert!(super::frame_script_hashes("no frames here").is_empty());
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! - **Editing sessions** (`openEditor`): a token that alone authorizes one project for one
 //!   user under `/scratch/sessions/{token}/…`, for editors on another site, where the session
-//!   cookie is never sent. Stored hashed (`editor_sessions`), so any process serves it. It
+//!   cookie is never sent. That project is the one it was opened for, or the last one the
+//!   editor created through it ([`follow_created_project`]). Stored hashed (`editor_sessions`), so any process serves it. It
 //!   expires ([`EditorSettings::session_ttl`] after its last use; the renewal is written at
 //!   most once per [`RENEW_EVERY`]), and it holds only as long as the credential it was opened
 //!   with: every use authenticates that credential again, through the same cached lookups as a
@@ -329,6 +330,36 @@ pub async fn authenticate_editing_token(svc: &Services, token: &str) -> AppResul
         project,
         can_write: access == access::ProjectAccess::Write,
     })
+}
+
+/// After the editor made a project through an editing session (File > New, "Save as a
+/// copy", a remix), the session follows it: the editor goes on with the new project (its
+/// next save is a PUT of the new id, the old one it no longer edits), so the token now
+/// authorizes that one project instead. The new project is the viewer's own, made by this
+/// very request, so the session can write it. Nothing else changes (user, parent credential,
+/// expiry).
+pub async fn follow_created_project(
+    svc: &Services,
+    token: &str,
+    created: ProjectId,
+) -> AppResult<()> {
+    let hash = identity::hash_token(token);
+    svc.db
+        .write_one(|conn| {
+            let hash = hash.clone();
+            Box::pin(async move {
+                editor_session::Entity::update_many()
+                    .col_expr(editor_session::Column::ProjectId, Expr::value(created.0))
+                    .col_expr(editor_session::Column::CanWrite, Expr::value(true))
+                    .filter(editor_session::Column::TokenHash.eq(hash))
+                    .exec(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await?;
+    tracing::info!(project.id = %created, "editor_session_follows_created_project");
+    Ok(())
 }
 
 /// Pushes a session's expiry forward. A renewal that fails only costs the session some of its

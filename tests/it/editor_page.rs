@@ -200,7 +200,11 @@ async fn editor_page_with_package(mut s: TestServer) {
         assert!(csp.starts_with("default-src 'self';"), "{csp}");
         let page = r.text().await.unwrap();
         assert!(page.contains(r#"<base href="/">"#));
-        assert!(page.contains(r#"<script src="/scratch-gui-standalone.js"></script>"#));
+        // In <body>: the bundle reads document.body as it loads (React error #200 from <head>).
+        let bundle_at = page
+            .find(r#"<script src="/scratch-gui-standalone.js"></script>"#)
+            .expect("the bundle's script");
+        assert!(bundle_at > page.find("<body>").unwrap(), "{page}");
         assert!(
             page.contains("<title>Olga&#39;s &lt;cat&gt; · Atelier editor</title>"),
             "{page}"
@@ -312,6 +316,22 @@ async fn editor_page_serves_the_real_package(mut s: TestServer) {
             "{path}"
         );
     }
+    // The page's policy allows the inline script of the bundle's Paper.js sandbox frame (a
+    // srcdoc document inherits it) by its hash, besides the page's own.
+    let token = s.token_for("pia", "student").await;
+    let owner = Client::new(s.graphql_url(), Some(token.clone()));
+    let id = owner.create_project("p", empty_project()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = get(&s, &format!("/projects/{id}/editor"), Some(&token)).await;
+    assert_eq!(r.status(), 200);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(csp.matches("'sha256-").count(), 2, "{csp}");
+
     // The bundle loads its chunks from the root, as the reserved paths assume.
     let gui = std::fs::read_to_string(dist.join("scratch-gui-standalone.js")).unwrap();
     assert!(

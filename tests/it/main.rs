@@ -13,6 +13,7 @@ mod builtin;
 mod cli;
 mod commit_boundary;
 mod crash;
+mod editor_browser;
 mod editor_page;
 mod errors;
 mod exports;

@@ -16,6 +16,7 @@ both_backends!(
     editing_sessions_are_scoped_and_end_with_their_credential,
     concurrent_saves_all_win_in_turn,
     a_reader_loads_but_never_saves,
+    an_editing_session_follows_the_project_it_creates,
 );
 
 const PROJECT: &str =
@@ -375,6 +376,92 @@ async fn editing_sessions_are_scoped_and_end_with_their_credential(s: TestServer
     let (status, _) = send(http.put(format!("{host}/{id}")).body(content.to_string())).await;
     assert_eq!(status, 401);
     assert_no_token_logged(&s, &[&token, token_of(&alice), token_of(&carol)]);
+}
+
+/// File > New, "Save as a copy" and a remix through an editing session (Atelier's own page,
+/// a cross-site editor): the editor goes on with the new project through the same hosts, so
+/// the session follows it (and no longer authorizes the one it left).
+async fn an_editing_session_follows_the_project_it_creates(s: TestServer) {
+    let alice = s.user("alice").await;
+    let http = reqwest::Client::new();
+    let id = created(&alice, "first").await;
+    let grant = alice.data(OPEN, json!({"id": id})).await["openEditor"].clone();
+    let host = grant["projectHost"].as_str().unwrap().to_owned();
+    let content = json!({"targets": [], "meta": {"semver": "3.0.0", "by": "new"}});
+
+    // File > New: a project of Alice's; its save goes through the same session.
+    let (status, body) = send(http.post(format!("{host}/")).body(content.to_string())).await;
+    assert_eq!(status, 200, "{body}");
+    let new_id = body["content-name"].as_str().unwrap().to_owned();
+    let (status, body) = send(
+        http.put(format!("{host}/{new_id}"))
+            .body(content.to_string()),
+    )
+    .await;
+    assert_eq!((status, body["version"].clone()), (200, json!(2)), "{body}");
+    let p = project(&alice, &new_id).await;
+    assert_eq!(
+        (p["version"].clone(), p["content"].clone()),
+        (json!(2), content.clone())
+    );
+    // The project it left is no longer the session's.
+    let (status, _) = send(http.put(format!("{host}/{id}")).body(content.to_string())).await;
+    assert_eq!(status, 403);
+    let (status, _) = send(
+        http.post(format!("{host}/?is_copy=1&original_id={id}"))
+            .body(content.to_string()),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(project(&alice, &id).await["version"], 1);
+
+    // Save as a copy: the copy, with lineage, is the session's next project.
+    let (status, body) = send(
+        http.post(format!("{host}/?is_copy=1&original_id={new_id}&title=Copy"))
+            .body(content.to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let copy = body["content-name"].as_str().unwrap().to_owned();
+    let (status, _) = send(http.put(format!("{host}/{copy}")).body(content.to_string())).await;
+    assert_eq!(status, 200);
+    let p = project(&alice, &copy).await;
+    assert_eq!(
+        (p["version"].clone(), p["remixedFrom"]["id"].clone()),
+        (json!(2), json!(new_id))
+    );
+
+    // A reader's session: read-only on the original, a remix it may then save.
+    let bob = s.user("bob").await;
+    let group = s.cli(&["group", "create", "7C"]).1.trim().to_owned();
+    for m in ["alice", "bob"] {
+        assert!(s.cli(&["group", "add-member", &group, m]).0);
+    }
+    alice
+        .data(
+            "mutation($id: ID!, $g: [ID!]!) { shareProject(input: {id: $id, groupIds: $g}) { id } }",
+            json!({"id": copy, "g": [group]}),
+        )
+        .await;
+    let grant = bob.data(OPEN, json!({"id": copy})).await["openEditor"].clone();
+    let host = grant["projectHost"].as_str().unwrap().to_owned();
+    let (status, _) = send(http.put(format!("{host}/{copy}")).body(content.to_string())).await;
+    assert_eq!(status, 403);
+    let (status, body) = send(
+        http.post(format!("{host}/?is_remix=1&original_id={copy}"))
+            .body(content.to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let remix = body["content-name"].as_str().unwrap().to_owned();
+    let (status, body) = send(
+        http.put(format!("{host}/{remix}"))
+            .body(content.to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(project(&bob, &remix).await["version"], 2);
+    assert_eq!(project(&alice, &copy).await["version"], 2);
 }
 
 async fn concurrent_saves_all_win_in_turn(s: TestServer) {

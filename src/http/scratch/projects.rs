@@ -138,14 +138,15 @@ fn flag(v: &Option<String>) -> bool {
 }
 
 /// Creates (or, with `original_id` and `is_copy`/`is_remix`, copies) for `viewer`. `only`
-/// limits a copy's original to one project (an editing session's).
+/// limits a copy's original to one project (an editing session's). Returns the answer and
+/// the new project.
 async fn create_for(
     state: &AppState,
     viewer: Viewer,
     p: CreateParams,
     body: Body,
     only: Option<ProjectId>,
-) -> AppResult<serde_json::Value> {
+) -> AppResult<(serde_json::Value, ProjectId)> {
     let title = match p.title.as_deref().map(str::trim) {
         Some(t) if !t.is_empty() => Some(Title::parse(t)?),
         _ => None,
@@ -184,20 +185,18 @@ async fn create_for(
         }
         service::editor::copy(&state.services, viewer, original, title, content).await?
     } else {
-        if only.is_some() {
-            return Err(AppError::Forbidden(
-                "an editing session can copy its project, not create others".to_owned(),
-            ));
-        }
         let content =
             content.ok_or_else(|| AppError::bad_input("content", "post the new project's JSON"))?;
         service::editor::create(&state.services, viewer, title, content).await?
     };
-    Ok(serde_json::json!({
-        "status": "ok",
-        "content-name": project.id.to_string(),
-        "content-title": project.title,
-    }))
+    Ok((
+        serde_json::json!({
+            "status": "ok",
+            "content-name": project.id.to_string(),
+            "content-title": project.title,
+        }),
+        ProjectId(project.id),
+    ))
 }
 
 /// `POST /scratch/projects/[?is_copy=1|is_remix=1&original_id=&title=]`.
@@ -213,7 +212,7 @@ pub async fn create(
                 return Err(AppError::bad_input("query", "unreadable query parameters"));
             };
             let viewer = super::writer(&state, &headers).await?;
-            create_for(&state, viewer, p, body, None).await
+            Ok(create_for(&state, viewer, p, body, None).await?.0)
         }
         .await,
     )
@@ -254,8 +253,10 @@ pub async fn session_put(
     )
 }
 
-/// `POST /scratch/sessions/{token}/projects/?is_copy=1&original_id=…`: a copy of the
-/// session's project (the only creation a session may make).
+/// `POST /scratch/sessions/{token}/projects/[?is_copy=1&original_id=…]`: a new project of
+/// the session's user (File > New) or a copy of the session's project (never of another),
+/// which the session then follows (`service::editor::follow_created_project`): the editor
+/// goes on editing the new project through the same hosts.
 pub async fn session_create(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -268,7 +269,10 @@ pub async fn session_create(
                 return Err(AppError::bad_input("query", "unreadable query parameters"));
             };
             let grant = super::session_grant(&state, &token, None).await?;
-            create_for(&state, grant.viewer, p, body, Some(grant.project)).await
+            let (answer, created) =
+                create_for(&state, grant.viewer, p, body, Some(grant.project)).await?;
+            service::editor::follow_created_project(&state.services, &token, created).await?;
+            Ok(answer)
         }
         .await,
     )
