@@ -351,6 +351,8 @@ pub async fn follow_created_project(
                 editor_session::Entity::update_many()
                     .col_expr(editor_session::Column::ProjectId, Expr::value(created.0))
                     .col_expr(editor_session::Column::CanWrite, Expr::value(true))
+                    // A project just made is at version 1: the base of the session's next save.
+                    .col_expr(editor_session::Column::BaseVersion, Expr::value(1))
                     .filter(editor_session::Column::TokenHash.eq(hash))
                     .exec(conn)
                     .await?;
