@@ -5,6 +5,7 @@
 mod auth;
 mod editor;
 mod exports;
+mod history;
 mod imports;
 mod memory;
 mod reads;
@@ -47,6 +48,7 @@ pub enum Scenario {
     W2,
     ED1,
     ED2,
+    H1,
     U1,
     U2,
     C1,
@@ -130,6 +132,12 @@ pub const TABLE: &[Spec] = &[
     Spec {
         id: Scenario::ED2,
         run: Run::Server(|ctx| Box::pin(editor::ed2(ctx))),
+        needs_provider: false,
+        baseline: Baseline::None,
+    },
+    Spec {
+        id: Scenario::H1,
+        run: Run::Server(|ctx| Box::pin(history::h1(ctx))),
         needs_provider: false,
         baseline: Baseline::None,
     },
