@@ -19,6 +19,7 @@ both_backends!(
     a_stale_session_save_is_kept_as_a_conflict,
     retention_and_gc_keep_what_history_promises,
     project_changed_delivers_every_version_once_in_order,
+    plain_blobs_written_before_compression_stay_readable,
 );
 
 const VERSIONS: &str = "query($id: ID!, $first: Int, $after: String) { project(id: $id) {
@@ -551,4 +552,42 @@ async fn project_changed_delivers_every_version_once_in_order(s: TestServer) {
         assert_eq!(msg["type"], "error", "{msg}");
         assert_eq!(code(&msg["payload"][0]), "NOT_FOUND");
     }
+}
+
+/// A data dir from before compression holds plain JSON under the same key (its SHA-256):
+/// it is read, exported, checked and kept as before.
+async fn plain_blobs_written_before_compression_stay_readable(s: TestServer) {
+    let alice = s.user("alice").await;
+    let id = created(&alice, "old", 7).await;
+    let files = s.blob_files();
+    assert_eq!(files.len(), 1);
+    let gz = std::fs::read(&files[0]).unwrap();
+    assert!(gz.starts_with(&[0x1f, 0x8b]));
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut plain).unwrap();
+    // As an old server wrote it: the JSON itself, named by its own hash.
+    assert_eq!(
+        files[0].file_name().unwrap().to_str().unwrap(),
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&plain))
+    );
+    std::fs::write(&files[0], &plain).unwrap();
+    let d = alice.data(VERSION_AT, json!({"id": id, "v": 1})).await;
+    assert_eq!(d["project"]["versionAt"]["content"], content(7));
+    let url = format!("{}/scratch/projects/{id}", s.base_url);
+    let r = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(token_of(&alice))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), content(7));
+    s.fsck_ok();
+    // A new version of other content is compressed; the plain one is kept for history.
+    alice
+        .data(UPDATE, json!({"id": id, "e": 1, "c": content(8)}))
+        .await;
+    let (ok, out) = s.cli(&["gc", "--grace-secs", "0"]);
+    assert!(ok, "{out}");
+    assert_eq!(s.blob_files().len(), 2);
+    s.fsck_ok();
 }

@@ -199,3 +199,68 @@ async fn lease_states_postgres() {
     let pg = PgDatabase::create_empty().await;
     lease_states(Database::connect(&pg.url).await.unwrap()).await;
 }
+
+/// Existing projects get their current version as the first history entry.
+async fn history_backfill(db: DatabaseConnection) {
+    let before = Migrator::migrations()
+        .iter()
+        .position(|m| m.name() == "m20261207_000003_history")
+        .expect("the history migration") as u32;
+    Migrator::up(&db, Some(before)).await.unwrap();
+    for sql in [
+        "INSERT INTO users (id, provider, subject, display_name, role, created_at) VALUES (1, 'p', 's', 'n', 'student', CURRENT_TIMESTAMP)",
+        "INSERT INTO projects (id, owner_id, title, content_key, content_size, version, created_at, updated_at) VALUES (7, 1, 'seven', 'k7', 12, 7, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+        "INSERT INTO projects (id, owner_id, title, content_key, content_size, version, created_at, updated_at) VALUES (8, 1, 'eight', 'k8', 13, 1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    ] {
+        db.execute_unprepared(sql).await.unwrap();
+    }
+    Migrator::up(&db, None).await.unwrap();
+    use sea_orm::{EntityTrait, QueryOrder};
+    let versions = entity::project_version::Entity::find()
+        .order_by_asc(entity::project_version::Column::ProjectId)
+        .all(&db)
+        .await
+        .unwrap();
+    let got: Vec<_> = versions
+        .iter()
+        .map(|v| {
+            (
+                v.project_id,
+                v.version,
+                v.title.as_str(),
+                v.content_key.as_str(),
+                v.content_size,
+                v.saved_by,
+                v.via.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (7, 7, "seven", "k7", 12, None, "graphql"),
+            (8, 1, "eight", "k8", 13, None, "graphql")
+        ]
+    );
+    let after = Migrator::migrations().len() as u32 - before;
+    Migrator::down(&db, Some(after)).await.unwrap();
+    Migrator::up(&db, None).await.unwrap();
+    let _ = db.close().await;
+}
+
+#[tokio::test]
+async fn history_backfill_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+    history_backfill(Database::connect(url).await.unwrap()).await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(atelier_pg_tests),
+    ignore = "set TEST_DATABASE_URL to run the PostgreSQL variant"
+)]
+async fn history_backfill_postgres() {
+    let pg = PgDatabase::create_empty().await;
+    history_backfill(Database::connect(&pg.url).await.unwrap()).await;
+}

@@ -49,12 +49,14 @@ fn project(costumes: &[String], n: usize) -> Value {
             i += 1;
         }
         let md5 = md5ext.split('.').next().unwrap_or_default();
-        targets.push(json!({"isStage": false, "name": format!("Sprite{s}"), "variables": {},
+        targets.push(
+            json!({"isStage": false, "name": format!("Sprite{s}"), "variables": {},
             "lists": {}, "broadcasts": {}, "blocks": blocks, "comments": {},
             "currentCostume": 0, "costumes": [{"assetId": md5, "name": "c", "md5ext": md5ext,
             "dataFormat": "svg", "rotationCenterX": 1, "rotationCenterY": 1}], "sounds": [],
             "volume": 100, "layerOrder": s + 1, "visible": true, "x": 0, "y": 0, "size": 100,
-            "direction": 90, "draggable": false, "rotationStyle": "all around"}));
+            "direction": 90, "draggable": false, "rotationStyle": "all around"}),
+        );
     }
     json!({"targets": targets, "monitors": [], "extensions": [],
            "meta": {"semver": "3.0.0", "vm": "0.2.0", "agent": "atelier-bench"}})
@@ -215,7 +217,9 @@ pub async fn h1(ctx: &mut Ctx<'_>) -> Result<Vec<Row>> {
     ));
     stmts.target = format!("versions(first: 50) adds ≤ {VERSIONS_STATEMENTS} statements, 0 errors");
     stmts.met = added <= VERSIONS_STATEMENTS + 0.05 && with_versions.load.errors.total() == 0;
-    stmts.notes.push(format!("adds {added:.2} statements per request"));
+    stmts
+        .notes
+        .push(format!("adds {added:.2} statements per request"));
     Ok(vec![growth, stmts])
 }
 
