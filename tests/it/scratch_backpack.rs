@@ -18,6 +18,59 @@ both_backends!(
     concurrent_saves_of_the_same_item_both_land,
 );
 
+/// A signed-in browser's session token (`ses_…`, the cookie's value) works as x-token for its
+/// own backpack only; after logout it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_token_works_as_x_token_sqlite() {
+    a_session_token_works_as_x_token(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(atelier_pg_tests),
+    ignore = "set TEST_DATABASE_URL to run the PostgreSQL variant"
+)]
+async fn a_session_token_works_as_x_token_postgres() {
+    a_session_token_works_as_x_token(Backend::Postgres).await;
+}
+
+async fn a_session_token_works_as_x_token(backend: Backend) {
+    use atelier_testkit::oidc::{Browser, FakeProvider};
+    let p = FakeProvider::start().await;
+    p.set_user("sam", "Sam", json!([]));
+    let env = p.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let s = TestServer::start_with(backend, &env).await;
+    let b = Browser::default();
+    b.sign_in(&s.base_url, "sam").await;
+    let session = b.session().expect("a session cookie");
+    assert!(session.starts_with("ses_"), "{session}");
+    let sam = user_id(&s, "sam").await;
+    let (status, item) = post(&s, &session, sam, &costume("Sam's cat", 40)).await;
+    assert_eq!(status, 200, "{item}");
+    let (status, page) = list(&s, &session, sam, "limit=5&offset=0").await;
+    assert_eq!(status, 200);
+    assert_eq!(page[0]["name"], "Sam's cat");
+    // Not another user's backpack.
+    s.token_for("alice", "student").await;
+    let alice = user_id(&s, "alice").await;
+    let (status, _) = list(&s, &session, alice, "limit=5&offset=0").await;
+    assert_eq!(status, 403);
+    // After logout the token is nobody.
+    let resp = b
+        .post(
+            &format!("{}/auth/logout", s.base_url),
+            &[("x-atelier-csrf", "1")],
+        )
+        .await;
+    assert_eq!(resp.status(), 204);
+    let (status, body) = list(&s, &session, sam, "limit=5&offset=0").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("UNAUTHENTICATED"))
+    );
+}
+
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
