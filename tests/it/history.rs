@@ -388,6 +388,35 @@ async fn retention_and_gc_keep_what_history_promises(s: TestServer) {
         alice
             .data(UPDATE, json!({"id": id, "e": e, "c": content(n)}))
             .await;
+        if n == 2 {
+            // An export of version 2 pins it, whatever its age.
+            let job = alice
+                .data(
+                    "mutation($id: ID!) { exportProject(id: $id) { id } }",
+                    json!({"id": id}),
+                )
+                .await["exportProject"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let d = alice
+                    .data(
+                        "query($id: ID!) { job(id: $id) { status } }",
+                        json!({"id": job}),
+                    )
+                    .await;
+                if d["job"]["status"] == "READY" {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "export never ready: {d}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
     }
     // A project whose only (current) version is very old: pinned.
     let ancient = created(&alice, "ancient", 100).await;
@@ -424,20 +453,20 @@ async fn retention_and_gc_keep_what_history_promises(s: TestServer) {
     let kept: Vec<i64> = history(&alice, &id).await.iter().map(|(v, _)| *v).collect();
     assert_eq!(
         kept,
-        vec![5, 4, 3],
-        "v1 older than a year, v2 not its day's last"
+        vec![5, 4, 3, 2],
+        "v1 older than a year goes; v2, not its day's last, is pinned by its export"
     );
     assert_eq!(
         history(&alice, &ancient).await.len(),
         1,
         "the current version is pinned"
     );
-    for v in [3, 4, 5] {
+    for v in [2, 3, 4, 5] {
         let d = alice.data(VERSION_AT, json!({"id": id, "v": v})).await;
         assert_eq!(d["project"]["versionAt"]["content"], content(v as usize));
     }
-    // The two versions' blobs went; everything history still names is there.
-    assert_eq!(s.blob_files().len(), blobs_before - 2);
+    // v1's blob went; everything history still names is there.
+    assert_eq!(s.blob_files().len(), blobs_before - 1);
     s.fsck_ok();
     // Restoring a kept old version still works after gc.
     let d = alice.data(RESTORE, json!({"id": id, "v": 3, "e": 5})).await;
