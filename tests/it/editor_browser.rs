@@ -569,14 +569,14 @@ async fn stale_tab(backend: Backend, two_processes: bool) {
     let started = Instant::now();
     let provider = FakeProvider::start().await;
     provider.set_user("ada", "Ada", json!([]));
-    let editor_dir = editor.to_string_lossy().into_owned();
     let mut env: Vec<(String, String)> = provider.env();
-    env.push(("ATELIER_EDITOR_DIR".into(), editor_dir.clone()));
+    env.push(("ATELIER_EDITOR_DIR".into(), editor.to_string_lossy().into()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let s = TestServer::start_with(backend, &env).await;
     // Tab B's process: the same database and data dir (its page, its session's hosts and its
-    // socket are its own; the cookie is the browser's, for every port of 127.0.0.1).
-    let other = two_processes.then(|| s.second_process(&[("ATELIER_EDITOR_DIR", &editor_dir)]));
+    // socket are its own; the cookie is the browser's, for every port of 127.0.0.1), and the
+    // same sign-in settings.
+    let other = two_processes.then(|| s.second_process(&env));
     let base = s.base_url.clone();
     let base_b = other.as_ref().map_or(base.clone(), |o| o.base_url.clone());
 
@@ -661,6 +661,16 @@ async fn stale_tab(backend: Backend, two_processes: bool) {
         .map(|r| serde_json::from_str(r).unwrap())
         .unwrap_or_else(|| panic!("no result line:\n{stdout}\n{stderr}"));
     assert_eq!(result["cspViolations"], json!([]), "{result}");
+    // Each tab talked to its own process only (its editor's session routes and its page's
+    // GraphQL calls).
+    for r in result["requests"].as_array().unwrap() {
+        let want = if r["page"] == "B" { &base_b } else { &base };
+        assert!(
+            r["url"].as_str().unwrap().starts_with(want.as_str()),
+            "tab {} asked another process: {r}",
+            r["page"]
+        );
+    }
 
     // B's two saves were versions 2 and 3; B heard nothing of its own saves.
     assert_eq!(result["bSaves"][0]["status"], 200, "{result}");
