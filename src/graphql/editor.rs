@@ -5,7 +5,10 @@
 use async_graphql::{Context, ID, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 
-use super::{RequestCredential, authority, errors::GqlResultExt, require_viewer, services};
+use super::{
+    RequestCredential, authority, errors::GqlResultExt, history::ProjectConflict,
+    projects::Project, require_viewer, services, viewer,
+};
 use crate::{
     domain::ProjectId,
     error::AppError,
@@ -32,6 +35,31 @@ pub struct EditorSession {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Where an editing session stands (see `editorSession`).
+pub struct EditorSessionState(service::editor::SessionState);
+
+#[Object]
+impl EditorSessionState {
+    /// The project the session edits now: the one it was opened for, or the one the editor
+    /// made through it (File > New, a copy) and went on with.
+    async fn project(&self) -> Project {
+        Project(self.0.project.clone())
+    }
+
+    /// The version the session's next save is compared with: the one it last loaded or saved.
+    /// Only the session itself moves it, so a current `project.version` above it was saved
+    /// elsewhere (another tab, another person) and the session's next save will be refused.
+    async fn base_version(&self) -> Option<i32> {
+        self.0.base_version
+    }
+
+    /// The session's most recently sent save that was refused (its base was stale) and kept
+    /// as a conflicted save, if any; `resolvedVersion` says whether it was made current since.
+    async fn last_conflict(&self) -> Option<ProjectConflict> {
+        self.0.last_conflict.clone().map(ProjectConflict)
+    }
+}
+
 #[derive(Default)]
 pub struct EditorQuery;
 
@@ -52,6 +80,24 @@ impl EditorQuery {
             token: t.token,
             expires_at: t.expires_at,
         })
+    }
+
+    /// Where an editing session of the viewer's stands (its token, as `openEditor` or the
+    /// editor page gave it): null unless it is a live session of the viewer's on a project
+    /// the viewer may still read. Atelier's editor page asks this to tell a change made
+    /// elsewhere from its own refused save. A use renews the session.
+    async fn editor_session(
+        &self,
+        ctx: &Context<'_>,
+        token: String,
+    ) -> async_graphql::Result<Option<EditorSessionState>> {
+        let Some(viewer) = viewer(ctx) else {
+            return Ok(None);
+        };
+        let state = service::editor::session_state(services(ctx).gql()?, viewer, &token)
+            .await
+            .gql()?;
+        Ok(state.map(EditorSessionState))
     }
 }
 

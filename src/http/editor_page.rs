@@ -37,17 +37,23 @@ pub const INSTALL_HINT: &str = "bash scripts/install-editor.sh /var/cache/atelie
 /// styles; its library thumbnails come from Scratch's asset CDN; the inline scripts allowed
 /// are ours and those of the bundle's own `srcdoc` frames ([`bundle_frame_hashes`]), each by
 /// its hash.
-fn csp(dist: &Path) -> String {
+fn csp(dist: &Path, public_origin: &str) -> String {
     let ours = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(SCRIPT));
     let mut hashes = format!("'sha256-{ours}'");
     for h in bundle_frame_hashes(dist) {
         hashes.push_str(&format!(" 'sha256-{h}'"));
     }
+    // The page's own subscription (`/graphql/ws`): 'self' covers ws: in CSP 3, not in every
+    // browser yet.
+    let ws = public_origin
+        .strip_prefix("http")
+        .map(|rest| format!("ws{rest}"))
+        .unwrap_or_default();
     format!(
         "default-src 'self'; script-src 'self' 'unsafe-eval' {hashes}; \
          style-src 'self' 'unsafe-inline'; img-src 'self' data: blob: \
          https://cdn.assets.scratch.mit.edu; media-src 'self' data: blob:; font-src 'self' \
-         data:; connect-src 'self' data: blob:; worker-src 'self' blob:; object-src 'none'; \
+         data:; connect-src 'self' {ws} data: blob:; worker-src 'self' blob:; object-src 'none'; \
          base-uri 'self'; form-action 'self'; frame-ancestors 'self'"
     )
 }
@@ -206,7 +212,7 @@ async fn page(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    if let Ok(v) = HeaderValue::from_str(&csp(dist)) {
+    if let Ok(v) = HeaderValue::from_str(&csp(dist, &state.web.public_origin)) {
         h.insert(header::CONTENT_SECURITY_POLICY, v);
     }
     res

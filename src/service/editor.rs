@@ -606,3 +606,63 @@ pub fn parse_project_id(raw: &str) -> AppResult<ProjectId> {
         .map(ProjectId)
         .ok_or(AppError::NotFound("project"))
 }
+
+/// What an editing session stands on now: what Atelier's editor page asks to tell "changed
+/// elsewhere" from "my save was refused" (the page cannot see the editor's own requests).
+#[derive(Clone, Debug)]
+pub struct SessionState {
+    /// The project the session edits now (the one it was opened for, or the one it followed).
+    pub project: project::Model,
+    /// The version the session's next save is compared with: the one it last loaded or saved.
+    /// Only this session moves it, in the transaction of its own load or save, so a current
+    /// version above it was saved by someone else (another tab, another person).
+    pub base_version: Option<i32>,
+    /// The session's newest refused save of that project (by when it was last sent), if any.
+    /// Only for who may write the project (history is theirs).
+    pub last_conflict: Option<entity::project_conflict::Model>,
+}
+
+/// The state of the editing session `token` for `viewer`: `None` when the token is not a live
+/// editing session of that viewer (unknown, expired, ended with its credential, another
+/// user's) or its project is no longer visible. A use renews the session, as any other.
+pub async fn session_state(
+    svc: &Services,
+    viewer: Viewer,
+    token: &str,
+) -> AppResult<Option<SessionState>> {
+    let grant = match authenticate_editing_token(svc, token).await {
+        Ok(g) => g,
+        Err(AppError::Unauthenticated | AppError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if grant.viewer.id != viewer.id {
+        return Ok(None);
+    }
+    let Some(session) = editor_session::Entity::find_by_id(grant.session)
+        .one(svc.db.conn())
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Some(project) = projects::get(svc, Some(viewer), grant.project).await? else {
+        return Ok(None);
+    };
+    let last_conflict = if grant.can_write {
+        use entity::project_conflict;
+        use sea_orm::QueryOrder;
+        project_conflict::Entity::find()
+            .filter(project_conflict::Column::SessionId.eq(session.id))
+            .filter(project_conflict::Column::ProjectId.eq(project.id))
+            .order_by_desc(project_conflict::Column::SavedAt)
+            .order_by_desc(project_conflict::Column::Id)
+            .one(svc.db.conn())
+            .await?
+    } else {
+        None
+    };
+    Ok(Some(SessionState {
+        project,
+        base_version: session.base_version,
+        last_conflict,
+    }))
+}

@@ -499,3 +499,302 @@ fn tail(s: &str, lines: usize) -> String {
     let all: Vec<&str> = s.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+// The stale-tab scenario (`tests/editor-browser/stale-tab.mjs`): two tabs of one browser on
+// Atelier's editor page, tab B saves twice, tab A (never reloaded) saves: A's save is refused
+// and kept, A's page says so, and "Keep mine" makes it current. Screenshots in
+// `target/editor-browser-screenshots/stale-tab/<backend>/` (`postgres-two-processes` when each
+// tab is served by its own process).
+mod stale_tab {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(
+        not(atelier_node_tests),
+        ignore = "needs Node.js, Chromium and the editor package"
+    )]
+    async fn sqlite() {
+        super::stale_tab(crate::harness::Backend::Sqlite, false).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(
+        not(all(atelier_node_tests, atelier_pg_tests)),
+        ignore = "needs Node.js, Chromium, the editor package and TEST_DATABASE_URL"
+    )]
+    async fn postgres() {
+        super::stale_tab(crate::harness::Backend::Postgres, false).await;
+    }
+
+    /// Tab A on one process, tab B on another (one database, one data dir).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(
+        not(all(atelier_node_tests, atelier_pg_tests)),
+        ignore = "needs Node.js, Chromium, the editor package and TEST_DATABASE_URL"
+    )]
+    async fn postgres_two_processes() {
+        super::stale_tab(crate::harness::Backend::Postgres, true).await;
+    }
+}
+
+const HISTORY: &str = "query($id: ID!) { project(id: $id) { version content
+    versions(first: 20) { edges { node { version via savedBy { id } content } } }
+    conflicts(first: 20) { edges { node { id baseVersion resolvedVersion savedBy { id } content } } } } }";
+
+/// A sprite's SVG: a square of `fill` (each sprite's costume is its own asset).
+fn square_svg(fill: &str) -> Vec<u8> {
+    format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="80" height="80" viewBox="0 0 80 80"><rect x="4" y="4" width="72" height="72" rx="10" fill="{fill}" stroke="#222" stroke-width="3"/></svg>"##
+    )
+    .into_bytes()
+}
+
+fn sprite_names(content: &Value) -> Vec<String> {
+    content["targets"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter_map(|t| t["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn stale_tab(backend: Backend, two_processes: bool) {
+    let test = format!(
+        "editor_browser::stale_tab{}",
+        if two_processes { "::two_processes" } else { "" }
+    );
+    let Some((chromium, editor)) = prerequisites(&test) else {
+        return;
+    };
+    let started = Instant::now();
+    let provider = FakeProvider::start().await;
+    provider.set_user("ada", "Ada", json!([]));
+    let mut env: Vec<(String, String)> = provider.env();
+    env.push(("ATELIER_EDITOR_DIR".into(), editor.to_string_lossy().into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let s = TestServer::start_with(backend, &env).await;
+    // Tab B's process: the same database and data dir (its page, its session's hosts and its
+    // socket are its own; the cookie is the browser's, for every port of 127.0.0.1), and the
+    // same sign-in settings.
+    let other = two_processes.then(|| s.second_process(&env));
+    let base = s.base_url.clone();
+    let base_b = other.as_ref().map_or(base.clone(), |o| o.base_url.clone());
+
+    let b = Browser::default();
+    b.sign_in(&base, "ada").await;
+    let session = b.session().expect("the session cookie");
+    let ada = Client::new(s.graphql_url(), Some(session.clone()));
+    let id = ada.create_project("Ada's project", opened_project()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let viewer = ada.data(MINE, json!({})).await["viewer"]["id"].clone();
+
+    let dir = match (backend, two_processes) {
+        (Backend::Sqlite, _) => "sqlite",
+        (Backend::Postgres, false) => "postgres",
+        (Backend::Postgres, true) => "postgres-two-processes",
+    };
+    // `<target>/editor-browser-screenshots/stale-tab/<dir>/`
+    let shots = screenshot_dir(Scenario::AtelierPage, backend)
+        .ancestors()
+        .nth(2)
+        .unwrap()
+        .join("stale-tab")
+        .join(dir);
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).unwrap();
+    let svgs = tempfile::tempdir().unwrap();
+    let sprite = |name: &str, fill: &str| {
+        let path = svgs.path().join(format!("{name}.svg"));
+        std::fs::write(&path, square_svg(fill)).unwrap();
+        json!({"svg": path, "name": name})
+    };
+    let (b1, b2, mine) = ("b-first", "b-second", "a-mine");
+    let cfg = json!({
+        "chromium": chromium,
+        "urlA": format!("{base}/projects/{id}/editor"),
+        "urlB": format!("{base_b}/projects/{id}/editor"),
+        "cookies": [{
+            "name": "atelier_session", "value": session, "url": base,
+            "httpOnly": true, "sameSite": "Lax"
+        }],
+        "openedSprite": OPENED_SPRITE,
+        "b": [sprite(b1, "#2a9d8f"), sprite(b2, "#e76f51")],
+        "a": sprite(mine, "#6a4c93"),
+        "screenshots": shots,
+        "timeoutMs": 60000,
+    });
+
+    let browser_started;
+    let out = {
+        let _one = BROWSER.lock().await;
+        browser_started = Instant::now();
+        let mut cmd = Command::new("node");
+        cmd.arg(package_dir().join("stale-tab.mjs"))
+            .env("EDITOR_BROWSER", cfg.to_string());
+        tokio::task::spawn_blocking(move || cmd.output().expect("node runs stale-tab.mjs"))
+            .await
+            .unwrap()
+    };
+    let browser_secs = browser_started.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let logs = || {
+        let mut l = tail(&s.server_log(), 60);
+        if let Some(o) = &other {
+            l.push_str("\nsecond process:\n");
+            l.push_str(&tail(&o.server_log(), 40));
+        }
+        l
+    };
+    assert!(
+        out.status.success(),
+        "{test} ({backend:?}): the browser run failed (screenshots in {}):\n{stderr}\nserver log:\n{}",
+        shots.display(),
+        logs()
+    );
+    let result: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("result "))
+        .map(|r| serde_json::from_str(r).unwrap())
+        .unwrap_or_else(|| panic!("no result line:\n{stdout}\n{stderr}"));
+    assert_eq!(result["cspViolations"], json!([]), "{result}");
+    // Each tab talked to its own process only (its editor's session routes and its page's
+    // GraphQL calls).
+    for r in result["requests"].as_array().unwrap() {
+        let want = if r["page"] == "B" { &base_b } else { &base };
+        assert!(
+            r["url"].as_str().unwrap().starts_with(want.as_str()),
+            "tab {} asked another process: {r}",
+            r["page"]
+        );
+    }
+
+    // B's two saves were versions 2 and 3; B heard nothing of its own saves.
+    assert_eq!(result["bSaves"][0]["status"], 200, "{result}");
+    assert_eq!(result["bSaves"][0]["body"]["version"], 2, "{result}");
+    assert_eq!(result["bSaves"][1]["body"]["version"], 3, "{result}");
+    assert_eq!(result["bBannerAfterSaves"], Value::Null, "{result}");
+    // A heard of them before it saved, in words, with a button.
+    let changed = &result["changed"];
+    assert_eq!(changed["state"], "changed", "{result}");
+    assert_eq!(changed["role"], "alert");
+    assert!(
+        changed["text"]
+            .as_str()
+            .unwrap()
+            .contains("This project was changed in another tab or by someone else"),
+        "{changed}"
+    );
+    assert_eq!(changed["buttons"], json!(["Open the latest"]));
+    // A's save was refused: not a version, B's version 3 current.
+    let put = &result["aPut"];
+    assert_eq!(put["status"], 409, "{result}");
+    assert_eq!(
+        put["saved"], false,
+        "the editor says it could not save: {result}"
+    );
+    assert_eq!(put["body"]["code"], "VERSION_CONFLICT");
+    assert_eq!(put["body"]["currentVersion"], 3);
+    let conflict_id = put["body"]["conflictId"].as_str().unwrap().to_owned();
+    let refused = &result["refused"];
+    assert_eq!(refused["state"], "refused", "{result}");
+    assert!(
+        refused["text"]
+            .as_str()
+            .unwrap()
+            .contains("Your save was not applied: the project changed elsewhere"),
+        "{refused}"
+    );
+    assert_eq!(refused["buttons"], json!(["Open the latest", "Keep mine"]));
+    // After "Keep mine" the reloaded page shows A's version, and no banner; B hears of it.
+    assert_eq!(result["keptBanner"], Value::Null, "{result}");
+    assert_eq!(result["bAfter"]["state"], "changed", "{result}");
+
+    // History: 1 created, 2 and 3 B's (with B's sprites), 4 A's kept save (RESTORE); A's
+    // refused save is one conflicted save with A's content, made current as version 4.
+    let p = ada.data(HISTORY, json!({"id": id})).await["project"].clone();
+    assert_eq!(p["version"], 4, "{p:#}");
+    let opened = ["Stage".to_owned(), OPENED_SPRITE.to_owned()];
+    let with = |extra: &[&str]| -> Vec<String> {
+        opened
+            .iter()
+            .cloned()
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        sprite_names(&p["content"]),
+        with(&[mine]),
+        "A's content is current"
+    );
+    let versions: Vec<(i64, String, Vec<String>)> = p["versions"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let n = &e["node"];
+            assert_eq!(n["savedBy"]["id"], viewer, "{n}");
+            (
+                n["version"].as_i64().unwrap(),
+                n["via"].as_str().unwrap().to_owned(),
+                sprite_names(&n["content"]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        vec![
+            (4, "RESTORE".to_owned(), with(&[mine])),
+            (3, "EDITOR".to_owned(), with(&[b1, b2])),
+            (2, "EDITOR".to_owned(), with(&[b1])),
+            (1, "GRAPHQL".to_owned(), with(&[])),
+        ],
+        "every version, B's included"
+    );
+    let conflicts = p["conflicts"]["edges"].as_array().unwrap();
+    assert_eq!(
+        conflicts.len(),
+        1,
+        "exactly one conflicted save: {conflicts:#?}"
+    );
+    let c = &conflicts[0]["node"];
+    assert_eq!(c["id"], conflict_id.as_str());
+    assert_eq!(c["baseVersion"], 1, "A had loaded version 1");
+    assert_eq!(c["resolvedVersion"], 4);
+    assert_eq!(c["savedBy"]["id"], viewer);
+    assert_eq!(sprite_names(&c["content"]), with(&[mine]));
+    // A's kept costume is served.
+    let md5ext = p["content"]["targets"][2]["costumes"][0]["md5ext"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = reqwest::get(format!("{base}/assets/{md5ext}"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "/assets/{md5ext}");
+    assert!(String::from_utf8_lossy(&r.bytes().await.unwrap()).contains("#6a4c93"));
+
+    for shot in [
+        "01-a-loaded",
+        "02-b-saved-once",
+        "03-b-saved-twice",
+        "04-a-changed-elsewhere",
+        "05-a-save-refused",
+        "06-a-refused-banner",
+        "07-a-kept",
+        "08-b-after",
+    ] {
+        assert!(shots.join(format!("{shot}.png")).is_file(), "{shot}");
+    }
+    eprintln!(
+        "{test} ({backend:?}): passed in {:.1} s (browser {browser_secs:.1} s; A told of B's \
+         change {} ms after B's save); screenshots in {}",
+        started.elapsed().as_secs_f64(),
+        result["changedAfterMs"],
+        shots.display()
+    );
+    drop(other);
+}

@@ -417,6 +417,12 @@ async fn every_root_field_gets_an_answer(s: TestServer) {
             json!({}),
         ),
         ("groups", "{ groups { id name } }", json!({})),
+        // (an unknown token: null, over both)
+        (
+            "editorSession",
+            "{ editorSession(token: \"eds_unknown\") { baseVersion project { id } lastConflict { id } } }",
+            json!({}),
+        ),
         // (not its status: the export runs meanwhile)
         (
             "job",
