@@ -75,7 +75,14 @@ fn assert_strict_csp(csp: &str) {
     ] {
         assert!(csp.contains(part), "{part:?} missing from {csp}");
     }
-    for loose in ["unsafe-eval", "unsafe-inline", "http:", "https:", "*", "data: blob:"] {
+    for loose in [
+        "unsafe-eval",
+        "unsafe-inline",
+        "http:",
+        "https:",
+        "*",
+        "data: blob:",
+    ] {
         assert!(!csp.contains(loose), "{loose:?} in {csp}");
     }
 }
@@ -85,7 +92,10 @@ async fn home_page_is_served_with_a_strict_policy_and_only_local_files(s: TestSe
     let http = reqwest::Client::new();
     let files = source_files();
     let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
-    assert!(names.contains(&"index.html") && names.contains(&"app.js"), "{names:?}");
+    assert!(
+        names.contains(&"index.html") && names.contains(&"app.js"),
+        "{names:?}"
+    );
 
     // `/` is the page, as it is in the repository.
     let r = http.get(format!("{base}/")).send().await.unwrap();
@@ -128,7 +138,11 @@ async fn home_page_is_served_with_a_strict_policy_and_only_local_files(s: TestSe
         assert_strict_csp(header(&r, "content-security-policy"));
         assert_eq!(header(&r, "x-content-type-options"), "nosniff");
         let etag = header(&r, "etag").to_owned();
-        assert_eq!(r.bytes().await.unwrap().as_ref(), bytes.as_slice(), "{name}");
+        assert_eq!(
+            r.bytes().await.unwrap().as_ref(),
+            bytes.as_slice(),
+            "{name}"
+        );
         // Revalidated: an unchanged file is a 304.
         let again = http
             .get(format!("{base}/home/{name}"))
@@ -140,7 +154,8 @@ async fn home_page_is_served_with_a_strict_policy_and_only_local_files(s: TestSe
 
         // Nothing from elsewhere: no URL with a scheme in any file (an SVG's namespace is a
         // name, never fetched).
-        let text = String::from_utf8_lossy(bytes).replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
+        let text =
+            String::from_utf8_lossy(bytes).replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
         for scheme in ["http://", "https://", "//cdn", "ws://", "wss://"] {
             assert!(!text.contains(scheme), "{name} names {scheme}…");
         }
@@ -157,12 +172,15 @@ async fn home_page_is_served_with_a_strict_policy_and_only_local_files(s: TestSe
         }
     }
     // Every data call is to /graphql (and the sign-out to /auth/logout), same origin.
-    let app = String::from_utf8_lossy(&files.iter().find(|(n, _)| n == "app.js").unwrap().1)
-        .into_owned();
-    let api = String::from_utf8_lossy(&files.iter().find(|(n, _)| n == "api.js").unwrap().1)
-        .into_owned();
+    let app =
+        String::from_utf8_lossy(&files.iter().find(|(n, _)| n == "app.js").unwrap().1).into_owned();
+    let api =
+        String::from_utf8_lossy(&files.iter().find(|(n, _)| n == "api.js").unwrap().1).into_owned();
     assert!(api.contains("fetch('/graphql'") && api.contains("credentials: 'same-origin'"));
-    let fetches: Vec<&str> = app.match_indices("fetch(").map(|(i, _)| &app[i..i + 20]).collect();
+    let fetches: Vec<&str> = app
+        .match_indices("fetch(")
+        .map(|(i, _)| &app[i..i + 20])
+        .collect();
     assert_eq!(fetches, ["fetch('/auth/logout'"], "{fetches:?}");
     assert!(app.contains("/auth/login?return_to=/"));
 
@@ -463,7 +481,10 @@ async fn in_a_browser(backend: Backend) {
         "added: Meow (Cat); removed: none",
         "3 added, 0 removed (Cat: +3)",
     ] {
-        assert!(diff.contains(line), "{line:?} not in the diff summary:\n{diff}");
+        assert!(
+            diff.contains(line),
+            "{line:?} not in the diff summary:\n{diff}"
+        );
     }
 
     // What the page did, as the server has it.
@@ -509,9 +530,7 @@ async fn in_a_browser(backend: Backend) {
         .collect();
     assert_eq!(names, ["Stage", "Late cat"]);
     // The remix was deleted; the classmate's project was remixed into Ada's.
-    let remix = admin
-        .data(PROJECT, json!({"id": result["remixId"]}))
-        .await;
+    let remix = admin.data(PROJECT, json!({"id": result["remixId"]})).await;
     assert_eq!(remix["project"], Value::Null, "the remix was deleted");
     let r = admin
         .data(PROJECT, json!({"id": result["sharedRemixId"]}))
@@ -535,9 +554,31 @@ async fn in_a_browser(backend: Backend) {
     ] {
         assert!(shots.join(format!("{shot}.png")).is_file(), "{shot}");
     }
+    let axe: Vec<String> = result["axe"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(stage, v)| {
+            let ids: Vec<String> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| format!("{} ({})", x["id"].as_str().unwrap_or("?"), x["impact"]))
+                .collect();
+            format!(
+                "{stage}: {}",
+                if ids.is_empty() {
+                    "none".to_owned()
+                } else {
+                    ids.join(", ")
+                }
+            )
+        })
+        .collect();
     eprintln!(
-        "{test} ({backend:?}): passed in {:.1} s (browser {browser_secs:.1} s); screenshots in {}",
+        "{test} ({backend:?}): passed in {:.1} s (browser {browser_secs:.1} s); axe violations: {}; screenshots in {}",
         started.elapsed().as_secs_f64(),
+        axe.join("; "),
         shots.display()
     );
 }

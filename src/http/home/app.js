@@ -63,6 +63,7 @@ const state = {
     mine: [],
     groups: [],
     renaming: null, // project id whose rename form is open
+    renameDraft: null, // the title typed there
     history: null, // {project, versions, conflicts, diff}
     busy: false
 };
@@ -197,13 +198,13 @@ function render () {
                 h('a', {class: 'button signin', href: '/auth/login?return_to=/', key: 'signin'}, 'Sign in'))
         );
     } else {
-        app.replaceChildren(
+        app.replaceChildren(...[
             h('h1', {}, `${state.viewer.displayName}'s projects`),
             renderNew(),
             renderMine(),
             state.history ? renderHistory() : null,
             renderShared()
-        );
+        ].filter(Boolean));
     }
     if (focused) {
         const again = document.querySelector(`[data-key="${CSS.escape(focused)}"]`);
@@ -225,7 +226,7 @@ function renderAccount () {
 }
 
 function renderNew () {
-    const input = h('input', {id: 'new-title', name: 'title', required: true, maxlength: 200, autocomplete: 'off'});
+    const input = h('input', {id: 'new-title', key: 'new-title', name: 'title', required: true, maxlength: 200, autocomplete: 'off'});
     const form = h('form', {class: 'inline', key: 'new-form'},
         h('div', {class: 'field'}, h('label', {for: 'new-title'}, 'Title of the new project'), input),
         h('button', {type: 'submit', key: 'create'}, 'Create project'));
@@ -263,7 +264,7 @@ function renderProject (p) {
         h('a', {class: 'button', href: `/projects/${encodeURIComponent(p.id)}/editor`, key: `open-${p.id}`},
             'Open in editor', h('span', {class: 'vh'}, `: ${p.title}`)),
         h('button', {type: 'button', class: 'secondary', key: `rename-${p.id}`, 'aria-expanded': state.renaming === p.id,
-            onclick: () => { state.renaming = state.renaming === p.id ? null : p.id; render(); focusRename(p.id); }},
+            onclick: () => { state.renaming = state.renaming === p.id ? null : p.id; state.renameDraft = null; render(); focusRename(p.id); }},
         'Rename'),
         groups.map(g => shared.has(g.id)
             ? h('button', {type: 'button', class: 'secondary', key: `unshare-${p.id}-${g.id}`,
@@ -287,11 +288,13 @@ function renderProject (p) {
 
 function renderRename (p) {
     const id = `rename-input-${p.id}`;
-    const input = h('input', {id, value: p.title, required: true, maxlength: 200, autocomplete: 'off'});
+    // What was typed survives a refused save (and the re-render after it).
+    const input = h('input', {id, value: state.renameDraft ?? p.title, required: true, maxlength: 200, autocomplete: 'off',
+        oninput: ev => { state.renameDraft = ev.target.value; }});
     const form = h('form', {class: 'inline'},
         h('div', {class: 'field'}, h('label', {for: id}, 'New title'), input),
         h('button', {type: 'submit', key: `rename-save-${p.id}`}, 'Save title'),
-        h('button', {type: 'button', class: 'secondary', onclick: () => { state.renaming = null; render(); }}, 'Cancel'));
+        h('button', {type: 'button', class: 'secondary', onclick: () => { state.renaming = null; state.renameDraft = null; render(); }}, 'Cancel'));
     form.addEventListener('submit', ev => {
         ev.preventDefault();
         const title = input.value.trim();
@@ -299,6 +302,7 @@ function renderRename (p) {
         act(async () => {
             const r = (await mutate(RENAME, {id: p.id, v: p.version, title})).updateProject;
             state.renaming = null;
+            state.renameDraft = null;
             return `Renamed to “${r.title}” (version ${r.version}).`;
         });
     });
@@ -370,7 +374,7 @@ function renderHistory () {
         renderConflicts(project, conflicts));
 }
 
-const via = v => ({GRAPHQL: 'saved here', EDITOR: 'editor', COPY: 'remix', IMPORT: 'import', RESTORE: 'restore'})[v] ?? v;
+const via = v => ({GRAPHQL: 'web or API', EDITOR: 'editor', COPY: 'remix', IMPORT: 'import', RESTORE: 'restore'})[v] ?? v;
 const bytes = n => n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(1)} MiB`;
 
 function renderCompare (project, versions, diff) {
@@ -428,6 +432,7 @@ function renderConflicts (project, conflicts) {
 
 async function openHistory (id) {
     try {
+        await load();
         await loadHistory(id, null);
         render();
         $('history-heading')?.focus();
