@@ -109,6 +109,19 @@ try {
     await signIn.waitFor();
     await shot(page, '01-signed-out');
     serious.push(...await axe(page, 'signed-out'));
+    // The keyboard: Tab reaches the skip link first, and focus is visible.
+    await page.keyboard.press('Tab');
+    const focus = await page.evaluate(() => {
+        const el = document.activeElement;
+        const st = getComputedStyle(el);
+        const r = el.getBoundingClientRect();
+        return {text: el.textContent, outline: st.outlineStyle, width: st.outlineWidth, onScreen: r.left >= 0 && r.top >= 0};
+    });
+    log('first Tab:', JSON.stringify(focus));
+    if (focus.text !== 'Skip to the projects' || focus.outline === 'none' || !focus.onScreen) {
+        throw new Error(`the first Tab: ${JSON.stringify(focus)}`);
+    }
+    await shot(page, '01b-skip-link-focused');
 
     // 2. Sign in through the page's link: /auth/login?return_to=/ → the provider, which needs
     // to be told who signs in (test_user), → /auth/callback → back at /.
@@ -223,9 +236,14 @@ try {
     await page.locator('#history').scrollIntoViewIfNeeded();
     await shot(page, '07-kept');
 
-    // 12. Delete the remix, confirming in the dialog.
-    await card(page, `${TITLE} (remix)`).getByRole('button', {name: 'Delete'}).click();
+    // 12. Delete the remix, confirming in the dialog (Escape first: nothing is deleted).
     const dialog = page.getByRole('dialog');
+    await card(page, `${TITLE} (remix)`).getByRole('button', {name: 'Delete'}).click();
+    await dialog.waitFor();
+    await page.keyboard.press('Escape');
+    await dialog.waitFor({state: 'hidden'});
+    await card(page, `${TITLE} (remix)`).waitFor();
+    await card(page, `${TITLE} (remix)`).getByRole('button', {name: 'Delete'}).click();
     await dialog.getByRole('heading', {name: `Delete “${TITLE} (remix)”?`}).waitFor();
     await shot(page, '08-confirm-delete');
     serious.push(...await axe(page, 'confirm-delete'));
@@ -248,8 +266,20 @@ try {
     await current.getByRole('button', {name: `Unshare from ${cfg.className}`}).click();
     await noticeHas(page, `is no longer shared with ${cfg.className}`);
     await card(page, 'Star game, tab B').getByText('Not shared').waitFor();
+    // A second tab, still showing the projects when the first signs out.
+    const other = await context.newPage();
+    other.setDefaultTimeout(timeout);
+    other.on('pageerror', e => { pageErrors.push(String(e)); log('tab 2 page error:', String(e).slice(0, 300)); });
+    await other.goto(`${cfg.base}/`);
+    await heading(other, 'My projects').waitFor();
     await page.getByRole('button', {name: 'Sign out'}).click();
     await noticeHas(page, 'You are signed out.');
+    // The second tab's next call is refused: it says so and offers the sign-in.
+    await card(other, 'Star game, tab B').getByRole('button', {name: 'Remix', exact: true}).click();
+    await other.locator('#alert').getByText('You are signed out. Sign in again to continue.').waitFor();
+    await other.locator('#main').getByRole('link', {name: 'Sign in', exact: true}).waitFor();
+    await shot(other, '10a-signed-out-elsewhere');
+    await other.close();
     await page.reload();
     await page.locator('#main').getByRole('link', {name: 'Sign in', exact: true}).waitFor();
     await shot(page, '10-signed-out-again');

@@ -542,6 +542,7 @@ async fn in_a_browser(backend: Backend) {
 
     for shot in [
         "01-signed-out",
+        "01b-skip-link-focused",
         "02-created",
         "03-editor",
         "04-changed-elsewhere",
@@ -550,6 +551,7 @@ async fn in_a_browser(backend: Backend) {
         "07-kept",
         "08-confirm-delete",
         "09-shared-remixed",
+        "10a-signed-out-elsewhere",
         "10-signed-out-again",
     ] {
         assert!(shots.join(format!("{shot}.png")).is_file(), "{shot}");
