@@ -64,9 +64,10 @@ const FILES: [(&str, &str, &[u8]); 5] = [
     ("init.js", JS, include_bytes!("graphiql/init.js")),
 ];
 
-/// One file as served: its bytes, their gzip encoding, and a strong ETag for each.
-struct Served {
-    name: &'static str,
+/// One file as served: its bytes, their gzip encoding, and a strong ETag for each (also the
+/// home page's files, `home.rs`).
+pub(super) struct Served {
+    pub(super) name: &'static str,
     content_type: &'static str,
     /// First 16 hex digits of the sha256 of `identity`: the version in the file's URL.
     tag: String,
@@ -77,7 +78,7 @@ struct Served {
 }
 
 impl Served {
-    fn new(name: &'static str, content_type: &'static str, identity: Bytes) -> Served {
+    pub(super) fn new(name: &'static str, content_type: &'static str, identity: Bytes) -> Served {
         let sha256 = hex::encode(Sha256::digest(&identity));
         // Writing into a Vec cannot fail; if it ever did, the file is served uncompressed.
         let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
@@ -99,7 +100,7 @@ impl Served {
     }
 
     /// The response to a GET (or HEAD) carrying `headers`.
-    fn respond(&self, headers: &HeaderMap, cache_control: &'static str) -> Response {
+    pub(super) fn respond(&self, headers: &HeaderMap, cache_control: &'static str) -> Response {
         let (body, etag, encoding) = match &self.gzip {
             Some((gz, etag)) if accepts_gzip(headers) => (gz, etag, Some("gzip")),
             _ => (&self.identity, &self.etag, None),

@@ -12,6 +12,7 @@ mod graphiql;
 mod graphql;
 mod headers;
 mod health;
+mod home;
 pub mod scratch;
 mod upload;
 mod ws;
@@ -78,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/login", get(auth::login))
         .route("/auth/callback", get(auth::callback))
         .route("/auth/logout", axum::routing::post(auth::logout))
+        .merge(home::routes())
         .merge(scratch::routes())
         .merge(editor_page::routes());
     let app = match cors {

@@ -19,6 +19,7 @@ mod errors;
 mod exports;
 mod graphiql;
 mod history;
+mod home;
 mod hostile;
 mod http;
 mod idempotency;
