@@ -309,7 +309,16 @@ async fn a_reader_whose_content_was_superseded_and_collected_rereads_the_row(mut
         .await["updateProject"]["version"]
         .clone();
     assert_eq!(v, 2);
-    let (ok, out) = s.cli(&["gc", "--grace-secs", "0"]);
+    // History retention of nothing: the superseded version goes, and gc collects its blob.
+    let (ok, out) = s.cli(&[
+        "gc",
+        "--grace-secs",
+        "0",
+        "--history-keep-all-days",
+        "0",
+        "--history-keep-daily-days",
+        "0",
+    ]);
     assert!(ok && out.contains("removed 1 blob(s)"), "{out}");
     assert!(!blob_of(&old_key).exists(), "gc collected the old content");
     let (status, body) = reader.await.unwrap();
