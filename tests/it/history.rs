@@ -20,6 +20,7 @@ both_backends!(
     retention_and_gc_keep_what_history_promises,
     project_changed_delivers_every_version_once_in_order,
     plain_blobs_written_before_compression_stay_readable,
+    versions_cost_two_statements_whatever_the_page,
 );
 
 const VERSIONS: &str = "query($id: ID!, $first: Int, $after: String) { project(id: $id) {
@@ -619,4 +620,41 @@ async fn plain_blobs_written_before_compression_stay_readable(s: TestServer) {
     assert!(ok, "{out}");
     assert_eq!(s.blob_files().len(), 2);
     s.fsck_ok();
+}
+
+/// `Project.versions(first: 50)` with every version's saver costs two statements (the page,
+/// one batch of users) on top of the same project read without it, for 5 or 50 versions
+/// (one request at a time: no read coalescing blurs the count, as it does in bench H1).
+async fn versions_cost_two_statements_whatever_the_page(s: TestServer) {
+    const PLAIN: &str = "query($id: ID!) { project(id: $id) { id version } }";
+    const WITH: &str = "query($id: ID!) { project(id: $id) { id version versions(first: 50) {
+        edges { node { version title size savedAt via savedBy { displayName } } } } } }";
+    let alice = s.user("alice").await;
+    let id = created(&alice, "many", 0).await;
+    let url = format!("{}/scratch/projects/{id}", s.base_url);
+    let mut added = Vec::new();
+    for (from, to) in [(1, 5), (5, 60)] {
+        for n in from..to {
+            let (status, _) = put(&url, Some(token_of(&alice)), &content(n)).await;
+            assert_eq!(status, 200);
+        }
+        // Warm: the viewer's token is cached after the first request.
+        alice.data(PLAIN, json!({"id": id})).await;
+        let cost = |q: &'static str| {
+            let (s, alice, id) = (&s, &alice, &id);
+            async move {
+                let before = s.metric("atelier_db_statements_total").await;
+                alice.data(q, json!({"id": id})).await;
+                s.metric("atelier_db_statements_total").await - before
+            }
+        };
+        let plain = cost(PLAIN).await;
+        let with = cost(WITH).await;
+        added.push(with - plain);
+    }
+    assert_eq!(
+        added,
+        vec![2, 2],
+        "versions: one page statement and one batch of savers"
+    );
 }
