@@ -8,7 +8,8 @@ use entity::{asset, project, project_asset};
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
     sea_query::{Expr, ExprTrait},
 };
 
@@ -129,20 +130,34 @@ pub async fn update(
     let refs = content.map(|c| Arc::new(c.asset_refs));
     let title = title.map(Title::into_inner);
     let started = std::time::Instant::now();
-    // Every change is a version: even a rename writes two rows, in one transaction.
-    let written = super::write::commit(svc, staged.into_iter().collect(), effect, |txn| {
-        let (refs, title, new_content) = (refs.clone(), title.clone(), new_content.clone());
-        Box::pin(async move {
-            let updated = compare_and_set(txn, viewer, id, expected, title, new_content).await?;
-            if let Some(refs) = refs {
-                // Inside the transaction: MISSING_ASSETS rolls the version bump back.
-                relink_assets(txn, id, &refs).await?;
-            }
-            history::record(txn, &updated, Some(viewer.id), Via::Graphql).await?;
-            Ok(updated)
-        })
-    })
-    .await;
+    let written = match (&title, &refs) {
+        // A rename on PostgreSQL is one statement that commits by itself, its version row
+        // included (an idempotent one needs a transaction for its effect).
+        (Some(title), None) if effect.is_none() && svc.db.backend() == DbBackend::Postgres => {
+            svc.db
+                .write_one(|conn| {
+                    Box::pin(rename_recorded(conn, viewer, id, expected, title.clone()))
+                })
+                .await
+        }
+        // Every change is a version: the change and its version row, in one transaction.
+        _ => {
+            super::write::commit(svc, staged.into_iter().collect(), effect, |txn| {
+                let (refs, title, new_content) = (refs.clone(), title.clone(), new_content.clone());
+                Box::pin(async move {
+                    let updated =
+                        compare_and_set(txn, viewer, id, expected, title, new_content).await?;
+                    if let Some(refs) = refs {
+                        // Inside the transaction: MISSING_ASSETS rolls the version bump back.
+                        relink_assets(txn, id, &refs).await?;
+                    }
+                    history::record(txn, &updated, Some(viewer.id), Via::Graphql).await?;
+                    Ok(updated)
+                })
+            })
+            .await
+        }
+    };
     let project = paced(svc, id, started, written)?;
     svc.project_changes.changed(project.id);
     tracing::info!(
@@ -375,6 +390,22 @@ async fn compare_and_set<C: ConnectionTrait>(
     title: Option<String>,
     new_content: Option<(String, i64)>,
 ) -> AppResult<project::Model> {
+    let update = compare_and_set_statement(viewer, id, expected, title, new_content);
+    match update.exec_with_returning(conn).await?.into_iter().next() {
+        Some(updated) => Ok(updated),
+        None => Err(why_not_written(conn, viewer, id, expected).await),
+    }
+}
+
+/// The compare-and-set UPDATE of a project row: the version bumped, only if it is still
+/// `expected` and the viewer may write the project.
+fn compare_and_set_statement(
+    viewer: Viewer,
+    id: ProjectId,
+    expected: i32,
+    title: Option<String>,
+    new_content: Option<(String, i64)>,
+) -> sea_orm::UpdateMany<project::Entity> {
     let mut update = project::Entity::update_many()
         .col_expr(
             project::Column::Version,
@@ -392,7 +423,40 @@ async fn compare_and_set<C: ConnectionTrait>(
             .col_expr(project::Column::ContentKey, Expr::value(key))
             .col_expr(project::Column::ContentSize, Expr::value(size));
     }
-    match update.exec_with_returning(conn).await?.into_iter().next() {
+    update
+}
+
+/// PostgreSQL: a rename as one statement that commits by itself: the compare-and-set UPDATE,
+/// the version row it becomes, and the change notification, in one data-modifying CTE (no
+/// BEGIN/COMMIT round trips, and the version cannot be left out: it is the same statement).
+/// The notification is delivered at the statement's commit, like one sent in a transaction.
+async fn rename_recorded(
+    conn: &sea_orm::DatabaseConnection,
+    viewer: Viewer,
+    id: ProjectId,
+    expected: i32,
+    title: String,
+) -> AppResult<project::Model> {
+    use sea_orm::{FromQueryResult, QueryTrait, Statement};
+    let mut update =
+        compare_and_set_statement(viewer, id, expected, Some(title), None).into_query();
+    update.returning_all();
+    let built = DbBackend::Postgres.build(&update);
+    let mut values = built.values.map(|v| v.0).unwrap_or_default();
+    values.push(viewer.id.0.into());
+    values.push(Via::Graphql.as_str().into());
+    values.push(super::changes::CHANNEL.into());
+    let (saver, via, channel) = (values.len() - 2, values.len() - 1, values.len());
+    let sql = format!(
+        "WITH u AS ({update}), \
+         v AS (INSERT INTO project_versions \
+               (project_id, version, title, content_key, content_size, saved_by, saved_at, via) \
+               SELECT id, version, title, content_key, content_size, ${saver}, updated_at, ${via} FROM u) \
+         SELECT u.* FROM u CROSS JOIN LATERAL pg_notify(${channel}, u.id::text) AS n",
+        update = built.sql,
+    );
+    let stmt = Statement::from_sql_and_values(DbBackend::Postgres, sql, values);
+    match project::Model::find_by_statement(stmt).one(conn).await? {
         Some(updated) => Ok(updated),
         None => Err(why_not_written(conn, viewer, id, expected).await),
     }

@@ -570,6 +570,36 @@ async fn project_changed_delivers_every_version_once_in_order(s: TestServer) {
             .collect();
         assert_eq!(ns, (100..100 + N as i64).collect::<BTreeSet<_>>());
     }
+    // A rename (on PostgreSQL one statement that records its version and notifies; sent to
+    // the other process there) is a change too, delivered everywhere with its title.
+    let renamed: Value = reqwest::Client::new()
+        .post(format!("{}/graphql", servers[servers.len() - 1].base_url))
+        .bearer_auth(token_of(&alice))
+        .json(&json!({"query": UPDATE, "variables": {"id": id, "e": last, "t": "renamed live"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        renamed["data"]["updateProject"]["version"],
+        json!(last + 1),
+        "{renamed}"
+    );
+    for (ws, sub) in subs.iter_mut() {
+        let msg = ws.next_of(sub).await.expect("the rename");
+        let p = &msg["payload"]["data"]["projectChanged"];
+        assert_eq!(
+            (p["version"].as_i64(), p["title"].as_str()),
+            (Some(last + 1), Some("renamed live")),
+            "{msg}"
+        );
+    }
+    assert_eq!(
+        history(&alice, &id).await[0],
+        (last + 1, "GRAPHQL".to_owned())
+    );
     // Deleting the project ends every subscription.
     alice
         .data(
